@@ -1,0 +1,98 @@
+"""Where fmrilm-bids keeps its caches, and the process environment it needs.
+
+Everything that would otherwise land in ``$HOME`` or ``/tmp`` (TemplateFlow, matplotlib,
+deno, model weights, temporary files) gets a documented, settable location, so the app runs
+with a read-only HOME (Singularity) and with no network.
+
+Precedence for each location: an explicit environment variable set by the user, else a
+folder under the fmrilm-bids cache dir. The cache dir itself is ``$FMRILM_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fmrilm-bids`` (``~/.cache/fmrilm-bids``) when writable, else
+``<work dir>/cache``.
+
+:func:`configure_environment` must run before ``templateflow``, ``niworkflows``, ``nipype``
+or ``matplotlib`` are imported: they read these variables once, at import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+#: Environment variables that point at a folder, and the cache sub-folder used by default.
+CACHE_VARIABLES: dict[str, str] = {
+    "TEMPLATEFLOW_HOME": "templateflow",
+    "MPLCONFIGDIR": "matplotlib",
+    "DENO_DIR": "deno",
+    "FMRILM_MODELS_DIR": "models",
+    "HF_HOME": "huggingface",
+}
+
+#: Variables that keep every library offline and quiet.
+OFFLINE_VARIABLES: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "NIPYPE_NO_ET": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fmrilm-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def default_cache_dir(work_dir: Path | None = None) -> Path:
+    """Return the fmrilm-bids cache folder (see the module docstring for the rules)."""
+    if os.environ.get("FMRILM_CACHE_DIR"):
+        return Path(os.environ["FMRILM_CACHE_DIR"]).expanduser().absolute()
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    candidate = xdg / "fmrilm-bids"
+    if _writable(candidate):
+        return candidate.absolute()
+    if work_dir is None:
+        raise OSError(
+            f"No writable cache folder: {candidate} is read-only. "
+            "Set FMRILM_CACHE_DIR to a writable folder."
+        )
+    return (Path(work_dir) / "cache").absolute()
+
+
+def configure_environment(work_dir: Path | None = None, cache_dir: Path | None = None) -> Path:
+    """Point every cache at writable folders and switch the libraries offline.
+
+    Parameters
+    ----------
+    work_dir : Path, optional
+        The run's work folder. Temporary files go to ``<work_dir>/tmp`` (never ``/tmp``),
+        and it is the cache dir of last resort.
+    cache_dir : Path, optional
+        Overrides :func:`default_cache_dir`.
+
+    Returns
+    -------
+    Path
+        The cache folder in use (exported as ``FMRILM_CACHE_DIR``).
+    """
+    cache = Path(cache_dir).absolute() if cache_dir else default_cache_dir(work_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    os.environ["FMRILM_CACHE_DIR"] = str(cache)
+    for variable, sub in CACHE_VARIABLES.items():
+        if not os.environ.get(variable):
+            os.environ[variable] = str(cache / sub)
+        Path(os.environ[variable]).mkdir(parents=True, exist_ok=True)
+    for variable, value in OFFLINE_VARIABLES.items():
+        os.environ.setdefault(variable, value)
+    if work_dir is not None:
+        tmp = Path(work_dir).absolute() / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        os.environ["TMPDIR"] = str(tmp)
+        tempfile.tempdir = str(tmp)
+    return cache
