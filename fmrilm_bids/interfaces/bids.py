@@ -40,6 +40,10 @@ _GROUP_PATTERN = "group/[desc-{desc}_]{suffix<text|embeddings>}{extension<.tsv|.
 
 STAGING_DIR = ".fmrilm-staging"
 
+#: BIDS-derivatives entities niworkflows does not know; ``seg-`` names the atlas of a
+#: parcel time series (BIDS common derivatives).
+_EXTRA_ENTITIES = ({"name": "segmentation", "pattern": "[_/\\\\]+seg-([a-zA-Z0-9+]+)"},)
+
 
 def _as_list(value: str | list[str] | None) -> list[str]:
     if not value:
@@ -55,6 +59,8 @@ class DerivativesDataSink(_NiworkflowsSink):
     """
 
     out_path_base = ""
+    _config_entities_dict = (*_NiworkflowsSink._config_entities_dict, *_EXTRA_ENTITIES)
+    _config_entities = frozenset(e["name"] for e in _config_entities_dict)
     _file_patterns = (_FUNC_PATTERN, _SUBJECT_PATTERN, _GROUP_PATTERN,
                       *_NiworkflowsSink._file_patterns)
 

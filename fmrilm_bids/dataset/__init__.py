@@ -1,0 +1,1 @@
+"""Reading the input BIDS dataset and writing the derivatives tree."""

@@ -1,0 +1,39 @@
+"""Errors that end a run with one clear line and a documented exit code.
+
+Exit codes (also in the README): 0 success; 1 the workflow ran and a node failed; 2 usage
+(argparse); 64 and up, bad input (see :class:`InputError` subclasses); 70 software error.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+EXIT_DATA = 65  # the input data are wrong (EX_DATAERR)
+EXIT_NO_INPUT = 66  # an input is missing or matched nothing (EX_NOINPUT)
+EXIT_SOFTWARE = 70  # a bug (EX_SOFTWARE)
+EXIT_CANT_CREATE = 73  # an output cannot be written (EX_CANTCREAT)
+
+
+class FmrilmError(Exception):
+    """Base of the errors reported to the user as one line, with an exit code."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class InputDataError(FmrilmError):
+    """Input data that exist but are not usable (``BOLD not 4-D``, corrupt NIfTI, ...)."""
+
+    exit_code = EXIT_DATA
+
+
+class MissingInputError(FmrilmError):
+    """Input that does not exist or that a selection did not match."""
+
+    exit_code = EXIT_NO_INPUT
+
+
+class OutputError(FmrilmError):
+    """An output location that cannot be written."""
+
+    exit_code = EXIT_CANT_CREATE
