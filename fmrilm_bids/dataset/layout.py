@@ -1,0 +1,243 @@
+"""Index the input dataset once (pybids) and resolve which BOLD runs a run works on.
+
+The pybids index is cached in the work dir, keyed by a fingerprint of the dataset (paths,
+sizes and modification times), so an unchanged dataset is indexed once and a changed one is
+re-indexed. Building the index is guarded by a file lock and published with an atomic
+rename, so two participants started at once on the same work dir share one index safely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fmrilm_bids.errors import MissingInputError
+
+#: Folders pybids does not index (BIDS says they hold no raw data).
+IGNORED_FOLDERS = ("code", "derivatives", "sourcedata", "stimuli", "models", "logs")
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class BoldRun:
+    """One BOLD run, its metadata (BIDS inheritance applied) and its events file."""
+
+    path: Path
+    subject: str
+    task: str
+    session: str | None = None
+    run: int | None = None
+    acquisition: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    events: Path | None = None
+
+    @property
+    def entities(self) -> dict[str, Any]:
+        """BIDS entities of the run, without the ``None`` ones."""
+        values = {
+            "subject": self.subject,
+            "session": self.session,
+            "task": self.task,
+            "acquisition": self.acquisition,
+            "run": self.run,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def name(self) -> str:
+        """The file name without ``_bold.nii[.gz]``, e.g. ``sub-01_task-rest_run-1``."""
+        return self.path.name.split("_bold.nii")[0]
+
+    @property
+    def repetition_time(self) -> float:
+        return float(self.metadata["RepetitionTime"])
+
+
+@dataclass(frozen=True)
+class SubjectSelection:
+    """What one participant contributes: anatomical images and BOLD runs."""
+
+    subject: str
+    t1w: tuple[Path, ...]
+    bold: tuple[BoldRun, ...]
+
+    @property
+    def sessions(self) -> list[str]:
+        return sorted({r.session for r in self.bold if r.session})
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r.task for r in self.bold})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Every participant selected for this run."""
+
+    subjects: tuple[SubjectSelection, ...]
+
+    @property
+    def bold_runs(self) -> list[BoldRun]:
+        return [run for subject in self.subjects for run in subject.bold]
+
+    def summary(self) -> str:
+        """A few human lines: subjects, sessions, tasks and runs."""
+        lines = [
+            f"Selected {len(self.subjects)} participant(s), {len(self.bold_runs)} BOLD run(s):"
+        ]
+        for subject in self.subjects:
+            sessions = ", ".join(subject.sessions) or "-"
+            lines.append(
+                f"  sub-{subject.subject}: sessions [{sessions}], tasks "
+                f"[{', '.join(subject.tasks)}], {len(subject.t1w)} T1w, runs: "
+                + ", ".join(run.name for run in subject.bold)
+            )
+        return "\n".join(lines)
+
+
+def dataset_fingerprint(bids_dir: Path) -> str:
+    """Hash of every indexed file's relative path, size and modification time."""
+    digest = hashlib.sha1(str(Path(bids_dir).absolute()).encode())
+    for root, dirs, files in os.walk(bids_dir):
+        rel_root = Path(root).relative_to(bids_dir)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d not in IGNORED_FOLDERS]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            stat = (Path(root) / name).stat()
+            digest.update(f"{rel_root / name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
+    """Return a pybids ``BIDSLayout`` of ``bids_dir``, using the cached index when current.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        The raw BIDS dataset.
+    database_dir : Path
+        Folder holding cached indexes (one sub-folder per dataset fingerprint).
+    """
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+    from filelock import FileLock
+
+    bids_dir = Path(bids_dir).absolute()
+    database_dir = Path(database_dir).absolute()
+    database_dir.mkdir(parents=True, exist_ok=True)
+    target = database_dir / dataset_fingerprint(bids_dir)
+    indexer = BIDSLayoutIndexer(
+        validate=False, ignore=[*IGNORED_FOLDERS, "/.*"], index_metadata=True
+    )
+    with FileLock(str(target) + ".lock"):
+        if not (target / "layout_index.sqlite").is_file():
+            building = target.with_name(target.name + f".building-{os.getpid()}")
+            shutil.rmtree(building, ignore_errors=True)
+            BIDSLayout(bids_dir, validate=False, indexer=indexer, database_path=building)
+            os.replace(building, target)
+    return BIDSLayout(bids_dir, validate=False, database_path=target, reset_database=False)
+
+
+def _strip(label: str, prefix: str) -> str:
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+def select_runs(
+    layout: Any,
+    participant_label: list[str] | None = None,
+    session_label: list[str] | None = None,
+    task_id: list[str] | None = None,
+    bids_filters: dict[str, dict[str, Any]] | None = None,
+) -> Selection:
+    """Resolve the participants, sessions, tasks and BOLD runs to process.
+
+    ``bids_filters`` follows fMRIPrep's ``--bids-filter-file``: ``{"bold": {...}, "t1w":
+    {...}}`` with pybids entity queries for each kind of file.
+
+    Raises
+    ------
+    MissingInputError
+        For an unknown participant, session or task, or when no BOLD run matches.
+    """
+    root = Path(layout.root)
+    bids_filters = bids_filters or {}
+    available = sorted(layout.get_subjects())
+    if not available:
+        raise MissingInputError(
+            f"{root}: no sub-* folders with data were found; point BIDS_DIR at the dataset root."
+        )
+    wanted = [_strip(p, "sub-") for p in participant_label or []] or available
+    unknown = [p for p in wanted if p not in available]
+    if unknown:
+        raise MissingInputError(
+            f"{root}: unknown participant(s) {', '.join('sub-' + p for p in unknown)}; "
+            f"the dataset has {', '.join('sub-' + s for s in available)}."
+        )
+    sessions = [_strip(s, "ses-") for s in session_label or []]
+    tasks = [_strip(t, "task-") for t in task_id or []]
+    for label, values, known in (
+        ("session", sessions, layout.get_sessions()),
+        ("task", tasks, layout.get_tasks()),
+    ):
+        missing = sorted(set(values) - set(known))
+        if missing:
+            raise MissingInputError(
+                f"{root}: unknown {label}(s) {', '.join(missing)}; the dataset has "
+                f"{', '.join(sorted(known)) or 'none'}."
+            )
+
+    subjects = []
+    for subject in wanted:
+        query: dict[str, Any] = {"subject": subject}
+        if sessions:
+            query["session"] = sessions
+        bold_query = {**query, "datatype": "func", "suffix": "bold",
+                      "extension": list(NIFTI_EXTENSIONS), **bids_filters.get("bold", {})}
+        if tasks:
+            bold_query["task"] = tasks
+        runs = []
+        for bold in layout.get(**bold_query):
+            entities = bold.get_entities()
+            events = layout.get_nearest(
+                bold.path, suffix="events", extension=".tsv", strict=True,
+                ignore_strict_entities=["suffix", "extension", "datatype"],
+            )
+            runs.append(BoldRun(
+                path=Path(bold.path),
+                subject=subject,
+                task=entities["task"],
+                session=entities.get("session"),
+                run=int(entities["run"]) if entities.get("run") is not None else None,
+                acquisition=entities.get("acquisition"),
+                metadata=dict(layout.get_metadata(bold.path)),
+                events=Path(events) if events else None,
+            ))
+        t1w = layout.get(**{**query, "datatype": "anat", "suffix": "T1w",
+                            "extension": list(NIFTI_EXTENSIONS), **bids_filters.get("t1w", {})})
+        if runs:
+            subjects.append(SubjectSelection(
+                subject=subject,
+                t1w=tuple(Path(f.path) for f in t1w),
+                bold=tuple(sorted(runs, key=lambda r: r.path.name)),
+            ))
+    if not subjects:
+        asked = []
+        if participant_label:
+            asked.append("--participant-label " + " ".join(wanted))
+        if sessions:
+            asked.append("--session-label " + " ".join(sessions))
+        if tasks:
+            asked.append("--task-id " + " ".join(tasks))
+        if bids_filters:
+            asked.append("--bids-filter-file")
+        raise MissingInputError(
+            f"{root}: no BOLD runs (func/*_bold.nii[.gz]) matched"
+            + (f" {', '.join(asked)}" if asked else "")
+            + "; check the selection flags against the dataset's tasks "
+            f"({', '.join(layout.get_tasks()) or 'none'})."
+        )
+    return Selection(subjects=tuple(subjects))
