@@ -24,6 +24,67 @@ def pytest_configure(config: pytest.Config) -> None:
     config.fmrilm_root = root  # type: ignore[attr-defined]
 
 
+@pytest.fixture(autouse=True)
+def _restore_process_environment() -> object:
+    """In-process CLI runs point TMPDIR and caches at their work dir: undo that after a test."""
+    import tempfile
+
+    saved_env, saved_tempdir = dict(os.environ), tempfile.tempdir
+    yield
+    os.environ.clear()
+    os.environ.update(saved_env)
+    tempfile.tempdir = saved_tempdir
+
+
 @pytest.fixture(scope="session")
 def session_root(pytestconfig: pytest.Config) -> Path:
     return pytestconfig.fmrilm_root  # type: ignore[attr-defined]
+
+
+def write_tiny_bids(root: Path, subjects: tuple[str, ...] = ("01", "02")) -> Path:
+    """A minimal, validator-clean BIDS dataset: small T1w and two short BOLD runs each.
+
+    Runs: ``task-rest`` and ``task-faces`` (with events). ``RepetitionTime`` lives in
+    top-level ``task-*_bold.json`` files, as in most real datasets (BIDS inheritance).
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "tiny", "BIDSVersion": "1.10.0", "DatasetType": "raw", "License": "CC0",
+         "Authors": ["fmrilm-bids tests"]}))
+    (root / "README.md").write_text("A tiny dataset made by the fmrilm-bids tests.\n")
+    (root / "participants.tsv").write_text(
+        "participant_id\tage\tsex\n" + "".join(f"sub-{s}\t3{i}\tF\n" for i, s in
+                                             enumerate(subjects)))
+    for task in ("rest", "faces"):
+        (root / f"task-{task}_bold.json").write_text(json.dumps(
+            {"RepetitionTime": 2.0, "TaskName": task, "SliceTiming": [0.0, 1.0, 0.5, 1.5]}))
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    for sub in subjects:
+        anat, func = root / f"sub-{sub}" / "anat", root / f"sub-{sub}" / "func"
+        anat.mkdir(parents=True)
+        func.mkdir(parents=True)
+        t1 = nib.Nifti1Image(rng.integers(0, 1000, (12, 12, 12)).astype(np.int16),
+                             np.diag([2.0, 2.0, 2.0, 1.0]))
+        t1.to_filename(anat / f"sub-{sub}_T1w.nii.gz")
+        for task in ("rest", "faces"):
+            bold = nib.Nifti1Image(rng.normal(1000, 10, (6, 6, 4, 10)).astype(np.float32),
+                                   affine)
+            bold.header.set_xyzt_units("mm", "sec")
+            bold.header["pixdim"][4] = 2.0
+            bold.to_filename(func / f"sub-{sub}_task-{task}_bold.nii.gz")
+        (func / f"sub-{sub}_task-faces_events.tsv").write_text(
+            "onset\tduration\ttrial_type\tcaption\n0\t2\tface\tA smiling woman.\n"
+            "10\t2\tplace\tA quiet beach at dawn.\n")
+    return root
+
+
+@pytest.fixture
+def tiny_bids(tmp_path: Path) -> Path:
+    """A fresh copy of the tiny dataset for each test (tests may break it)."""
+    return write_tiny_bids(tmp_path / "bids")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,7 @@ def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
     database_dir.mkdir(parents=True, exist_ok=True)
     target = database_dir / dataset_fingerprint(bids_dir)
     indexer = BIDSLayoutIndexer(
-        validate=False, ignore=[*IGNORED_FOLDERS, "/.*"], index_metadata=True
+        validate=False, ignore=[*IGNORED_FOLDERS, re.compile(r"/\.")], index_metadata=True
     )
     with FileLock(str(target) + ".lock"):
         if not (target / "layout_index.sqlite").is_file():

@@ -26,7 +26,10 @@ class ValidationReport:
 
     def describe_errors(self, limit: int = 5) -> str:
         """One line per error (code and location), at most ``limit``."""
-        lines = [f"{e.get('code')} {e.get('location', '')}".strip() for e in self.errors[:limit]]
+        lines = [
+            " ".join(str(e[k]) for k in ("code", "subCode", "location") if e.get(k))
+            for e in self.errors[:limit]
+        ]
         if len(self.errors) > limit:
             lines.append(f"... and {len(self.errors) - limit} more")
         return "; ".join(lines)

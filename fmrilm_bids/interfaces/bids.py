@@ -9,6 +9,7 @@ with :func:`os.replace`, sidecar last, so a reader never sees a half-written fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -64,7 +65,7 @@ class DerivativesDataSink(_NiworkflowsSink):
     _file_patterns = (_FUNC_PATTERN, _SUBJECT_PATTERN, _GROUP_PATTERN,
                       *_NiworkflowsSink._file_patterns)
 
-    def _run_interface(self, runtime):  # noqa: ANN001, ANN202 - nipype signature
+    def _run_interface(self, runtime):
         final_root = Path(self.inputs.base_directory or runtime.cwd).absolute()
         staging = final_root / STAGING_DIR / uuid.uuid4().hex
         staging.mkdir(parents=True)
@@ -87,8 +88,6 @@ class DerivativesDataSink(_NiworkflowsSink):
         finally:
             self.inputs.base_directory = str(final_root)
             shutil.rmtree(staging, ignore_errors=True)
-            try:
+            with contextlib.suppress(OSError):
                 (final_root / STAGING_DIR).rmdir()
-            except OSError:
-                pass
         return runtime

@@ -1,0 +1,127 @@
+"""Command-line parser of ``fmrilm-bids``, with the flags BIDS-App users know from fMRIPrep.
+
+Every option defaults to *not given* (``argparse.SUPPRESS``), so that the configuration is
+layered cleanly: dataclass defaults, then ``--config-file``, then the flags actually typed.
+Each option accepts both dash and underscore spellings (``--participant-label`` and
+``--participant_label``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fmrilm_bids import __version__
+
+from .config import ANALYSIS_LEVELS, DEVICES
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _spellings(flag: str) -> list[str]:
+    """``--participant-label`` -> ``["--participant-label", "--participant_label"]``."""
+    names = [flag]
+    if "-" in flag[2:]:
+        names.append("--" + flag[2:].replace("-", "_"))
+    return names
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return number
+
+
+def _derivative(value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (named after its folder)."""
+    name, _, path = value.rpartition("=")
+    path_obj = Path(path)
+    return (name or path_obj.name), path_obj
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fmrilm-bids`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="fmrilm-bids",
+        description="fmrilm-bids: turn BIDS fMRI into parcel time series, fMRI tokens, text "
+        "captions and embeddings (fMRI-LM). Exit codes: 0 success, 1 a processing step "
+        "failed, 2 usage error, 65 bad input data, 66 missing input, 70 internal error, "
+        "73 output not writable.",
+        formatter_class=_Formatter,
+        argument_default=argparse.SUPPRESS,
+    )
+
+    def add(group: argparse._ArgumentGroup, flag: str, *short: str, **kwargs: object) -> None:
+        group.add_argument(*short, *_spellings(flag), **kwargs)
+
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument("output_dir", type=Path,
+                        help="derivatives folder to write (e.g. BIDS_DIR/derivatives/fmrilm)")
+    parser.add_argument("analysis_level", choices=ANALYSIS_LEVELS,
+                        help="'participant': preprocess and apply models to each participant; "
+                        "'group': train/evaluate on all selected participants")
+    parser.add_argument("--version", action="version", version=f"fmrilm-bids v{__version__}")
+
+    select = parser.add_argument_group("Selecting data")
+    add(select, "--participant-label", nargs="+", metavar="LABEL",
+        help="participants to process, with or without 'sub-' (default: all)")
+    add(select, "--session-label", nargs="+", metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)")
+    add(select, "--task-id", nargs="+", metavar="TASK", help="tasks to process (default: all)")
+    add(select, "--bids-filter-file", type=Path, metavar="FILE",
+        help='JSON of pybids queries per kind of file, e.g. {"bold": {"acquisition": "mb4"}}')
+    add(select, "--derivatives", nargs="+", type=_derivative, metavar="[NAME=]PATH",
+        help="existing derivatives to use, e.g. fmriprep=/data/derivatives/fmriprep")
+    add(select, "--skip-bids-validation", action="store_true",
+        help="do not run the BIDS validator on the input")
+
+    perf = parser.add_argument_group("Performance and execution")
+    add(perf, "--nprocs", type=_positive_int, metavar="N",
+        help="processes to run at once (default: all CPUs)")
+    add(perf, "--omp-nthreads", type=_positive_int, metavar="N",
+        help="threads per process (default: min(8, nprocs - 1))")
+    add(perf, "--mem-mb", type=_positive_int, metavar="MB", help="memory limit for scheduling")
+    add(perf, "--use-plugin", type=Path, metavar="FILE",
+        help="nipype plugin settings (YAML: plugin, plugin_args), e.g. for SLURM")
+    add(perf, "--stop-on-first-crash", action="store_true",
+        help="stop at the first failing step instead of running everything else")
+    add(perf, "--device", choices=DEVICES, help="where models run (default: auto)")
+    add(perf, "--sloppy", action="store_true",
+        help="fast, low-quality registration (testing only)")
+
+    work = parser.add_argument_group("Work directory and configuration")
+    add(work, "--work-dir", "-w", type=Path, metavar="DIR",
+        help="intermediate files; re-running with the same work dir resumes "
+        "(default: ./work)")
+    add(work, "--clean-workdir", action="store_true",
+        help="empty the work dir before starting (do not use with concurrent runs)")
+    add(work, "--cache-dir", type=Path, metavar="DIR",
+        help="caches: TemplateFlow, model weights, matplotlib (default: $FMRILM_CACHE_DIR or "
+        "~/.cache/fmrilm-bids, else WORK_DIR/cache)")
+    add(work, "--config-file", type=Path, metavar="TOML",
+        help="settings file (as the config.toml every run saves in OUTPUT_DIR/logs/)")
+    add(work, "--seed", type=int, help="master random seed")
+    work.add_argument("-v", "--verbose", dest="verbosity", action="count",
+                      help="more log output (-vv for debugging)")
+
+    wf = parser.add_argument_group("Workflow")
+    add(wf, "--atlas", dest="atlases", nargs="+", metavar="ATLAS",
+        help="AAL3 (default), AAL, HCPEx, or a labelled NIfTI with a label TSV beside it")
+    add(wf, "--denoise-strategy", metavar="NAME",
+        help="confound regression strategy (default: 24P+aCompCor)")
+    add(wf, "--high-pass", type=float, metavar="HZ", help="high-pass cutoff (default: 0.008)")
+    add(wf, "--fd-threshold", type=float, metavar="MM",
+        help="framewise displacement above which a volume is an outlier (default: 0.5)")
+    add(wf, "--scrub", action="store_true", help="censor high-motion volumes")
+    add(wf, "--dummy-scans", type=int, metavar="N",
+        help="non-steady-state volumes at the start (default: detected)")
+    add(wf, "--output-bold", action="store_true",
+        help="also write the preprocessed BOLD in template space (large)")
+    add(wf, "--model", dest="model_dir", type=Path, metavar="DIR",
+        help="a trained fmrilm-bids model to apply at participant level")
+    add(wf, "--llm", dest="llm_dir", type=Path, metavar="DIR",
+        help="a local Hugging Face causal LM folder (default: SmolLM2-135M-Instruct)")
+    return parser

@@ -1,0 +1,220 @@
+"""``fmrilm-bids`` entry point: parse, configure, check the input, then run the levels.
+
+Bad input ends the run before anything is written to OUTPUT_DIR, with one line that names
+the file and the fix, and a documented exit code (see :mod:`fmrilm_bids.errors`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fmrilm_bids import __version__
+from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+
+from .config import Config, read_config_file
+from .parser import build_parser
+
+LOGGER = logging.getLogger("fmrilm_bids")
+
+#: Command-line destinations and the config section each belongs to.
+OPTION_SECTIONS = {
+    "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation",
+                  "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
+    "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
+    "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
+                 "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device"),
+}
+#: Keys of a config file that the command line always decides.
+RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")
+
+
+def _load_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise InputDataError(f"{path}: no such {what}; check the path.") from err
+    except json.JSONDecodeError as err:
+        raise InputDataError(f"{path}: the {what} is not valid JSON ({err}); fix it.") from err
+
+
+def _load_plugin(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as err:
+        raise InputDataError(f"{path}: no such plugin file; check --use-plugin.") from err
+    except yaml.YAMLError as err:
+        raise InputDataError(f"{path}: not valid YAML ({err}); fix the plugin file.") from err
+    if not isinstance(settings, dict) or "plugin" not in settings:
+        raise InputDataError(
+            f"{path}: a plugin file needs a 'plugin' key (e.g. 'plugin: SLURM') and optional "
+            "'plugin_args'."
+        )
+    return {"plugin": settings["plugin"], "plugin_args": settings.get("plugin_args") or {}}
+
+
+def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    """Layer dataclass defaults, ``--config-file`` and the typed flags into a :class:`Config`.
+
+    Usage mistakes (output dir equal to the input, work dir inside it) exit through
+    ``parser.error`` (exit code 2).
+    """
+    layered: dict[str, dict[str, Any]] = {"execution": {}, "nipype": {}, "workflow": {},
+                                          "seeds": {}}
+    if getattr(opts, "config_file", None):
+        try:
+            from_file = read_config_file(opts.config_file)
+        except FileNotFoundError as err:
+            raise InputDataError(f"{opts.config_file}: no such config file.") from err
+        except ValueError as err:
+            raise InputDataError(f"{opts.config_file}: not valid TOML ({err}); fix it.") from err
+        for section, values in from_file.items():
+            if section not in layered:
+                raise InputDataError(
+                    f"{opts.config_file}: unknown section [{section}]; use "
+                    f"{', '.join('[' + s + ']' for s in layered)}."
+                )
+            layered[section].update(
+                {k: v for k, v in values.items() if k not in RUN_SPECIFIC_KEYS}
+            )
+    given = vars(opts)
+    for section, keys in OPTION_SECTIONS.items():
+        layered[section].update({k: given[k] for k in keys if k in given})
+    if "seed" in given:
+        layered["seeds"]["master"] = given["seed"]
+    if "derivatives" in given:
+        layered["execution"]["derivatives"] = {
+            name: str(path.absolute()) for name, path in given["derivatives"]
+        }
+    if "bids_filter_file" in given:
+        layered["execution"]["bids_filters"] = _load_json(given["bids_filter_file"],
+                                                          "BIDS filter file")
+    if "use_plugin" in given:
+        layered["nipype"].update(_load_plugin(given["use_plugin"]))
+
+    bids_dir = opts.bids_dir.absolute()
+    output_dir = opts.output_dir.absolute()
+    work_dir = Path(layered["execution"].pop("work_dir", Path.cwd() / "work")).absolute()
+    if output_dir == bids_dir:
+        parser.error(
+            "OUTPUT_DIR is the input BIDS folder; write derivatives elsewhere, e.g. "
+            f"{bids_dir / 'derivatives' / 'fmrilm'}"
+        )
+    if work_dir == bids_dir or bids_dir in work_dir.parents:
+        parser.error(
+            f"the work dir {work_dir} is inside the BIDS folder; choose one outside it "
+            "with -w/--work-dir"
+        )
+    cpus = len(os.sched_getaffinity(0))
+    nipype = layered["nipype"]
+    nipype.setdefault("nprocs", cpus)
+    nipype.setdefault("omp_nthreads", max(1, min(8, nipype["nprocs"] - 1)))
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    layered["execution"].update(
+        bids_dir=str(bids_dir), output_dir=str(output_dir), work_dir=str(work_dir),
+        analysis_level=opts.analysis_level, run_uuid=f"{stamp}_{uuid.uuid4().hex[:8]}",
+        version=__version__,
+    )
+    try:
+        return Config.from_dict(layered)
+    except (TypeError, ValueError) as err:
+        source = getattr(opts, "config_file", "the options")
+        raise InputDataError(f"{source}: {err}; fix the setting.") from err
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {0: logging.INFO, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s",
+                                           "%H:%M:%S"))
+    LOGGER.handlers[:] = [handler]
+    LOGGER.setLevel(level)
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbosity > 1 else logging.WARNING)
+
+
+def _add_log_file(log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_dir / "fmrilm-bids.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    LOGGER.addHandler(handler)
+
+
+def prepare_run(config: Config) -> Any:
+    """Everything before the work: environment, input checks, selection, output skeleton.
+
+    Returns
+    -------
+    fmrilm_bids.dataset.layout.Selection
+        The BOLD runs to process.
+    """
+    from fmrilm_bids.environment import configure_environment
+
+    execution = config.execution
+    if execution.clean_workdir and execution.work_dir.exists():
+        LOGGER.info("Emptying the work dir %s (--clean-workdir)", execution.work_dir)
+        shutil.rmtree(execution.work_dir)
+    cache = configure_environment(work_dir=execution.work_dir, cache_dir=execution.cache_dir)
+    execution.cache_dir = cache
+
+    from fmrilm_bids.dataset import checks
+    from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
+    from fmrilm_bids.dataset.layout import index_dataset, select_runs
+
+    checks.check_bids_root(execution.bids_dir)
+    checks.check_output_dir(execution.output_dir)
+    if execution.skip_bids_validation:
+        LOGGER.info("Skipping the BIDS validator (--skip-bids-validation)")
+    else:
+        LOGGER.info("Validating %s with bids-validator-deno", execution.bids_dir)
+        checks.run_bids_validator(execution.bids_dir)
+    for name, path in execution.derivatives.items():
+        if not path.is_dir():
+            raise InputDataError(f"{path}: the '{name}' derivatives folder does not exist; "
+                                 "check --derivatives.")
+    layout = index_dataset(execution.bids_dir, execution.bids_database_dir)
+    selection = select_runs(layout, execution.participant_label, execution.session_label,
+                            execution.task_id, execution.bids_filters)
+    LOGGER.info("%s", selection.summary())
+    checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+
+    write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
+    _add_log_file(execution.log_dir)
+    config.save(execution.log_dir / "config.toml")
+    LOGGER.info("Settings saved to %s", execution.log_dir / "config.toml")
+    return selection
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fmrilm-bids``; returns the exit code (see the README)."""
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    _setup_logging(getattr(opts, "verbosity", 0))
+    try:
+        config = build_config(opts, parser)
+        prepare_run(config)
+    except FmrilmError as err:
+        print(f"fmrilm-bids: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Exception as err:  # a bug: say so, keep the traceback for the report
+        LOGGER.debug("Internal error", exc_info=True)
+        print(f"fmrilm-bids: internal error: {type(err).__name__}: {err} (please report it "
+              "with the output of -vv)", file=sys.stderr)
+        return EXIT_SOFTWARE
+    LOGGER.info("%s level done: derivatives in %s", config.execution.analysis_level,
+                config.execution.output_dir)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

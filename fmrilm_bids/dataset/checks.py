@@ -1,0 +1,182 @@
+"""Checks on the input that run before any work, each failing with one line: file and fix.
+
+They read headers and stream compressed data once (a truncated ``.nii.gz`` is only found by
+reading it to the end), but never load whole images into memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from fmrilm_bids.dataset.layout import BoldRun, Selection
+from fmrilm_bids.dataset.validator import validate_dataset
+from fmrilm_bids.errors import InputDataError, MissingInputError, OutputError
+
+_CHUNK = 1 << 20
+
+
+def check_bids_root(bids_dir: Path) -> None:
+    """The folder exists and holds a readable ``dataset_description.json``."""
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise MissingInputError(
+            f"{bids_dir}: not a folder; give the root of a BIDS dataset as BIDS_DIR."
+        )
+    description = bids_dir / "dataset_description.json"
+    if not description.is_file():
+        raise InputDataError(
+            f"{description}: missing, so {bids_dir} is not a BIDS dataset root; point BIDS_DIR "
+            "at the folder that holds dataset_description.json (with Name and BIDSVersion)."
+        )
+    try:
+        content = json.loads(description.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputDataError(
+            f"{description}: not valid JSON ({err}); fix the file (Name, BIDSVersion)."
+        ) from err
+    missing = [key for key in ("Name", "BIDSVersion") if key not in content]
+    if missing:
+        raise InputDataError(f"{description}: lacks {', '.join(missing)}; add the field(s).")
+
+
+def run_bids_validator(bids_dir: Path) -> None:
+    """Run the official validator; its errors stop the run (warnings do not)."""
+    report = validate_dataset(bids_dir)
+    if not report.ok:
+        raise InputDataError(
+            f"{bids_dir}: the BIDS validator found {len(report.errors)} error(s): "
+            f"{report.describe_errors(3)}; fix them (run bids-validator-deno {bids_dir} for "
+            "details) or pass --skip-bids-validation."
+        )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """``output_dir`` (or, if it does not exist yet, its first existing parent) is writable.
+
+    Probes by creating and removing a temporary entry, which also catches read-only mounts
+    that permission bits do not show; nothing is left behind.
+    """
+    target = Path(output_dir).absolute()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{existing}: is a file, so {target} cannot be created; "
+                          "choose another OUTPUT_DIR.")
+    probe = existing / f".fmrilm-write-probe-{uuid.uuid4().hex}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise OutputError(
+            f"{target}: cannot write there ({err.strerror}); choose a writable OUTPUT_DIR or "
+            f"fix the permissions of {existing}."
+        ) from err
+
+
+def _expected_nifti_bytes(img: object) -> int:
+    header = img.header
+    return int(header["vox_offset"]) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+
+
+def check_nifti_complete(path: Path) -> object:
+    """Load the header and make sure all the data are there (not truncated, not corrupt).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        The (lazily loaded) image.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    fix = "re-convert it from the scanner data (e.g. dcm2niix) or copy it again"
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises several types for broken headers
+        raise InputDataError(f"{path}: not a readable NIfTI ({err}); {fix}.") from err
+    expected = _expected_nifti_bytes(img)
+    if path.name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(_CHUNK):
+                    size += len(chunk)
+        except (EOFError, OSError, zlib.error) as err:
+            raise InputDataError(f"{path}: corrupt or truncated gzip data ({err}); {fix}.") from err
+    else:
+        size = os.path.getsize(path)
+    if size < expected:
+        raise InputDataError(
+            f"{path}: truncated, {size} bytes of image data where the header needs {expected}; "
+            f"{fix}."
+        )
+    return img
+
+
+def check_bold_run(run: BoldRun) -> None:
+    """A BOLD run is a complete 4-D NIfTI with a RepetitionTime, and its events are usable."""
+    img = check_nifti_complete(run.path)
+    if len(img.shape) != 4 or img.shape[3] < 2:
+        raise InputDataError(
+            f"{run.path}: BOLD must be 4-D (x, y, z, time) with several volumes, but its shape "
+            f"is {tuple(img.shape)}; give the full time series, not a single volume."
+        )
+    tr = run.metadata.get("RepetitionTime")
+    if tr is None:
+        raise InputDataError(
+            f"{run.path}: RepetitionTime is missing; add it (in seconds) to "
+            f"{run.path.name.split('.nii')[0]}.json or to a top-level "
+            f"task-{run.task}_bold.json."
+        )
+    if not isinstance(tr, (int, float)) or tr <= 0:
+        raise InputDataError(
+            f"{run.path}: RepetitionTime is {tr!r}; it must be a positive number of seconds."
+        )
+    if run.events is not None:
+        check_events(run.events)
+
+
+def check_events(path: Path) -> None:
+    """An ``events.tsv`` has numeric ``onset`` and ``duration`` columns."""
+    import pandas as pd
+
+    try:
+        events = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except Exception as err:
+        raise InputDataError(
+            f"{path}: not a readable TSV ({err}); write it tab-separated."
+        ) from err
+    missing = [c for c in ("onset", "duration") if c not in events.columns]
+    if missing:
+        raise InputDataError(
+            f"{path}: lacks the column(s) {', '.join(missing)} (it has "
+            f"{', '.join(map(str, events.columns)) or 'none'}); BIDS events need 'onset' and "
+            "'duration' in seconds."
+        )
+    for column in ("onset", "duration"):
+        if not pd.api.types.is_numeric_dtype(events[column]):
+            raise InputDataError(
+                f"{path}: column '{column}' has non-numeric values; write seconds (or n/a)."
+            )
+
+
+def check_selection(selection: Selection, require_t1w: bool = True) -> None:
+    """Check every selected run (and, for our own preprocessing, each participant's T1w)."""
+    for subject in selection.subjects:
+        if require_t1w and not subject.t1w:
+            raise MissingInputError(
+                f"sub-{subject.subject}/anat: no T1w image; preprocessing needs one per "
+                "participant (or pass --derivatives fmriprep=PATH to use fMRIPrep outputs)."
+            )
+        for t1w in subject.t1w:
+            check_nifti_complete(t1w)
+        for run in subject.bold:
+            check_bold_run(run)
