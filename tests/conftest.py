@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,21 @@ def write_tiny_bids(root: Path, subjects: tuple[str, ...] = ("01", "02")) -> Pat
 def tiny_bids(tmp_path: Path) -> Path:
     """A fresh copy of the tiny dataset for each test (tests may break it)."""
     return write_tiny_bids(tmp_path / "bids")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can write to (a read-only mount when running as root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                           capture_output=True, check=False)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a read-only folder here: {mount.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -110,24 +108,6 @@ def test_bad_input(case: str, tiny_bids: Path, tmp_path: Path,
     assert str(named_file) in error_lines[0]
     assert fix_hint in error_lines[0]
     assert not out.exists(), "nothing may be written to the output on bad input"
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder nobody can write to (a read-only mount when running as root)."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        yield folder
-        folder.chmod(0o755)
-        return
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                           capture_output=True, check=False)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a read-only folder here: {mount.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_read_only_output_dir(tiny_bids: Path, tmp_path: Path, read_only_dir: Path,
