@@ -75,7 +75,6 @@ class NipypeConfig:
             if self.mem_mb:
                 args.setdefault("memory_gb", self.mem_mb / 1024)
             args.setdefault("raise_insufficient", False)
-            args.setdefault("maxtasksperchild", 1)
         return args
 
 

@@ -37,3 +37,9 @@ class OutputError(FmrilmError):
     """An output location that cannot be written."""
 
     exit_code = EXIT_CANT_CREATE
+
+
+class RunFailedError(FmrilmError):
+    """The workflow ran and at least one step failed (details in the crash files)."""
+
+    exit_code = EXIT_RUN_FAILED

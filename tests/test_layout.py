@@ -45,7 +45,7 @@ def test_selection_by_label_with_and_without_prefix(tiny_bids: Path, tmp_path: P
 
 def test_unknown_task_names_what_exists(tiny_bids: Path, tmp_path: Path) -> None:
     layout = index_dataset(tiny_bids, tmp_path / "db")
-    with pytest.raises(MissingInputError, match="unknown task.*movie.*faces, rest"):
+    with pytest.raises(MissingInputError, match=r"unknown task.*movie.*faces, rest"):
         select_runs(layout, task_id=["movie"])
 
 

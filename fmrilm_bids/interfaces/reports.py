@@ -1,0 +1,153 @@
+"""nipype interfaces building the per-subject HTML report (see :mod:`fmrilm_bids.reports`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    Directory,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from fmrilm_bids import reports
+from fmrilm_bids.dataset.derivatives import atomic_write_text
+
+
+def _write_section(runtime, content: dict[str, object]) -> str:
+    path = Path(runtime.cwd) / "section.json"
+    path.write_text(json.dumps(content))
+    return str(path)
+
+
+class _AnatReportInputSpec(BaseInterfaceInputSpec):
+    std_t1w = File(exists=True, mandatory=True)
+    template_mask = File(exists=True, mandatory=True)
+    source = traits.Str(mandatory=True, desc="the T1w file name")
+    template = traits.Str(mandatory=True, desc="template identifier")
+
+
+class _SectionOutputSpec(TraitedSpec):
+    section = File(exists=True, desc="JSON report section")
+
+
+class AnatReport(SimpleInterface):
+    """Section: the T1w normalised to the template, with the template brain outline."""
+
+    input_spec = _AnatReportInputSpec
+    output_spec = _SectionOutputSpec
+
+    def _run_interface(self, runtime):
+        figure = reports.overlay_figure(
+            self.inputs.std_t1w, [(self.inputs.template_mask, "r")],
+            f"T1w in {self.inputs.template}")
+        self._results["section"] = _write_section(runtime, reports.section(
+            "Anatomical",
+            [f"{self.inputs.source}: N4 bias-field correction, then affine and SyN "
+             f"registration (ANTs, mutual information) to {self.inputs.template}; the brain "
+             "mask is the template's, carried back to the T1w."],
+            [("Spatial normalisation: the T1w resampled into the template, red: the "
+              "template brain mask.", figure)]))
+        return runtime
+
+
+class _BoldReportInputSpec(BaseInterfaceInputSpec):
+    run_name = traits.Str(mandatory=True)
+    bold_std = File(exists=True, mandatory=True)
+    mask_std = File(exists=True, mandatory=True)
+    boldref_std = File(exists=True, desc="mean BOLD (computed from bold_std when omitted)")
+    template_mask = File(exists=True, desc="template brain mask (omit for fMRIPrep inputs)")
+    confounds_file = File(exists=True, mandatory=True)
+    methods = traits.List(traits.Str, desc="paragraphs describing the preprocessing")
+    atlas_files = InputMultiObject(File(exists=True), mandatory=True)
+    timeseries_metadata = traits.List(traits.Dict, mandatory=True)
+
+
+class BoldReport(SimpleInterface):
+    """Section of one run: registration and mask outlines, parcellation, carpet plot."""
+
+    input_spec = _BoldReportInputSpec
+    output_spec = _SectionOutputSpec
+
+    def _run_interface(self, runtime):
+        name = self.inputs.run_name
+        confounds = pd.read_csv(self.inputs.confounds_file, sep="\t", na_values="n/a")
+        mask = np.asarray(nib.load(self.inputs.mask_std).dataobj) > 0
+        bold = np.asarray(nib.load(self.inputs.bold_std).dataobj)[mask]
+        traces = {c: confounds[c].to_numpy() for c in
+                  ("framewise_displacement", "std_dvars", "global_signal")
+                  if c in confounds}
+        first = self.inputs.timeseries_metadata[0]
+        n_dummy = int(first["NonSteadyStateVolumes"])
+        background = self.inputs.boldref_std
+        if not isdefined(background):
+            image = nib.load(self.inputs.bold_std)
+            background = str(Path(runtime.cwd) / "boldref.nii.gz")
+            nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32).mean(axis=-1),
+                            image.affine).to_filename(background)
+        contours = [(self.inputs.mask_std, "g")]
+        if isdefined(self.inputs.template_mask):
+            contours.insert(0, (self.inputs.template_mask, "r"))
+        figures = [
+            ("Mean BOLD in template space; red: template brain mask, green: BOLD brain mask "
+             "(coregistration, normalisation and mask check).",
+             reports.overlay_figure(background, contours, name)),
+            ("Framewise displacement (mm), standardised DVARS and global signal above the "
+             "carpet plot of brain voxels; shaded: non-steady-state volumes.",
+             reports.carpet_figure(bold, traces, n_dummy, name)),
+        ]
+        paragraphs = list(self.inputs.methods)
+        fd = confounds.get("framewise_displacement")
+        if fd is not None:
+            paragraphs.append(f"{len(confounds)} volumes, {n_dummy} non-steady-state; "
+                              f"mean framewise displacement {np.nanmean(fd):.3f} mm, "
+                              f"maximum {np.nanmax(fd):.3f} mm.")
+        paragraphs.append("Denoising: " + first["DenoisingDescription"])
+        for atlas_file, meta in zip(self.inputs.atlas_files,
+                                    self.inputs.timeseries_metadata, strict=True):
+            missing = meta["MissingParcels"]
+            paragraphs.append(
+                f"Atlas {meta['Atlas']}: {len(meta['ParcelVoxelCounts'])} parcels with "
+                f"signal; {len(missing)} missing (outside the BOLD mask)"
+                + (f": {', '.join(missing)}." if missing else "."))
+            if meta.get("CensoredVolumes"):
+                paragraphs.append(f"Censored volumes: {meta['CensoredVolumes']}.")
+            figures.append((f"Atlas {meta['Atlas']} over the mean BOLD image.",
+                            reports.parcellation_figure(atlas_file, background,
+                                                        meta["Atlas"])))
+        self._results["section"] = _write_section(
+            runtime, reports.section(f"BOLD run {name}", paragraphs, figures))
+        return runtime
+
+
+class _SubjectReportInputSpec(BaseInterfaceInputSpec):
+    subject = traits.Str(mandatory=True)
+    sections = InputMultiObject(File(exists=True), mandatory=True)
+    output_dir = Directory(mandatory=True, desc="derivatives root")
+
+
+class _SubjectReportOutputSpec(TraitedSpec):
+    out_report = File(exists=True)
+
+
+class SubjectReport(SimpleInterface):
+    """Write ``sub-<label>.html`` at the derivatives root (atomically)."""
+
+    input_spec = _SubjectReportInputSpec
+    output_spec = _SubjectReportOutputSpec
+
+    def _run_interface(self, runtime):
+        sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
+        out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
+        atomic_write_text(out, reports.render_report(self.inputs.subject, sections))
+        self._results["out_report"] = str(out)
+        return runtime

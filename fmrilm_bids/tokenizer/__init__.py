@@ -1,0 +1,20 @@
+"""fMRI tokenizer (stage 1 of fMRI-LM): parcel time series -> discrete tokens aligned to text.
+
+Modules: :mod:`.data` (common TR, robust normalisation, patches, parcel identity),
+:mod:`.quantizer` (EMA codebook), :mod:`.model` (the neural tokenizer and its config),
+:mod:`.train` (group training, checkpoints, model card), :mod:`.baseline` (PCA + k-means),
+:mod:`.metrics` (reconstruction R², codebook use, fMRI -> text retrieval).
+"""
+
+from .baseline import PCAKMeansTokenizer
+from .data import ParcelRun, PreparedRun, TokenizedRun, prepare_run
+from .metrics import codebook_usage, reconstruction_r2, retrieval_top1, token_text_means
+from .model import NeuralTokenizer, TokenizerConfig
+from .train import TrainConfig, TrainingResult, evaluate, train_tokenizer
+
+__all__ = [
+    "NeuralTokenizer", "PCAKMeansTokenizer", "ParcelRun", "PreparedRun", "TokenizedRun",
+    "TokenizerConfig", "TrainConfig", "TrainingResult", "codebook_usage", "evaluate",
+    "prepare_run", "reconstruction_r2", "retrieval_top1", "token_text_means",
+    "train_tokenizer",
+]

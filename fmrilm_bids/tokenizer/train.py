@@ -1,0 +1,403 @@
+"""Train the neural tokenizer on a group of subjects; evaluate on held-out subjects.
+
+:func:`train_tokenizer` reads top to bottom: prepare the runs, embed every window text once,
+build the model and optimiser (or resume them from the output folder), then the loop:
+sample sequences of consecutive windows, forward under the device's autocast, weighted
+loss, clipped AdamW step on a warm-up + cosine schedule; evaluate and checkpoint at
+intervals. A checkpoint is the tokenizer (``model.safetensors`` + ``config.json``), the
+trainer state (``trainer_state.safetensors``: optimiser moments and the torch RNG;
+``trainer_state.json``: step, settings, numpy RNG, history) and a model card
+(``README.md``). Rerunning with ``resume=True`` continues from the last checkpoint and, on
+the CPU, gives the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmrilm_bids.backend import autocast, resolve_device
+
+from .data import ParcelRun, PreparedRun, prepare_run
+from .metrics import codebook_usage, reconstruction_r2, retrieval_top1
+from .model import NeuralTokenizer, TokenizerConfig
+
+log = logging.getLogger(__name__)
+
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+MODEL_CARD = "README.md"
+
+#: ``list[str] -> (n, text_dim)`` embeddings (a tensor or an array).
+TextEmbedder = Callable[[list[str]], torch.Tensor | np.ndarray]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps in all.
+    batch_size : int
+        Sequences per step.
+    sequence_windows : int
+        Consecutive windows per sequence (at most the model's ``context_windows``; shorter
+        when a run is shorter).
+    learning_rate, min_learning_rate : float
+        Peak and final learning rate (linear warm-up, then cosine decay).
+    warmup_steps : int
+    weight_decay : float
+        AdamW decay of the weight matrices (not of biases, norms, embeddings).
+    grad_clip : float
+        Gradient-norm clip.
+    reconstruction_weight, commitment_weight, alignment_weight : float
+        Loss weights.
+    eval_interval, checkpoint_interval : int
+        Steps between evaluations / checkpoints (and always at the end).
+    seed : int
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    steps: int = 2000
+    batch_size: int = 16
+    sequence_windows: int = 16
+    learning_rate: float = 2e-3
+    min_learning_rate: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    reconstruction_weight: float = 1.0
+    commitment_weight: float = 0.25
+    alignment_weight: float = 0.1
+    eval_interval: int = 250
+    checkpoint_interval: int = 500
+    seed: int = 0
+    device: str = "auto"
+
+    def learning_rate_at(self, step: int) -> float:
+        """Warm-up then cosine schedule."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return self.min_learning_rate + cosine * (self.learning_rate - self.min_learning_rate)
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_tokenizer` returns.
+
+    Attributes
+    ----------
+    model : NeuralTokenizer
+    history : list of dict
+        One entry per step (losses, learning rate) and per evaluation (``eval`` metrics).
+    metrics : dict
+        Held-out metrics of the final model.
+    out_dir : Path
+    """
+
+    model: NeuralTokenizer
+    history: list[dict[str, float]] = field(repr=False)
+    metrics: dict[str, float]
+    out_dir: Path
+
+
+@dataclass
+class TextTable:
+    """Every distinct window text, embedded once."""
+
+    texts: list[str]
+    embeddings: torch.Tensor
+
+    def ids(self, texts: Sequence[str] | None, n_windows: int) -> np.ndarray:
+        """Row of each window's text (-1 for windows without text)."""
+        if texts is None:
+            return np.full(n_windows, -1, dtype=np.int64)
+        index = {text: i for i, text in enumerate(self.texts)}
+        return np.array([index[text] for text in texts], dtype=np.int64)
+
+
+def embed_texts(runs: Sequence[PreparedRun], text_embedder: TextEmbedder | None,
+                text_dim: int) -> TextTable | None:
+    """Embed the distinct window texts of ``runs`` (None without texts or embedder)."""
+    texts = sorted({text for run in runs for text in (run.window_texts or ())})
+    if not texts or text_embedder is None:
+        return None
+    embeddings = torch.as_tensor(np.asarray(text_embedder(texts)), dtype=torch.float32)
+    if embeddings.shape != (len(texts), text_dim):
+        raise ValueError(f"The text embedder returned {tuple(embeddings.shape)} for "
+                         f"{len(texts)} texts; the tokenizer expects text_dim={text_dim}.")
+    return TextTable(texts=texts, embeddings=embeddings)
+
+
+def sample_batch(runs: Sequence[PreparedRun], text_ids: Sequence[np.ndarray],
+                 rng: np.random.Generator, batch_size: int,
+                 length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random sequences of ``length`` consecutive windows (every start equally likely).
+
+    Returns
+    -------
+    patches (B, length, P, L), identity (B, P, I), text ids (B, length)
+    """
+    starts_per_run = np.array([run.n_windows - length + 1 for run in runs])
+    chosen = rng.choice(starts_per_run.sum(), size=batch_size)
+    run_index = np.searchsorted(np.cumsum(starts_per_run), chosen, side="right")
+    starts = chosen - np.concatenate([[0], np.cumsum(starts_per_run)])[run_index]
+    patches = np.stack([runs[r].patches[s:s + length] for r, s in zip(run_index, starts,
+                                                                      strict=True)])
+    identity = np.stack([runs[r].identity for r in run_index])
+    ids = np.stack([text_ids[r][s:s + length] for r, s in zip(run_index, starts, strict=True)])
+    return torch.from_numpy(patches), torch.from_numpy(identity), torch.from_numpy(ids)
+
+
+@torch.no_grad()
+def evaluate(model: NeuralTokenizer, runs: Sequence[PreparedRun],
+             text_table: TextTable | None) -> dict[str, float]:
+    """Held-out reconstruction R², codebook perplexity/usage, fMRI -> text retrieval top-1."""
+    device = model.device
+    was_training = model.training
+    encoded = [model.encode_prepared(run) for run in runs]
+    targets = np.concatenate([run.patches for run in runs])
+    reconstructions = np.concatenate([model.reconstruct(run) for run in runs])
+    token_ids = np.concatenate([ids for _, ids in encoded])
+    metrics = {"reconstruction_r2": reconstruction_r2(targets, reconstructions),
+               **codebook_usage(token_ids, model.config.codebook_size)}
+    described = [(latents, run.window_texts) for (latents, _), run in zip(encoded, runs,
+                                                                          strict=True)
+                 if run.window_texts is not None]
+    if text_table is not None and described:
+        latents = torch.from_numpy(np.concatenate([lat for lat, _ in described])).to(device)
+        texts = [text for _, run_texts in described for text in run_texts]
+        candidates = sorted(set(texts))
+        rows = torch.from_numpy(text_table.ids(candidates, len(candidates)))
+        with autocast(device):
+            window_features = model.llm_features(latents).float().cpu().numpy()
+            text_features = model.text_features(
+                text_table.embeddings[rows].to(device)).float().cpu().numpy()
+        retrieval = retrieval_top1(window_features, texts, text_features, candidates)
+        metrics |= {"retrieval_top1": retrieval["top1"], "retrieval_chance": retrieval["chance"]}
+    model.train(was_training)
+    return metrics
+
+
+def build_optimizer(model: NeuralTokenizer, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "position" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "position" in n]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=config.learning_rate, betas=(0.9, 0.95))
+
+
+def _atomic_replace(write: Callable[[Path], object], path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def save_checkpoint(out_dir: Path, model: NeuralTokenizer, optimizer: torch.optim.AdamW,
+                    state: dict[str, object]) -> None:
+    """Write the tokenizer and the trainer state (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    model.save_pretrained(out_dir)
+    optimizer_state = optimizer.state_dict()
+    tensors = {"torch_rng": torch.get_rng_state()}
+    for index, values in optimizer_state["state"].items():
+        for name, tensor in values.items():
+            tensors[f"optimizer.{index}.{name}"] = tensor.detach().cpu().contiguous()
+    _atomic_replace(lambda p: save_file(tensors, p), out_dir / STATE_TENSORS)
+    content = dict(state, param_groups=optimizer_state["param_groups"])
+    _atomic_replace(lambda p: p.write_text(json.dumps(content, indent=1)), out_dir / STATE_JSON)
+
+
+def load_checkpoint(out_dir: Path, model: NeuralTokenizer,
+                    optimizer: torch.optim.AdamW) -> dict[str, object]:
+    """Restore model, optimiser and torch RNG; return the JSON trainer state."""
+    from safetensors.torch import load_file
+
+    restored = NeuralTokenizer.from_pretrained(out_dir)
+    if restored.config != model.config:
+        raise ValueError(f"{out_dir} holds a tokenizer with another configuration; train "
+                         "into a new folder or resume with the same settings.")
+    model.load_state_dict(restored.state_dict())
+    content = json.loads((out_dir / STATE_JSON).read_text())
+    tensors = load_file(out_dir / STATE_TENSORS)
+    torch.set_rng_state(tensors.pop("torch_rng"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        _, index, name = key.split(".")
+        state.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": state, "param_groups": content.pop("param_groups")})
+    return content
+
+
+def data_summary(train: Sequence[PreparedRun], validation: Sequence[PreparedRun],
+                 train_runs: Sequence[ParcelRun]) -> dict[str, object]:
+    """What the tokenizer was trained on (for the model card)."""
+    return {"train_subjects": sorted({run.subject for run in train}),
+            "validation_subjects": sorted({run.subject for run in validation}),
+            "train_runs": len(train), "validation_runs": len(validation),
+            "train_windows": int(sum(run.n_windows for run in train)),
+            "validation_windows": int(sum(run.n_windows for run in validation)),
+            "n_parcels": int(train[0].patches.shape[1]),
+            "source_trs": sorted({float(run.tr) for run in train_runs}),
+            "described_windows": int(sum(run.n_windows for run in train if run.window_texts))}
+
+
+def write_model_card(out_dir: Path, config: TokenizerConfig, train_config: TrainConfig,
+                     summary: dict[str, object], metrics: dict[str, float], step: int) -> None:
+    """Markdown model card: data used, held-out metrics, settings, software versions."""
+    import fmrilm_bids
+
+    def table(values: dict[str, object]) -> str:
+        return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in values.items()])
+
+    versions = {"fmrilm-bids": getattr(fmrilm_bids, "__version__", "unknown"),
+                "torch": torch.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    metric_rows = {k: f"{v:.4f}" for k, v in metrics.items()}
+    text = f"""# fMRI tokenizer (fmrilm-bids)
+
+Neural tokenizer of fMRI-LM: one token per {config.window_seconds:g} s window of parcel time
+series (resampled to TR {config.target_tr:g} s), {config.codebook_size} tokens, features
+aligned to a language model of hidden size {config.llm_hidden}. Trained for {step} steps.
+Load with `NeuralTokenizer.from_pretrained(folder)`.
+
+## Data
+{table(summary)}
+
+## Held-out metrics (validation subjects)
+{table(metric_rows) if metrics else "No validation runs."}
+
+## Model
+{table(config.to_dict())}
+
+## Training
+{table(asdict(train_config))}
+
+## Software
+{table(versions)}
+
+## Limitations
+Windows are described by the descriptor corpus, not by people: the alignment to language is
+only as good as those texts. Parcel identity comes from the network table of the atlas.
+"""
+    _atomic_replace(lambda p: p.write_text(text), out_dir / MODEL_CARD)
+
+
+def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[ParcelRun],
+                    out_dir: str | Path, config: TokenizerConfig | None = None,
+                    train_config: TrainConfig | None = None,
+                    text_embedder: TextEmbedder | None = None, resume: bool = False,
+                    until_step: int | None = None) -> TrainingResult:
+    """Train a :class:`NeuralTokenizer` (group level).
+
+    Parameters
+    ----------
+    train_runs : sequence of ParcelRun
+        Runs of the training subjects (one parcel count).
+    validation_runs : sequence of ParcelRun
+        Runs of held-out subjects (no subject in both).
+    out_dir : str or Path
+        Checkpoint folder.
+    config : TokenizerConfig, optional
+    train_config : TrainConfig, optional
+    text_embedder : callable, optional
+        ``list[str] -> (n, config.text_dim)``; with window texts, enables the alignment loss.
+    resume : bool, default=False
+        Continue from the checkpoint in ``out_dir``.
+    until_step : int, optional
+        Stop (with a checkpoint) after this many steps in all, to split training over jobs.
+
+    Returns
+    -------
+    TrainingResult
+    """
+    config = config or TokenizerConfig()
+    train_config = train_config or TrainConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlap = {r.subject for r in train_runs} & {r.subject for r in validation_runs}
+    if overlap:
+        raise ValueError(f"Subjects {sorted(overlap)} are in both the training and the "
+                         "validation runs; hold out whole subjects.")
+    device = resolve_device(train_config.device)
+    torch.manual_seed(train_config.seed)
+    rng = np.random.default_rng(train_config.seed)
+
+    # Data: windows of every run, every distinct text embedded once.
+    def prepare(runs: Sequence[ParcelRun]) -> list[PreparedRun]:
+        return [prepare_run(run, config.target_tr, config.patch_length, config.clip)
+                for run in runs]
+
+    train, validation = prepare(train_runs), prepare(validation_runs)
+    if not train:
+        raise ValueError("train_tokenizer needs at least one training run.")
+    if len({run.patches.shape[1] for run in train}) > 1:
+        raise ValueError("Training runs have different parcel counts; train on one atlas.")
+    text_table = embed_texts(train + validation, text_embedder, config.text_dim)
+    text_ids = [text_table.ids(run.window_texts, run.n_windows) if text_table else
+                np.full(run.n_windows, -1) for run in train]
+    table_on_device = text_table.embeddings.to(device) if text_table else None
+    length = min(train_config.sequence_windows, config.context_windows,
+                 min(run.n_windows for run in train))
+    summary = data_summary(train, validation, train_runs)
+
+    # Model and optimiser, fresh or resumed.
+    model = NeuralTokenizer(config).to(device)
+    optimizer = build_optimizer(model, train_config)
+    start, history = 0, []
+    if resume and (out_dir / STATE_JSON).is_file():
+        state = load_checkpoint(out_dir, model, optimizer)
+        start, history = int(state["step"]), list(state["history"])
+        rng.bit_generator.state = state["numpy_rng"]
+        log.info("Resumed from %s at step %d.", out_dir, start)
+    last = train_config.steps if until_step is None else min(until_step, train_config.steps)
+    weights = {"reconstruction": train_config.reconstruction_weight,
+               "commitment": train_config.commitment_weight,
+               "alignment": train_config.alignment_weight}
+    metrics: dict[str, float] = {}
+
+    model.train()
+    for step in range(start, last):
+        learning_rate = train_config.learning_rate_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        patches, identity, ids = sample_batch(train, text_ids, rng, train_config.batch_size,
+                                              length)
+        with autocast(device):
+            output = model(patches.to(device), identity.to(device), ids.to(device),
+                           table_on_device)
+        loss = sum(weights[name] * value for name, value in output.losses.items())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+        optimizer.step()
+        history.append({"step": step + 1, "loss": loss.item(), "lr": learning_rate,
+                        **{name: value.item() for name, value in output.losses.items()}})
+
+        done = step + 1 == last
+        if validation and ((step + 1) % train_config.eval_interval == 0 or done):
+            metrics = evaluate(model, validation, text_table)
+            history.append({"step": step + 1, "eval": metrics})
+            log.info("step %d: loss %.4f, held-out %s", step + 1, loss.item(), metrics)
+        if (step + 1) % train_config.checkpoint_interval == 0 or done:
+            save_checkpoint(out_dir, model, optimizer, {
+                "step": step + 1, "numpy_rng": rng.bit_generator.state, "history": history,
+                "train_config": asdict(train_config), "data": summary})
+            write_model_card(out_dir, config, train_config, summary, metrics, step + 1)
+    return TrainingResult(model=model, history=history, metrics=metrics, out_dir=out_dir)

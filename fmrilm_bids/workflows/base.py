@@ -1,0 +1,103 @@
+"""The top-level workflow: one sub-workflow per participant.
+
+``init_fmrilm_wf`` is what the entry point runs (it sets ``base_dir`` to the work dir and
+picks the nipype plugin). Each participant's workflow combines the anatomical workflow, one
+BOLD workflow per run and the HTML report (``sub-<label>.html`` at the derivatives root).
+With ``--derivatives fmriprep=PATH`` the fMRIPrep outputs replace our preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from fmrilm_bids.dataset.layout import Selection, SubjectSelection
+from fmrilm_bids.denoise import get_strategy
+from fmrilm_bids.errors import MissingInputError
+from fmrilm_bids.interfaces.reports import SubjectReport
+from fmrilm_bids.workflows.anatomical import init_anat_preproc_wf
+from fmrilm_bids.workflows.bold import init_bold_wf
+from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
+from fmrilm_bids.workflows.utils import node_name
+
+LOGGER = logging.getLogger("fmrilm_bids.workflows")
+
+
+def init_fmrilm_wf(selection: Selection, config: object) -> pe.Workflow:
+    """One workflow for every selected participant.
+
+    Parameters
+    ----------
+    selection : fmrilm_bids.dataset.layout.Selection
+    config : bids_app.config.Config
+
+    Returns
+    -------
+    nipype Workflow
+        Named ``fmrilm_wf`` (``bids_app.execution.run_workflow`` runs it).
+    """
+    get_strategy(config.workflow.denoise_strategy)  # fail early on an unknown strategy
+    workflow = pe.Workflow(name="fmrilm_wf")
+    for subject in selection.subjects:
+        workflow.add_nodes([init_single_subject_wf(subject, config)])
+    return workflow
+
+
+def init_single_subject_wf(subject: SubjectSelection, config: object) -> pe.Workflow:
+    """Anatomical + BOLD workflows of one participant, and the report.
+
+    Raises
+    ------
+    MissingInputError
+        When the participant has no T1w and no fMRIPrep derivatives were given.
+
+    Returns
+    -------
+    nipype Workflow
+        Named ``sub_<label>_wf``; no inputs; ``outputnode``: ``timeseries`` (every run's
+        parcel series files), ``report`` (the HTML file).
+    """
+    workflow = pe.Workflow(name=f"sub_{node_name(subject.subject)}_wf")
+    use_fmriprep = "fmriprep" in (config.execution.derivatives or {})
+    LOGGER.info("sub-%s: %d BOLD run(s), %s", subject.subject, len(subject.bold),
+                "fMRIPrep derivatives" if use_fmriprep else "full preprocessing")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["timeseries", "report"]),
+                         name="outputnode")
+    n_sections = len(subject.bold) + (0 if use_fmriprep else 1)
+    sections = pe.Node(niu.Merge(n_sections), name="report_sections")
+    timeseries = pe.Node(niu.Merge(len(subject.bold)), name="all_timeseries")
+    report = pe.Node(SubjectReport(subject=subject.subject,
+                                   output_dir=str(config.execution.output_dir)),
+                     name="subject_report", run_without_submitting=True)
+
+    first_run_section = 1
+    anat_wf = None
+    if not use_fmriprep:
+        if not subject.t1w:
+            raise MissingInputError(
+                f"sub-{subject.subject}: no T1w image (anat/*_T1w.nii[.gz]); a T1w is needed "
+                "for registration, or pass --derivatives fmriprep=PATH.")
+        anat_wf = init_anat_preproc_wf(subject.t1w, config)
+        workflow.connect(anat_wf, "outputnode.report_section", sections, "in1")
+        first_run_section = 2
+    for index, run in enumerate(subject.bold):
+        if use_fmriprep:
+            bold_wf = init_fmriprep_bold_wf(run, config)
+        else:
+            bold_wf = init_bold_wf(run, config)
+            workflow.connect(anat_wf, "outputnode.t1w_brain", bold_wf, "inputnode.t1w_brain")
+            workflow.connect(anat_wf, "outputnode.t1w_mask", bold_wf, "inputnode.t1w_mask")
+            workflow.connect(anat_wf, "outputnode.anat2std_xfm",
+                             bold_wf, "inputnode.anat2std_xfm")
+        workflow.connect([
+            (bold_wf, sections, [("outputnode.report_section", f"in{first_run_section + index}")]),
+            (bold_wf, timeseries, [("outputnode.timeseries", f"in{index + 1}")]),
+        ])
+    workflow.connect([
+        (sections, report, [("out", "sections")]),
+        (report, outputnode, [("out_report", "report")]),
+        (timeseries, outputnode, [("out", "timeseries")]),
+    ])
+    return workflow

@@ -1,0 +1,307 @@
+"""Neural tokenizer: data preparation, quantiser, training, checkpoints, baseline, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fmrilm_bids.backend import autocast, resolve_device
+from fmrilm_bids.descriptors import NETWORKS, load_network_table, window_bounds, window_facts
+from fmrilm_bids.descriptors.windows import render_windows
+from fmrilm_bids.simulate.signals import (
+    bandlimited_noise,
+    network_time_courses,
+    parcel_fluctuations,
+)
+from fmrilm_bids.text_encoder import EMBEDDING_DIM, load_text_encoder
+from fmrilm_bids.tokenizer import (
+    NeuralTokenizer,
+    ParcelRun,
+    PCAKMeansTokenizer,
+    TokenizerConfig,
+    TrainConfig,
+    TrainingResult,
+    codebook_usage,
+    prepare_run,
+    reconstruction_r2,
+    retrieval_top1,
+    token_text_means,
+    train_tokenizer,
+)
+from fmrilm_bids.tokenizer.data import (
+    parcel_identity,
+    resample_to_tr,
+    robust_normalise,
+)
+from fmrilm_bids.tokenizer.quantizer import VectorQuantizer
+from fmrilm_bids.tokenizer.train import MODEL_CARD, STATE_JSON
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one thread avoids oversubscribing shared CI cores (restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=8, n_queries=10, d_model=32,
+                         n_layers=1, n_heads=2, context_windows=16, code_dim=16,
+                         codebook_size=32, n_basis=8, llm_hidden=48, text_dim=EMBEDDING_DIM)
+TRAIN = TrainConfig(steps=80, batch_size=8, sequence_windows=8, learning_rate=1e-2,
+                    min_learning_rate=1e-3, warmup_steps=10, eval_interval=40,
+                    checkpoint_interval=40, alignment_weight=0.5, device="cpu")
+
+
+def embed_texts(texts: list[str]) -> torch.Tensor:
+    """Mean of the all-MiniLM-L6-v2 input (word-piece) embeddings of each text.
+
+    The recipe stage 2 uses with the language model's own embedding matrix; a real text
+    embedding that needs no transformer pass, so tests stay fast.
+    """
+    tokenizer, model = load_text_encoder()
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    mask = batch["attention_mask"][..., None].float()
+    with torch.no_grad():
+        vectors = model.embeddings.word_embeddings(batch["input_ids"])
+    return (vectors * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def synthetic_run(table: pd.DataFrame, subject: int, tr: float = 2.0,
+                  n_volumes: int = 120) -> ParcelRun:
+    """Network-driven parcel signals (the simulator's signal model) with window texts."""
+    rng = np.random.default_rng(subject)
+    order = list(NETWORKS)
+    assignment = np.array([order.index(n) for n in table["network"]])
+    latent = network_time_courses(n_volumes, tr, np.eye(len(order)), rng)
+    signals = parcel_fluctuations(latent, assignment, np.full(len(table), 0.7),
+                                  rng.uniform(0.5, 1.5, len(table)),
+                                  bandlimited_noise(n_volumes, tr, len(table), rng))
+    networks = table["network"].tolist()
+    texts = render_windows(window_facts(signals, tr, networks, CONFIG.window_seconds))
+    return ParcelRun(signals, tr, networks, subject=f"{subject:02d}", window_texts=texts)
+
+
+@pytest.fixture(scope="module")
+def aal() -> pd.DataFrame:
+    return load_network_table("AAL")
+
+
+@pytest.fixture(scope="module")
+def runs(aal: pd.DataFrame) -> tuple[list[ParcelRun], list[ParcelRun]]:
+    """8 training subjects (two scanned at TR 1.5 s: 22 windows, not 30) and 2 held out."""
+    train = [synthetic_run(aal, s, tr=1.5 if s in (3, 6) else 2.0) for s in range(8)]
+    return train, [synthetic_run(aal, s) for s in (8, 9)]
+
+
+@pytest.fixture(scope="module")
+def trained(runs: tuple[list[ParcelRun], list[ParcelRun]],
+            tmp_path_factory: pytest.TempPathFactory) -> TrainingResult:
+    train, validation = runs
+    return train_tokenizer(train, validation, tmp_path_factory.mktemp("tokenizer"), CONFIG,
+                           TRAIN, text_embedder=embed_texts)
+
+
+# Data preparation --------------------------------------------------------------------------
+
+def test_resampling_keeps_a_slow_signal_and_the_window_grid() -> None:
+    tr, target = 0.8, 2.0
+    times = np.arange(300) * tr
+    slow = np.sin(2 * np.pi * 0.05 * times)[:, None]
+    resampled = resample_to_tr(slow, tr, target)
+    expected = np.sin(2 * np.pi * 0.05 * np.arange(len(resampled)) * target)
+    assert len(resampled) == int(300 * tr / target)
+    assert np.abs(resampled[5:-5, 0] - expected[5:-5]).max() < 0.02
+    for source_tr, n_volumes in ((0.8, 300), (1.5, 97), (2.5, 61), (2.0, 120)):
+        signals = np.random.default_rng(0).standard_normal((n_volumes, 3))
+        prepared = prepare_run(ParcelRun(signals, source_tr, ["Visual"] * 3), 2.0, 6, 5.0)
+        assert prepared.onsets.tolist() == window_bounds(n_volumes, source_tr, 12.0).tolist()
+
+
+def test_robust_normalisation_uses_median_and_iqr_and_clips() -> None:
+    rng = np.random.default_rng(0)
+    signals = rng.normal(100.0, 4.0, (4000, 2))
+    signals[10, 0] = 1e6
+    normalised = robust_normalise(signals, clip=5.0)
+    assert np.median(normalised, axis=0) == pytest.approx([0, 0], abs=1e-9)
+    assert normalised.std(axis=0) == pytest.approx([1, 1], abs=0.05)
+    assert normalised[10, 0] == 5.0
+
+
+def test_parcel_identity_is_network_one_hot_and_fingerprint(aal: pd.DataFrame) -> None:
+    run = synthetic_run(aal, 0)
+    identity = parcel_identity(run.timeseries, run.networks)
+    index = list(NETWORKS).index
+    assert identity.shape == (len(aal), 2 * len(NETWORKS))
+    for row, network in zip(identity, run.networks, strict=True):
+        assert row[: len(NETWORKS)].argmax() == index(network)
+        assert row[len(NETWORKS):].argmax() == index(network)
+    with pytest.raises(ValueError, match="canonical"):
+        parcel_identity(run.timeseries, ["cluster 1"] * len(aal))
+
+
+# Quantiser ---------------------------------------------------------------------------------
+
+def test_quantizer_moves_codes_to_their_latents_and_restarts_dead_codes() -> None:
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(codebook_size=8, code_dim=4, decay=0.5, dead_after=3)
+    centres = torch.nn.functional.normalize(torch.randn(4, 4), dim=-1)
+    latents = torch.nn.functional.normalize(
+        centres.repeat(64, 1) + 0.01 * torch.randn(256, 4), dim=-1)
+    for _ in range(30):
+        output = quantizer(latents)
+    assert output.codes.shape == latents.shape and output.indices.shape == (256,)
+    assert output.commitment < 1e-3
+    # Every centre has a code on it; codes no latent chose were restarted on latents, so
+    # none is left where it started.
+    assert (quantizer.codebook @ centres.T).max(dim=0).values.min() > 0.999
+    assert (quantizer.codebook @ centres.T).max(dim=1).values.min() > 0.99
+
+    quantizer.eval()
+    before = quantizer.codebook.clone()
+    quantizer(torch.nn.functional.normalize(torch.randn(16, 4), dim=-1))
+    assert torch.equal(before, quantizer.codebook)
+
+
+def test_straight_through_gradient_reaches_the_latents() -> None:
+    quantizer = VectorQuantizer(codebook_size=4, code_dim=3)
+    latents = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1).requires_grad_()
+    quantizer(latents).codes.sum().backward()
+    assert torch.equal(latents.grad, torch.ones(5, 3))
+
+
+# Training ----------------------------------------------------------------------------------
+
+def test_training_learns_without_codebook_collapse(trained) -> None:
+    losses = [entry["loss"] for entry in trained.history if "loss" in entry]
+    assert len(losses) == TRAIN.steps
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+    metrics = trained.metrics
+    assert metrics["reconstruction_r2"] > 0.0
+    assert metrics["usage"] >= 0.5
+    assert metrics["perplexity"] >= 8.0
+    assert 0.0 <= metrics["retrieval_top1"] <= 1.0
+    assert metrics["retrieval_chance"] == pytest.approx(1 / 60)  # 2 runs x 30 windows
+    assert "alignment" in trained.history[0]
+    card = (trained.out_dir / MODEL_CARD).read_text()
+    assert "reconstruction_r2" in card and "torch" in card and "| train_windows | 224 |" in card
+
+
+def test_tokenize_run_gives_a_token_per_window(trained, runs) -> None:
+    _, validation = runs
+    tokens = trained.model.tokenize(validation[0])
+    frame = tokens.to_frame()
+    assert list(frame.columns) == ["onset", "duration", "token"]
+    assert frame["onset"].tolist() == window_bounds(120, 2.0, 8.0).tolist()
+    assert (frame["duration"] == 8.0).all()
+    assert frame["token"].between(0, CONFIG.codebook_size - 1).all()
+    assert tokens.embeddings.shape == (30, CONFIG.code_dim)
+    np.testing.assert_allclose(np.linalg.norm(tokens.embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_trained_tokenizer_reads_another_atlas(trained) -> None:
+    aal3 = load_network_table("AAL3")
+    tokens = trained.model.tokenize(synthetic_run(aal3, 11))
+    assert tokens.token_ids.shape == (30,)
+
+
+def test_token_embeddings_for_llm_project_the_codebook(trained) -> None:
+    model = trained.model
+    embeddings = model.token_embeddings_for_llm()
+    assert embeddings.shape == (CONFIG.codebook_size, CONFIG.llm_hidden)
+    with torch.no_grad():
+        expected = model.to_llm(model.quantizer.codebook)
+    torch.testing.assert_close(embeddings, expected)
+
+
+def test_save_load_round_trip_is_exact(trained, runs, tmp_path: Path) -> None:
+    model = trained.model
+    model.save_pretrained(tmp_path)
+    loaded = NeuralTokenizer.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    run = runs[1][1]
+    first, second = model.tokenize(run), loaded.tokenize(run)
+    np.testing.assert_array_equal(first.token_ids, second.token_ids)
+    np.testing.assert_array_equal(first.embeddings, second.embeddings)
+    assert json.loads((tmp_path / "config.json").read_text())["codebook_size"] == 32
+
+
+def test_resumed_training_matches_uninterrupted_training(runs, tmp_path: Path) -> None:
+    train, validation = runs
+    settings = TrainConfig(**{**TRAIN.__dict__, "steps": 12, "eval_interval": 6,
+                              "checkpoint_interval": 6, "warmup_steps": 3})
+    straight = train_tokenizer(train[:4], validation, tmp_path / "straight", CONFIG, settings,
+                               text_embedder=embed_texts)
+    train_tokenizer(train[:4], validation, tmp_path / "split", CONFIG, settings,
+                    text_embedder=embed_texts, until_step=6)
+    assert json.loads((tmp_path / "split" / STATE_JSON).read_text())["step"] == 6
+    resumed = train_tokenizer(train[:4], validation, tmp_path / "split", CONFIG, settings,
+                              text_embedder=embed_texts, resume=True)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert [h.get("loss") for h in straight.history] == [h.get("loss") for h in resumed.history]
+
+
+def test_training_refuses_leaky_splits_and_wrong_text_widths(runs, tmp_path: Path) -> None:
+    train, validation = runs
+    with pytest.raises(ValueError, match="both the training and the validation"):
+        train_tokenizer(train, train[:1], tmp_path, CONFIG, TRAIN)
+    with pytest.raises(ValueError, match="text_dim=384"):
+        train_tokenizer(train, validation, tmp_path, CONFIG, TRAIN,
+                        text_embedder=lambda texts: np.zeros((len(texts), 10)))
+
+
+# Baseline and metrics ----------------------------------------------------------------------
+
+def test_pca_kmeans_baseline_tokenizes_and_reconstructs(runs, aal: pd.DataFrame) -> None:
+    train, validation = runs
+    baseline = PCAKMeansTokenizer(patch_length=4, n_components=16, codebook_size=32).fit(train)
+    tokens = baseline.tokenize(validation[0])
+    assert tokens.token_ids.shape == (30,) and tokens.embeddings.shape == (30, 16)
+    assert tokens.to_frame()["onset"].tolist() == window_bounds(120, 2.0, 8.0).tolist()
+    prepared = [baseline.prepare(run) for run in validation]
+    r2 = reconstruction_r2(np.concatenate([p.patches for p in prepared]),
+                           np.concatenate([baseline.reconstruct(p) for p in prepared]))
+    assert r2 > 0.0
+    with pytest.raises(ValueError, match="another atlas"):
+        baseline.tokenize(synthetic_run(load_network_table("AAL3"), 1))
+
+
+def test_metrics_on_known_cases() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.standard_normal((10, 5, 4))
+    assert reconstruction_r2(target, target) == 1.0
+    assert reconstruction_r2(target, np.broadcast_to(target.mean(axis=(0, 2), keepdims=True),
+                                                     target.shape)) == pytest.approx(0.0)
+    assert codebook_usage(np.arange(8).repeat(3), 16) == pytest.approx(
+        {"perplexity": 8.0, "usage": 0.5})
+    features = rng.standard_normal((6, 3))
+    texts = ["a", "b", "c", "a", "b", "c"]
+    candidates = features[:3]
+    assert retrieval_top1(features[:3], texts[:3], candidates, ["a", "b", "c"]) == {
+        "top1": 1.0, "chance": 1 / 3}
+    means = token_text_means(np.array([0, 0, 2]), np.eye(3), 4)
+    np.testing.assert_allclose(means, [[0.5, 0.5, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]])
+
+
+# Backend -----------------------------------------------------------------------------------
+
+def test_backend_resolves_devices_and_autocasts_only_on_gpus() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="Unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
+    layer = torch.nn.Linear(3, 3)
+    with autocast(torch.device("cpu")):
+        assert layer(torch.ones(1, 3)).dtype == torch.float32
