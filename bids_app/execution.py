@@ -55,7 +55,10 @@ def run_workflow(workflow: Any, config: Config) -> None:
 
     execution = config.execution
     execution.log_dir.mkdir(parents=True, exist_ok=True)
+    nipype_level = "INFO" if execution.verbosity > 1 else "WARNING"
     nipype_config.update_config({
+        "logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
+                    "utils_level": nipype_level},
         "execution": {
             "crashdump_dir": str(execution.log_dir),
             "crashfile_format": "txt",

@@ -195,6 +195,15 @@ def prepare_run(config: Config) -> Any:
     return selection
 
 
+def run_participant_level(selection: Any, config: Config) -> None:
+    """Preprocess, denoise and parcellate every selected run (one nipype workflow)."""
+    from fmrilm_bids.workflows.base import init_fmrilm_wf
+
+    from .execution import run_workflow
+
+    run_workflow(init_fmrilm_wf(selection, config), config)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``fmrilm-bids``; returns the exit code (see the README)."""
     parser = build_parser()
@@ -202,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(opts, "verbosity", 0))
     try:
         config = build_config(opts, parser)
-        prepare_run(config)
+        selection = prepare_run(config)
+        if config.execution.analysis_level == "participant":
+            run_participant_level(selection, config)
     except FmrilmError as err:
         print(f"fmrilm-bids: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -146,7 +146,8 @@ def test_denoise_parcellate_with_a_user_atlas(tmp_path):
     nib.Nifti1Image(bold.astype(np.float32), affine).to_filename(tmp_path / "bold.nii.gz")
     nib.Nifti1Image(mask, affine).to_filename(tmp_path / "mask.nii.gz")
     nib.Nifti1Image(atlas, affine).to_filename(tmp_path / "my_atlas.nii.gz")
-    (tmp_path / "my_atlas.tsv").write_text("index\tname\n1\tleft\n2\tright_low\n3\ttop\n")
+    (tmp_path / "my_atlas.tsv").write_text("index\tname\n1\tleft\n2\tright_low\n3\ttop\n"
+                                         "4\tunused\n")
     motion = rng.normal(0, 0.0005, (n, 6))
     motion[30, 0] += 1.0  # a 1 mm jump and back: volumes 30 and 31 exceed FD 0.5 mm
     table, meta = confounds_table(motion, bold[mask > 0].reshape(-1, n),
@@ -166,7 +167,10 @@ def test_denoise_parcellate_with_a_user_atlas(tmp_path):
     assert list(out.columns) == ["left", "right_low"]
     assert result.outputs.metadata["CensoredVolumes"] == [30, 31]
     assert len(out) == n - 2
-    assert result.outputs.metadata["MissingParcels"] == ["top"]
+    assert result.outputs.metadata["MissingParcels"] == ["top", "unused"]
+    assert result.outputs.metadata["MissingParcelReasons"] == {
+        "top": "outside the BOLD brain mask",
+        "unused": "no voxel in the atlas image at this resolution"}
     assert result.outputs.atlas_name == "myatlas"
     assert not out.isna().any().any()
     kept = np.setdiff1d(np.arange(n), [30, 31])

@@ -129,6 +129,7 @@ def test_partial_coverage_lists_missing_parcels(processed):
     full, _ = _read_timeseries(_func(processed), RUN1)
     missing = set(meta["MissingParcels"])
     assert {"Supp_Motor_Area_L", "Parietal_Sup_R", "Paracentral_Lobule_L"} <= missing
+    assert meta["MissingParcelReasons"]["Parietal_Sup_R"] == "outside the BOLD brain mask"
     assert "Temporal_Inf_L" in table.columns
     assert missing.isdisjoint(table.columns)
     assert not table.isna().any().any()

@@ -53,7 +53,9 @@ class DenoiseParcellate(SimpleInterface):
     The sidecar lists the atlas, the strategy in words, ``RepetitionTime``, ``StartTime``
     (time of the first row after the run's first volume onset: discarded volumes plus the
     slice-timing reference), discarded and censored volumes, and the ``MissingParcels`` (listed
-    in the atlas, no voxel within the BOLD mask), which have no column.
+    in the atlas, no voxel within the BOLD mask), which have no column, with the reason of each
+    in ``MissingParcelReasons`` (outside the field of view / brain mask, or no voxel in the
+    atlas image at the BOLD resolution).
     """
 
     input_spec = _DenoiseInputSpec
@@ -87,6 +89,11 @@ class DenoiseParcellate(SimpleInterface):
             parcels.signals, denoise.select_confounds(table, strategy, metadata),
             self.inputs.repetition_time, self.inputs.high_pass, keep)
         names = [atlas.labels[v] for v in parcels.present]
+        in_image = atlas.present_labels()
+        missing_reasons = {
+            atlas.labels[v]: ("outside the BOLD brain mask" if v in in_image
+                              else "no voxel in the atlas image at this resolution")
+            for v in parcels.missing}
         cwd = Path(runtime.cwd)
         out = cwd / f"seg-{atlas.name}_timeseries.tsv"
         pd.DataFrame(cleaned, columns=names).to_csv(out, sep="\t", index=False,
@@ -114,7 +121,8 @@ class DenoiseParcellate(SimpleInterface):
                 "CensoredVolumes": censored,
                 "HighPass": self.inputs.high_pass,
                 "Standardized": "zscore",
-                "MissingParcels": [atlas.labels[v] for v in parcels.missing],
+                "MissingParcels": list(missing_reasons),
+                "MissingParcelReasons": missing_reasons,
                 "ParcelVoxelCounts": dict(zip(names, parcels.voxels, strict=True)),
                 "Sources": list(self.inputs.sources),
             },

@@ -114,11 +114,14 @@ class BoldReport(SimpleInterface):
         paragraphs.append("Denoising: " + first["DenoisingDescription"])
         for atlas_file, meta in zip(self.inputs.atlas_files,
                                     self.inputs.timeseries_metadata, strict=True):
-            missing = meta["MissingParcels"]
+            by_reason: dict[str, list[str]] = {}
+            for parcel, reason in meta["MissingParcelReasons"].items():
+                by_reason.setdefault(reason, []).append(parcel)
             paragraphs.append(
                 f"Atlas {meta['Atlas']}: {len(meta['ParcelVoxelCounts'])} parcels with "
-                f"signal; {len(missing)} missing (outside the BOLD mask)"
-                + (f": {', '.join(missing)}." if missing else "."))
+                f"signal; {len(meta['MissingParcels'])} missing."
+                + "".join(f" {reason.capitalize()}: {', '.join(parcels)}."
+                          for reason, parcels in by_reason.items()))
             if meta.get("CensoredVolumes"):
                 paragraphs.append(f"Censored volumes: {meta['CensoredVolumes']}.")
             figures.append((f"Atlas {meta['Atlas']} over the mean BOLD image.",
