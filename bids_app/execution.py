@@ -56,7 +56,7 @@ def run_workflow(workflow: Any, config: Config) -> None:
     execution = config.execution
     execution.log_dir.mkdir(parents=True, exist_ok=True)
     nipype_level = "INFO" if execution.verbosity > 1 else "WARNING"
-    nipype_config.update_config({
+    settings = {
         "logging": {"workflow_level": nipype_level, "interface_level": nipype_level,
                     "utils_level": nipype_level},
         "execution": {
@@ -69,7 +69,10 @@ def run_workflow(workflow: Any, config: Config) -> None:
             "get_linked_libs": False,
         },
         "monitoring": {"enabled": False},
-    })
+    }
+    nipype_config.update_config(settings)
+    for section, values in settings.items():  # a workflow keeps the config of its creation
+        workflow.config.setdefault(section, {}).update(values)
     nipype_logging.update_logging(nipype_config)
     workflow.base_dir = str(execution.work_dir)
     plugin_args = config.nipype.resolved_plugin_args()

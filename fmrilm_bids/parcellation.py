@@ -39,7 +39,7 @@ def parcel_signals(values: np.ndarray, labels: np.ndarray,
     """
     label_values = [int(v) for v in label_values]
     position = {value: k for k, value in enumerate(label_values)}
-    columns = np.array([position.get(int(v), -1) for v in labels])
+    columns = np.array([position.get(int(v), -1) for v in labels], dtype=np.int64)
     keep = columns >= 0
     counts = np.bincount(columns[keep], minlength=len(label_values))
     one_hot = sparse.csr_matrix(

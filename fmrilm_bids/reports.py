@@ -45,11 +45,17 @@ def overlay_figure(background: str, contours: Sequence[tuple[str, str]], title: 
     """``background`` with the outlines of masks ``[(path, colour), ...]`` (registration
     and mask checks)."""
     import matplotlib.pyplot as plt
+    import nibabel as nib
+    import numpy as np
     from nilearn import plotting
 
+    values = np.asarray(nib.load(background).dataobj, dtype=np.float64)
+    values = values[np.isfinite(values) & (values != 0)]
+    vmin, vmax = np.percentile(values, [2, 99.5]) if values.size else (0.0, 1.0)
     figure = plt.figure(figsize=(10, 3))
     display = plotting.plot_anat(background, display_mode="ortho", figure=figure,
-                                 title=title, dim=-0.5, draw_cross=False)
+                                 title=title, dim=0, vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                                 draw_cross=False, colorbar=False)
     for path, colour in contours:
         display.add_contours(path, levels=[0.5], colors=colour, linewidths=1.0)
     return figure_uri(figure)

@@ -4,10 +4,11 @@ nilearn ships the ICBM152 2009a nonlinear *symmetric* template (TemplateFlow's
 ``MNI152NLin2009aSym``). :func:`ensure_template` writes it, with a brain mask and tissue
 probability maps, into ``$TEMPLATEFLOW_HOME`` laid out the TemplateFlow way, so that
 ``templateflow.api.get`` finds it offline. Files that a real TemplateFlow home already holds
-(e.g. in the container) are used as they are and never overwritten.
+(``res-1`` or ``res-01``) are used as they are and never overwritten or duplicated.
 
-Call :func:`fmrilm_bids.environment.configure_environment` first: TemplateFlow reads
-``TEMPLATEFLOW_HOME`` once, at import.
+:func:`get_template` reads the folder directly rather than through ``templateflow.api``,
+whose index is built once per process (from the ``TEMPLATEFLOW_HOME`` seen at import, and
+before the files were written).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import numpy as np
 
 TEMPLATE = "MNI152NLin2009aSym"
 RESOLUTIONS = (1, 2)
+#: The images fmrilm-bids uses, by their TemplateFlow entities and suffix.
+TEMPLATE_FILES = ("T1w", "desc-brain_mask", "label-GM_probseg", "label-WM_probseg",
+                  "label-CSF_probseg")
 
 
 def _template_dir() -> Path:
@@ -57,6 +61,20 @@ def _write_float(img: object, path: Path, dtype: type = np.float32) -> None:
     os.replace(tmp, path)
 
 
+def _file_name(resolution: int, key: str, padded: bool = True) -> str:
+    res = f"{resolution:02d}" if padded else str(resolution)
+    return f"tpl-{TEMPLATE}_res-{res}_{key}.nii.gz"
+
+
+def _existing(folder: Path, resolution: int, key: str) -> Path | None:
+    """The non-empty file for ``key`` at ``resolution`` (``res-01`` or ``res-1``), if any."""
+    for padded in (True, False):
+        path = folder / _file_name(resolution, key, padded)
+        if path.is_file() and path.stat().st_size > 0:
+            return path
+    return None
+
+
 def ensure_template() -> Path:
     """Make sure ``$TEMPLATEFLOW_HOME/tpl-MNI152NLin2009aSym`` holds what fmrilm-bids uses.
 
@@ -74,11 +92,9 @@ def ensure_template() -> Path:
     description = folder / "template_description.json"
     resolutions = {}
     for resolution in RESOLUTIONS:
-        stem = f"tpl-{TEMPLATE}_res-{resolution:02d}"
         wanted = {
-            key: folder / f"{stem}_{key}.nii.gz"
-            for key in ("T1w", "desc-brain_mask", "label-GM_probseg", "label-WM_probseg",
-                        "label-CSF_probseg")
+            key: _existing(folder, resolution, key) or folder / _file_name(resolution, key)
+            for key in TEMPLATE_FILES
         }
         images = None
         if any(not p.is_file() or p.stat().st_size == 0 for p in wanted.values()):
@@ -123,19 +139,30 @@ def ensure_template() -> Path:
     return folder
 
 
-def get_template(resolution: int = 2, suffix: str = "T1w", **entities: object) -> Path:
-    """Return one template file (e.g. ``suffix="mask", desc="brain"``), written on first use."""
-    ensure_template()
-    from templateflow import api as tflow
+def get_template(resolution: int = 2, suffix: str = "T1w", **entities: str | None) -> Path:
+    """One template file, written on first use.
 
-    entities.setdefault("desc", None)
-    found = tflow.get(TEMPLATE, resolution=resolution, suffix=suffix, extension=".nii.gz",
-                      **entities)
-    if isinstance(found, list):
-        if len(found) != 1:
-            raise FileNotFoundError(
-                f"TemplateFlow has {len(found)} files for {TEMPLATE} res-{resolution} "
-                f"{suffix} {entities}; expected exactly one in {_template_dir()}."
-            )
-        found = found[0]
-    return Path(found)
+    Parameters
+    ----------
+    resolution : {1, 2}
+        Voxel size in mm.
+    suffix : str
+        ``"T1w"``, ``"mask"`` or ``"probseg"``.
+    **entities
+        ``desc="brain"`` for the mask, ``label="GM"|"WM"|"CSF"`` for the probability maps.
+
+    Returns
+    -------
+    Path
+    """
+    key = "_".join([*(f"{name}-{entities[name]}" for name in ("label", "desc")
+                      if entities.get(name)), suffix])
+    if key not in TEMPLATE_FILES or resolution not in RESOLUTIONS:
+        raise FileNotFoundError(
+            f"{TEMPLATE} has no res-{resolution} {key} image here; available: "
+            f"{', '.join(TEMPLATE_FILES)} at res {', '.join(map(str, RESOLUTIONS))}.")
+    found = _existing(ensure_template(), resolution, key)
+    if found is None:
+        raise FileNotFoundError(f"{_template_dir()}: {_file_name(resolution, key)} could not "
+                                "be written; check that TEMPLATEFLOW_HOME is writable.")
+    return found

@@ -46,6 +46,9 @@ def session_root(pytestconfig: pytest.Config) -> Path:
 def write_tiny_bids(root: Path, subjects: tuple[str, ...] = ("01", "02")) -> Path:
     """A minimal, validator-clean BIDS dataset: small T1w and two short BOLD runs each.
 
+    The images are noise (enough for the input checks, not for registration); with
+    :func:`write_fmriprep_tree` the whole participant level runs on it in seconds.
+
     Runs: ``task-rest`` and ``task-faces`` (with events). ``RepetitionTime`` lives in
     top-level ``task-*_bold.json`` files, as in most real datasets (BIDS inheritance).
     """
@@ -75,7 +78,7 @@ def write_tiny_bids(root: Path, subjects: tuple[str, ...] = ("01", "02")) -> Pat
                              np.diag([2.0, 2.0, 2.0, 1.0]))
         t1.to_filename(anat / f"sub-{sub}_T1w.nii.gz")
         for task in ("rest", "faces"):
-            bold = nib.Nifti1Image(rng.normal(1000, 10, (6, 6, 4, 10)).astype(np.float32),
+            bold = nib.Nifti1Image(rng.normal(1000, 10, (6, 6, 4, 40)).astype(np.float32),
                                    affine)
             bold.header.set_xyzt_units("mm", "sec")
             bold.header["pixdim"][4] = 2.0
@@ -84,6 +87,54 @@ def write_tiny_bids(root: Path, subjects: tuple[str, ...] = ("01", "02")) -> Pat
             "onset\tduration\ttrial_type\tcaption\n0\t2\tface\tA smiling woman.\n"
             "10\t2\tplace\tA quiet beach at dawn.\n")
     return root
+
+
+def write_fmriprep_tree(bids_dir: Path, root: Path) -> Path:
+    """fMRIPrep-shaped derivatives for every BOLD run of ``bids_dir`` (for
+    ``--derivatives fmriprep=ROOT``): MNI-space BOLD at 8 mm, brain mask, confounds table.
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from fmrilm_bids.confounds import confounds_table
+
+    rng = np.random.default_rng(1)
+    affine = np.diag([8.0, 8.0, 8.0, 1.0])
+    affine[:3, 3] = (-96, -132, -78)
+    shape = (25, 29, 25)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[3:-3, 3:-3, 3:-3] = 1
+    (root / "dataset_description.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "fMRIPrep", "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "fMRIPrep"}]}))
+    for raw in sorted(bids_dir.glob("sub-*/**/func/*_bold.nii.gz")):
+        n_volumes = nib.load(raw).shape[3]
+        stem = raw.name[: -len("_bold.nii.gz")]
+        func = root / raw.parent.relative_to(bids_dir)
+        func.mkdir(parents=True, exist_ok=True)
+        space = f"{stem}_space-MNI152NLin2009cAsym_res-2"
+        bold = 100 + rng.normal(0, 1, (*shape, n_volumes)) * mask[..., None]
+        nib.Nifti1Image(bold.astype(np.float32), affine).to_filename(
+            func / f"{space}_desc-preproc_bold.nii.gz")
+        nib.Nifti1Image(mask, affine).to_filename(func / f"{space}_desc-brain_mask.nii.gz")
+        voxels = bold[mask > 0]
+        table, metadata = confounds_table(
+            rng.normal(0, 0.05, (n_volumes, 6)), voxels,
+            {"white_matter": voxels[:50], "csf": voxels[50:100]}, voxels[:100], 2.0, 0.008,
+            n_dummy=0)
+        table.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False,
+                     na_rep="n/a")
+        (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(metadata))
+    return root
+
+
+@pytest.fixture
+def tiny_fmriprep(tiny_bids: Path, tmp_path: Path) -> Path:
+    """fMRIPrep derivatives of :func:`tiny_bids` (see :func:`write_fmriprep_tree`)."""
+    return write_fmriprep_tree(tiny_bids, tmp_path / "fmriprep")
 
 
 @pytest.fixture

@@ -64,6 +64,9 @@ class DenoiseParcellate(SimpleInterface):
     def _run_interface(self, runtime):
         bold_img = nib.load(self.inputs.bold_file)
         mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        if not mask.any():
+            raise ValueError(f"{self.inputs.mask_file}: the BOLD brain mask is empty; the "
+                             "registration to the template failed (see the report).")
         atlas = load_atlas(self.inputs.atlas, reference=nib.Nifti1Image(
             mask.astype(np.uint8), bold_img.affine))
         labels = np.asarray(atlas.image.dataobj)
