@@ -112,26 +112,47 @@ def carpet_figure(series: np.ndarray, confounds: dict[str, np.ndarray], n_dummy:
 
 
 def section(title: str, paragraphs: Sequence[str] = (),
-            figures: Sequence[tuple[str, str]] = ()) -> dict[str, object]:
-    """A report section: ``figures`` as ``[(caption, data URI), ...]``."""
+            figures: Sequence[tuple[str, str]] = (),
+            tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[object]]]] = (),
+            ) -> dict[str, object]:
+    """A report section: ``figures`` as ``[(caption, data URI), ...]``, ``tables`` as
+    ``[(caption, column names, rows), ...]``."""
     return {"title": title, "paragraphs": list(paragraphs),
-            "figures": [{"caption": c, "uri": u} for c, u in figures]}
+            "figures": [{"caption": c, "uri": u} for c, u in figures],
+            "tables": [{"caption": c, "columns": list(cols), "rows": [list(r) for r in rows]}
+                       for c, cols, rows in tables]}
 
 
-def render_report(subject: str, sections: Sequence[dict[str, object]]) -> str:
-    """The HTML of one subject's report (sections in order, then software versions)."""
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return html.escape(str(value))
+
+
+def render_report(name: str, sections: Sequence[dict[str, object]]) -> str:
+    """The HTML of one report, e.g. ``name="sub-01"`` (sections in order, then software
+    versions)."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>fmrilm-bids: sub-{html.escape(subject)}</title>",
+        f"<title>fmrilm-bids: {html.escape(name)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
         "img{max-width:100%}figure{margin:1em 0}figcaption{font-size:90%;color:#444}"
-        "h2{border-bottom:1px solid #ccc}</style></head><body>",
-        f"<h1>fmrilm-bids report: sub-{html.escape(subject)}</h1>",
+        "h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "caption{text-align:left;color:#444}</style></head><body>",
+        f"<h1>fmrilm-bids report: {html.escape(name)}</h1>",
     ]
     for item in sections:
         parts.append(f"<h2>{html.escape(str(item['title']))}</h2>")
         parts += [f"<p>{html.escape(str(p))}</p>" for p in item.get("paragraphs", [])]
+        for table in item.get("tables", []):
+            parts.append(f"<table><caption>{html.escape(table['caption'])}</caption><tr>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
+                         + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+                      for row in table["rows"]]
+            parts.append("</table>")
         for fig in item.get("figures", []):
             parts.append(f'<figure><img src="{fig["uri"]}" alt="{html.escape(fig["caption"])}">'
                          f"<figcaption>{html.escape(fig['caption'])}</figcaption></figure>")

@@ -262,9 +262,12 @@ def test_render_report_is_self_contained():
 
     figure = plt.figure()
     plt.plot([0, 1])
-    html = reports.render_report("01", [reports.section(
-        "BOLD run x", ["a <paragraph>"], [("caption", reports.figure_uri(figure))])])
+    html = reports.render_report("sub-01", [reports.section(
+        "BOLD run x", ["a <paragraph>"], [("caption", reports.figure_uri(figure))],
+        [("Metrics", ["task", "accuracy"], [["sex", 0.8125], ["age<bin>", 0.5]])])])
+    assert "<h1>fmrilm-bids report: sub-01</h1>" in html
     assert 'src="data:image/png;base64,' in html
+    assert "<td>sex</td><td>0.812</td>" in html and "<td>age&lt;bin&gt;</td>" in html
     assert "a &lt;paragraph&gt;" in html
     assert "nilearn" in html and "antspyx" in html
     assert "http" not in html.split("<body>")[1]

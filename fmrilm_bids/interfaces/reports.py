@@ -151,6 +151,6 @@ class SubjectReport(SimpleInterface):
     def _run_interface(self, runtime):
         sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
         out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
-        atomic_write_text(out, reports.render_report(self.inputs.subject, sections))
+        atomic_write_text(out, reports.render_report(f"sub-{self.inputs.subject}", sections))
         self._results["out_report"] = str(out)
         return runtime
