@@ -95,6 +95,8 @@ class WorkflowConfig:
     model_dir: Path | None = None
     llm_dir: Path | None = None
     device: str = "auto"
+    tokenizer_steps: int = 2000
+    lm_steps: int = 200
 
 
 @dataclass

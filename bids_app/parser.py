@@ -124,4 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a trained fmrilm-bids model to apply at participant level")
     add(wf, "--llm", dest="llm_dir", type=Path, metavar="DIR",
         help="a local Hugging Face causal LM folder (default: SmolLM2-135M-Instruct)")
+    add(wf, "--tokenizer-steps", type=int, metavar="N",
+        help="group level: Stage-1 tokenizer training steps (default: 2000)")
+    add(wf, "--lm-steps", type=int, metavar="N",
+        help="group level: training steps of each language-model stage (default: 200)")
     return parser

@@ -31,7 +31,8 @@ OPTION_SECTIONS = {
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
     "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
-                 "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device"),
+                 "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
+                 "tokenizer_steps", "lm_steps"),
 }
 #: Keys of a config file that the command line always decides.
 RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")
@@ -187,6 +188,12 @@ def prepare_run(config: Config) -> Any:
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
     checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+    if execution.analysis_level == "group":
+        from fmrilm_bids.derivative_runs import check_participant_outputs
+        from fmrilm_bids.group import atlas_name
+
+        check_participant_outputs(selection, execution.output_dir,
+                                  atlas_name(config.workflow.atlases[0]))
 
     write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
     _add_log_file(execution.log_dir)
@@ -196,12 +203,23 @@ def prepare_run(config: Config) -> Any:
 
 
 def run_participant_level(selection: Any, config: Config) -> None:
-    """Preprocess, denoise and parcellate every selected run (one nipype workflow)."""
+    """Preprocess, denoise and parcellate every selected run (one nipype workflow); with
+    ``--model``, then apply the trained fMRI-LM model to those runs."""
+    from fmrilm_bids.group import apply_model
     from fmrilm_bids.workflows.base import init_fmrilm_wf
 
     from .execution import run_workflow
 
     run_workflow(init_fmrilm_wf(selection, config), config)
+    if config.workflow.model_dir:
+        apply_model(selection, config)
+
+
+def run_group_level(selection: Any, config: Config) -> None:
+    """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
+    from fmrilm_bids.group import run_group_level as train_and_apply
+
+    train_and_apply(selection, config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         selection = prepare_run(config)
         if config.execution.analysis_level == "participant":
             run_participant_level(selection, config)
+        else:
+            run_group_level(selection, config)
     except FmrilmError as err:
         print(f"fmrilm-bids: error: {err}", file=sys.stderr)
         return err.exit_code

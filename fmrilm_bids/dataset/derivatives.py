@@ -22,12 +22,14 @@ DOCKER_IMAGE = "fmrilm/fmrilm-bids"
 BIDS_VERSION = "1.10.0"
 
 #: Files the BIDS schema does not know yet (fmrilm-bids' own suffixes, logs, reports).
+#: ``models`` and ``group`` hold tables and must be named without a trailing slash: the
+#: validator (bids-validator-deno 3.0) still reports ``group/`` as NOT_INCLUDED.
 BIDSIGNORE_PATTERNS = (
     "*.html",
     "logs/",
     "figures/",
-    "models/",
-    "group/",
+    "models",
+    "group",
     "*_timeseries.tsv",
     "*_timeseries.json",
     "*_tokens.*",

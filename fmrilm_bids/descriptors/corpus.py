@@ -69,6 +69,12 @@ class DescriptorSettings:
                 "max_facts": self.max_facts, "min_salient_z": self.min_salient_z,
                 "n_data_driven_networks": self.n_data_driven_networks}
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> DescriptorSettings:
+        """Settings written by :meth:`to_dict` (e.g. read back from a model folder)."""
+        values = dict(values)
+        return cls(features=FeatureSettings.from_dict(values.pop("features")), **values)
+
 
 @dataclass
 class RunInput:

@@ -77,6 +77,11 @@ class FeatureSettings:
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> FeatureSettings:
+        """Settings written by :meth:`to_dict`."""
+        return cls(**values)
+
 
 @dataclass
 class RunFeatures:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -45,6 +46,17 @@ from .quantizer import VectorQuantizer
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+
+
+def weights_hash(directory: str | Path) -> str:
+    """``sha256:<hex>`` of the weights file of a saved tokenizer (identifies the model)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 @dataclass
@@ -212,6 +224,27 @@ class PatchDecoder(nn.Module):
         return self.loadings(identity)[:, None] @ basis
 
 
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` that returns a lone tensor as it is (no copy)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _batches(spans: list[tuple[int, int, int, int]],
+             size: int) -> Iterator[list[tuple[int, int, int, int]]]:
+    """Split spans of sequences (last item: how many) into batches of ``size`` sequences."""
+    batch, filled = [], 0
+    for index, start, length, count in spans:
+        while count:
+            taken = min(count, size - filled)
+            batch.append((index, start, length, taken))
+            start, count, filled = start + taken * length, count - taken, filled + taken
+            if filled == size:
+                yield batch
+                batch, filled = [], 0
+    if batch:
+        yield batch
+
+
 class NeuralTokenizer(nn.Module):
     """fMRI tokenizer with a language-aligned projection (see the module docstring)."""
 
@@ -310,48 +343,79 @@ class NeuralTokenizer(nn.Module):
         return self.to_llm.weight.device
 
     @torch.inference_mode()
-    def encode_prepared(self, prepared: PreparedRun,
-                        batch_windows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """Latents and token ids of a prepared run, in chunks of ``context_windows``.
+    def encode_runs(self, prepared: Sequence[PreparedRun],
+                    batch_windows: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Latents and token ids of prepared runs, batched across runs.
+
+        Each run is cut into sequences of ``context_windows`` windows (the last one
+        shorter); sequences of the same length and parcel count, from any run, are encoded
+        together, so many short runs cost about as much as one long run of the same length.
 
         Parameters
         ----------
-        prepared : PreparedRun
+        prepared : sequence of PreparedRun
         batch_windows : int, default=1024
-            Windows per forward pass (bounds the memory of a long run).
+            Windows per forward pass (bounds the memory).
 
         Returns
         -------
-        latents : ndarray (n_windows, code_dim), float32
-        token_ids : ndarray (n_windows,), int64
+        list of (latents, token_ids)
+            Per run, in order: ``(n_windows, code_dim)`` float32 latents and
+            ``(n_windows,)`` int64 token ids.
         """
         self.eval()
-        device = self.device
-        context = self.config.context_windows
-        patches = torch.from_numpy(prepared.patches).to(device)
-        identity = torch.from_numpy(prepared.identity).to(device)[None]
-        n_full = prepared.n_windows // context
-        chunks = [patches[: n_full * context].view(n_full, context, *patches.shape[1:])]
-        if prepared.n_windows % context:
-            chunks.append(patches[n_full * context:][None])
-        step = max(1, batch_windows // context)
-        latents = []
-        with autocast(device):
-            for chunk in chunks:
-                for start in range(0, len(chunk), step):
-                    latents.append(self.encode(chunk[start:start + step], identity)
-                                   .reshape(-1, self.config.code_dim))
-        latents = torch.cat(latents).float()
-        token_ids = self.quantizer.lookup(latents)
-        return latents.cpu().numpy(), token_ids.cpu().numpy()
+        device, context = self.device, self.config.context_windows
+        patches = [torch.from_numpy(run.patches) for run in prepared]
+        identities = [torch.from_numpy(run.identity) for run in prepared]
+        # Spans of consecutive sequences: (run, first window, sequence length, sequences).
+        groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+        for index, run in enumerate(prepared):
+            n_full, rest = divmod(run.n_windows, context)
+            shape = run.patches.shape[1]
+            if n_full:
+                groups.setdefault((context, shape), []).append((index, 0, context, n_full))
+            if rest:
+                groups.setdefault((rest, shape), []).append((index, n_full * context, rest, 1))
+        latents = [torch.empty(run.n_windows, self.config.code_dim) for run in prepared]
+        for (length, _), spans in groups.items():
+            per_batch = max(1, batch_windows // length)
+            for batch in _batches(spans, per_batch):
+                views = [patches[i][s:s + length * n].view(n, length, *patches[i].shape[1:])
+                         for i, s, _, n in batch]
+                shared = [identities[i].expand(n, *identities[i].shape) for i, _, _, n in batch]
+                with autocast(device):
+                    encoded = self.encode(_cat(views).to(device),
+                                          _cat(shared).to(device)).float().cpu()
+                offset = 0
+                for i, s, _, n in batch:
+                    latents[i][s:s + length * n] = encoded[offset:offset + n].flatten(0, 1)
+                    offset += n
+        token_ids = self.quantizer.lookup(torch.cat(latents).to(device)).cpu().split(
+            [run.n_windows for run in prepared])
+        return [(lat.numpy(), ids.numpy()) for lat, ids in zip(latents, token_ids, strict=True)]
+
+    def encode_prepared(self, prepared: PreparedRun,
+                        batch_windows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Latents and token ids of one prepared run (:meth:`encode_runs`)."""
+        return self.encode_runs([prepared], batch_windows)[0]
+
+    def tokenize_runs(self, runs: Sequence[ParcelRun],
+                      batch_windows: int = 1024) -> list[TokenizedRun]:
+        """Token per window of each run, with onsets and pre-quantisation embeddings.
+
+        Runs are prepared one by one and encoded together (:meth:`encode_runs`).
+        """
+        config = self.config
+        prepared = [prepare_run(run, config.target_tr, config.patch_length, config.clip)
+                    for run in runs]
+        return [TokenizedRun(token_ids=token_ids, onsets=run.onsets,
+                             window_duration=run.window_duration, embeddings=latents)
+                for run, (latents, token_ids) in zip(
+                    prepared, self.encode_runs(prepared, batch_windows), strict=True)]
 
     def tokenize(self, run: ParcelRun) -> TokenizedRun:
         """Token per window of a run, with onsets and pre-quantisation embeddings."""
-        prepared = prepare_run(run, self.config.target_tr, self.config.patch_length,
-                               self.config.clip)
-        latents, token_ids = self.encode_prepared(prepared)
-        return TokenizedRun(token_ids=token_ids, onsets=prepared.onsets,
-                            window_duration=prepared.window_duration, embeddings=latents)
+        return self.tokenize_runs([run])[0]
 
     @torch.inference_mode()
     def reconstruct(self, prepared: PreparedRun) -> np.ndarray:

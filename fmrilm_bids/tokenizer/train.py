@@ -303,7 +303,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
                     out_dir: str | Path, config: TokenizerConfig | None = None,
                     train_config: TrainConfig | None = None,
                     text_embedder: TextEmbedder | None = None, resume: bool = False,
-                    until_step: int | None = None) -> TrainingResult:
+                    until_step: int | None = None,
+                    text_embedder_name: str | None = None) -> TrainingResult:
     """Train a :class:`NeuralTokenizer` (group level).
 
     Parameters
@@ -322,6 +323,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         Continue from the checkpoint in ``out_dir``.
     until_step : int, optional
         Stop (with a checkpoint) after this many steps in all, to split training over jobs.
+    text_embedder_name : str, optional
+        What ``text_embedder`` is (e.g. the sentence encoder's name), for the model card.
 
     Returns
     -------
@@ -356,6 +359,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
     length = min(train_config.sequence_windows, config.context_windows,
                  min(run.n_windows for run in train))
     summary = data_summary(train, validation, train_runs)
+    summary["text_embedder"] = (text_embedder_name or getattr(text_embedder, "__name__", "custom")
+                                if text_embedder is not None else "none (no alignment loss)")
 
     # Model and optimiser, fresh or resumed.
     model = NeuralTokenizer(config).to(device)

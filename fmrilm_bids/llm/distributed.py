@@ -1,0 +1,102 @@
+"""Data-parallel training across processes (``torchrun`` / ``accelerate launch``).
+
+The one place that reads the launcher's environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``). Launched that way, every process trains the same model on its own share of
+each batch; after the backward passes the trainable gradients are averaged across processes
+(one all-reduce of a flat buffer: the gradient synchronisation of DDP, done explicitly so
+the model's forward can stay as it is), and every process takes the same optimiser step.
+A single process (no launcher) makes every method here a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from fmrilm_bids.backend import resolve_device
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place among the training processes.
+
+    Attributes
+    ----------
+    rank : int
+        Global index of this process (0 is the main one: it writes files, reports).
+    world_size : int
+        Processes in all.
+    local_rank : int
+        Index on this machine (its GPU).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, name: str) -> torch.device:
+        """The device of this process: ``name``, or this process's GPU when launched."""
+        device = resolve_device(name)
+        if device.type == "cuda" and self.world_size > 1:
+            return resolve_device(f"cuda:{self.local_rank}")
+        return device
+
+    def all_reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``parameters`` over the processes."""
+        if self.world_size == 1:
+            return
+        parameters = list(parameters)
+        for p in parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in parameters])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in parameters:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def broadcast_parameters(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Give every process the main process's values of ``parameters``."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            for p in parameters:
+                dist.broadcast(p.data, src=0)
+
+    def gather(self, value: object) -> list[object]:
+        """``value`` of every process, in rank order (on every process)."""
+        if self.world_size == 1:
+            return [value]
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def distributed_context() -> DistributedContext:
+    """Read the launcher's environment; join the process group when there are several.
+
+    NCCL on GPUs, gloo on CPUs. Without ``WORLD_SIZE`` (or with 1): a single process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    context = DistributedContext(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
+                                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if world_size > 1 and not dist.is_initialized():
+        gpu = torch.cuda.is_available()
+        if gpu:
+            torch.cuda.set_device(context.local_rank)
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
+    return context

