@@ -97,6 +97,7 @@ class WorkflowConfig:
     device: str = "auto"
     tokenizer_steps: int = 2000
     lm_steps: int = 200
+    gradient_checkpointing: bool = False
 
 
 @dataclass

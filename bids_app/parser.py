@@ -128,4 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="group level: Stage-1 tokenizer training steps (default: 2000)")
     add(wf, "--lm-steps", type=int, metavar="N",
         help="group level: training steps of each language-model stage (default: 200)")
+    add(wf, "--gradient-checkpointing", action="store_true",
+        help="group level: recompute the language model's activations in the backward pass "
+        "(less GPU memory, about 30%% more time)")
     return parser

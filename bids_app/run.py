@@ -19,6 +19,7 @@ from typing import Any
 
 from fmrilm_bids import __version__
 from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+from fmrilm_bids.launch import launched_process
 
 from .config import Config, read_config_file
 from .parser import build_parser
@@ -32,7 +33,7 @@ OPTION_SECTIONS = {
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
     "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
                  "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
-                 "tokenizer_steps", "lm_steps"),
+                 "tokenizer_steps", "lm_steps", "gradient_checkpointing"),
 }
 #: Keys of a config file that the command line always decides.
 RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")
@@ -134,7 +135,9 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = {0: logging.INFO, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    """Log to stderr: INFO (-v too), DEBUG from -vv; -1 for warnings only."""
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO}.get(verbosity,
+                                                                       logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s",
                                            "%H:%M:%S"))
@@ -188,6 +191,10 @@ def prepare_run(config: Config) -> Any:
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
     checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+    if config.workflow.model_dir and execution.analysis_level == "participant":
+        from fmrilm_bids.group import load_model
+
+        load_model(config.workflow.model_dir)
     if execution.analysis_level == "group":
         from fmrilm_bids.derivative_runs import check_participant_outputs
         from fmrilm_bids.group import atlas_name
@@ -195,6 +202,8 @@ def prepare_run(config: Config) -> Any:
         check_participant_outputs(selection, execution.output_dir,
                                   atlas_name(config.workflow.atlases[0]))
 
+    if not launched_process().is_main:  # one of several group processes: rank 0 writes
+        return selection
     write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
     _add_log_file(execution.log_dir)
     config.save(execution.log_dir / "config.toml")
@@ -226,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``fmrilm-bids``; returns the exit code (see the README)."""
     parser = build_parser()
     opts = parser.parse_args(argv)
-    _setup_logging(getattr(opts, "verbosity", 0))
+    launched = launched_process()
+    if launched.world_size > 1 and opts.analysis_level != "group":
+        parser.error(f"{launched.world_size} processes were launched (torchrun / accelerate); "
+                     "only the group level trains in parallel: run the participant level as "
+                     "one process (it uses --nprocs cores)")
+    # The other processes of a parallel group run log their warnings only.
+    _setup_logging(getattr(opts, "verbosity", 0) if launched.is_main else -1)
     try:
         config = build_config(opts, parser)
         selection = prepare_run(config)

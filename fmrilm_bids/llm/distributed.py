@@ -1,46 +1,29 @@
 """Data-parallel training across processes (``torchrun`` / ``accelerate launch``).
 
-The one place that reads the launcher's environment (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``). Launched that way, every process trains the same model on its own share of
-each batch; after the backward passes the trainable gradients are averaged across processes
-(one all-reduce of a flat buffer: the gradient synchronisation of DDP, done explicitly so
-the model's forward can stay as it is), and every process takes the same optimiser step.
-A single process (no launcher) makes every method here a no-op.
+The launcher's environment is read by :mod:`fmrilm_bids.launch`. Launched that way, every
+process trains the same model on its own share of each batch; after the backward passes the
+trainable gradients are averaged across processes (one all-reduce of a flat buffer: the
+gradient synchronisation of DDP, done explicitly so the model's forward can stay as it is),
+and every process takes the same optimiser step. A single process (no launcher) makes every
+method here a no-op.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed as dist
 
 from fmrilm_bids.backend import resolve_device
+from fmrilm_bids.launch import LaunchedProcess, launched_process
 
 
 @dataclass(frozen=True)
-class DistributedContext:
-    """This process's place among the training processes.
-
-    Attributes
-    ----------
-    rank : int
-        Global index of this process (0 is the main one: it writes files, reports).
-    world_size : int
-        Processes in all.
-    local_rank : int
-        Index on this machine (its GPU).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class DistributedContext(LaunchedProcess):
+    """This process's place among the training processes (:class:`LaunchedProcess`), with
+    the collective operations they share."""
 
     def device(self, name: str) -> torch.device:
         """The device of this process: ``name``, or this process's GPU when launched."""
@@ -91,10 +74,8 @@ def distributed_context() -> DistributedContext:
 
     NCCL on GPUs, gloo on CPUs. Without ``WORLD_SIZE`` (or with 1): a single process.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    context = DistributedContext(rank=int(os.environ.get("RANK", "0")), world_size=world_size,
-                                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    if world_size > 1 and not dist.is_initialized():
+    context = DistributedContext(**asdict(launched_process()))
+    if context.world_size > 1 and not dist.is_initialized():
         gpu = torch.cuda.is_available()
         if gpu:
             torch.cuda.set_device(context.local_rank)

@@ -275,6 +275,7 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
         entry: dict[str, float] = {"step": step + 1, "lr": learning_rate, "loss": 0.0}
+        kind_losses: dict[str, list[float]] = {}
         for _ in range(config.grad_accum):
             batch = sample_examples(examples, rng, config.batch_size * context.world_size)
             mine = batch[context.rank::context.world_size]
@@ -287,7 +288,8 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
             tokens += int(tensors["attention_mask"].sum()) * context.world_size
             entry["loss"] += loss.item() / config.grad_accum
             for kind, value in parts.items():
-                entry[kind] = entry.get(kind, 0.0) + value / config.grad_accum
+                kind_losses.setdefault(kind, []).append(value)
+        entry |= {kind: float(np.mean(values)) for kind, values in kind_losses.items()}
         context.all_reduce_gradients(parameters)
         torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
         optimizer.step()
