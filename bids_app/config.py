@@ -98,6 +98,7 @@ class WorkflowConfig:
     tokenizer_steps: int = 2000
     lm_steps: int = 200
     gradient_checkpointing: bool = False
+    reference_group: str | None = None
 
 
 @dataclass

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="group level: Stage-1 tokenizer training steps (default: 2000)")
     add(wf, "--lm-steps", type=int, metavar="N",
         help="group level: training steps of each language-model stage (default: 200)")
+    add(wf, "--reference-group", metavar="GROUP",
+        help="group level: grade the descriptors against the participants whose "
+        "participants.tsv 'group' is GROUP (e.g. control; default: all selected runs)")
     add(wf, "--gradient-checkpointing", action="store_true",
         help="group level: recompute the language model's activations in the backward pass "
         "(less GPU memory, about 30%% more time)")

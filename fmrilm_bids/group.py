@@ -197,7 +197,8 @@ def train_stage1(selection: Selection, config: object, atlas: str, device: str) 
     execution, workflow = config.execution, config.workflow
     embedder, hidden, name = llm_embedder(workflow.llm_dir, device)
     settings = Stage1Settings(tokenizer=TokenizerConfig(llm_hidden=hidden, text_dim=hidden),
-                              training=TrainConfig(steps=workflow.tokenizer_steps))
+                              training=TrainConfig(steps=workflow.tokenizer_steps),
+                              reference_group=workflow.reference_group)
     result = run_stage1_group(
         selection, execution.output_dir, execution.bids_dir,
         execution.output_dir / MODEL_FOLDER, atlas=atlas, settings=settings,

@@ -206,3 +206,14 @@ def test_a_model_without_its_language_model_is_refused_before_any_work(
                  "--model", str(model), *trained["common"]])
     assert code == 66 and not out.exists()
     assert "holds Stage 1 only" in capsys.readouterr().err
+
+
+def test_a_reference_group_needs_the_group_column(trained, capsys) -> None:
+    """--reference-group grades against participants.tsv's 'group'; this dataset has none."""
+    out = trained["out"]
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if "logs" not in p.parts)
+    code = main([str(trained["bids"]), str(out), "group", "--participant-label", "01", "02",
+                 "03", "--reference-group", "control", *trained["common"]])
+    assert code == 66
+    assert "a reference group ('control') needs a 'group' column" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if "logs" not in p.parts) == before
