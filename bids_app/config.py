@@ -99,6 +99,10 @@ class WorkflowConfig:
     lm_steps: int = 200
     gradient_checkpointing: bool = False
     reference_group: str | None = None
+    networks: str = "atlas"
+    questions: list[str] | None = None
+    zero_shot: list[str] = field(default_factory=list)
+    few_shot_k: int = 2
 
 
 @dataclass

@@ -131,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     add(wf, "--reference-group", metavar="GROUP",
         help="group level: grade the descriptors against the participants whose "
         "participants.tsv 'group' is GROUP (e.g. control; default: all selected runs)")
+    add(wf, "--networks", choices=("atlas", "data-driven"),
+        help="group level: group parcels into networks by the atlas's network table "
+        "(default) or by clustering the cohort's functional connectivity")
+    add(wf, "--questions", nargs="+", metavar="COLUMN",
+        help="group level: participants.tsv columns asked about (default: those of sex, age, "
+        "group, diagnosis present)")
+    add(wf, "--zero-shot", nargs="+", metavar="QUESTION",
+        help="group level: questions kept out of tuning and evaluated zero- and few-shot "
+        "(e.g. condition, rest_vs_task, sex)")
+    add(wf, "--few-shot-k", type=int, metavar="K",
+        help="group level: answered examples per class in few-shot prompts (default: 2)")
     add(wf, "--gradient-checkpointing", action="store_true",
         help="group level: recompute the language model's activations in the backward pass "
         "(less GPU memory, about 30%% more time)")

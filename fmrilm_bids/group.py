@@ -41,7 +41,7 @@ from fmrilm_bids.dataset.derivatives import atomic_write_text
 from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.derivative_runs import DerivativeRun, read_participants
 from fmrilm_bids.descriptors.corpus import RunDescriptors
-from fmrilm_bids.errors import MissingInputError
+from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm_outputs import (
     answers_table,
     captions_table,
@@ -198,7 +198,8 @@ def train_stage1(selection: Selection, config: object, atlas: str, device: str) 
     embedder, hidden, name = llm_embedder(workflow.llm_dir, device)
     settings = Stage1Settings(tokenizer=TokenizerConfig(llm_hidden=hidden, text_dim=hidden),
                               training=TrainConfig(steps=workflow.tokenizer_steps),
-                              reference_group=workflow.reference_group)
+                              reference_group=workflow.reference_group,
+                              networks=workflow.networks)
     result = run_stage1_group(
         selection, execution.output_dir, execution.bids_dir,
         execution.output_dir / MODEL_FOLDER, atlas=atlas, settings=settings,
@@ -206,6 +207,58 @@ def train_stage1(selection: Selection, config: object, atlas: str, device: str) 
         work_dir=execution.work_dir / "fmrilm_training", seed=config.seeds.master,
         device=device, resume=True)
     return result.runs
+
+
+#: Questions that come from the runs themselves (the others are participants.tsv columns).
+RUN_QUESTIONS = ("condition", "stimulus", "rest_vs_task")
+
+
+def check_questions(workflow: object, participants: pd.DataFrame | None,
+                    bids_dir: Path) -> None:
+    """Fail early on ``--questions`` columns that ``participants.tsv`` lacks, and on
+    ``--zero-shot`` names that cannot be questions.
+
+    Raises
+    ------
+    InputDataError
+    """
+    path = Path(bids_dir) / "participants.tsv"
+    columns = list(participants.columns[1:]) if participants is not None else []
+    missing = [c for c in workflow.questions or () if c not in columns]
+    if missing:
+        raise InputDataError(f"{path}: no column {', '.join(missing)} for --questions; its "
+                             f"columns are {', '.join(columns) or 'none'}.")
+    possible = [*RUN_QUESTIONS, *(workflow.questions if workflow.questions is not None
+                                  else [c for c in ("sex", "age", "group", "diagnosis")
+                                        if c in columns])]
+    unknown = [name for name in workflow.zero_shot if name not in possible]
+    if unknown:
+        raise InputDataError(f"--zero-shot {' '.join(unknown)}: not a question of this run; "
+                             f"choose among {', '.join(possible)} (--questions adds "
+                             f"columns of {path}).")
+
+
+def stage3_questions(runs: Sequence[object], participants: pd.DataFrame | None,
+                     test_subjects: Sequence[str], workflow: object) -> list[object]:
+    """The questions the training runs can answer (:func:`~fmrilm_bids.llm.default_tasks`),
+    the ``--zero-shot`` ones among them.
+
+    Raises
+    ------
+    InputDataError
+        For a ``--zero-shot`` question these runs cannot answer (no events, one kind of run).
+    """
+    from fmrilm_bids.llm.data import default_tasks
+
+    tasks = default_tasks([run for run in runs if run.subject not in test_subjects],
+                          participants, workflow.questions)
+    names = [task.name for task in tasks]
+    absent = [name for name in workflow.zero_shot if name not in names]
+    if absent:
+        raise InputDataError(f"--zero-shot {' '.join(absent)}: the training runs cannot "
+                             f"answer it (no events with it, or one kind of run); their "
+                             f"questions are {', '.join(names) or 'none'}.")
+    return tasks
 
 
 def run_group_level(selection: Selection, config: object) -> Path:
@@ -228,6 +281,8 @@ def run_group_level(selection: Selection, config: object) -> Path:
     seed, device = config.seeds.master, str(context.device(workflow.device))
     atlas = atlas_name(workflow.atlases[0])
     model_dir = output_dir / MODEL_FOLDER
+    participants = read_participants(bids_dir)
+    check_questions(workflow, participants, bids_dir)
 
     # Stage 1 on the main process; the others read its published model.
     stage1_runs = train_stage1(selection, config, atlas, device) if context.is_main else None
@@ -241,13 +296,16 @@ def run_group_level(selection: Selection, config: object) -> Path:
     stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed, device=device,
                                  gradient_checkpointing=workflow.gradient_checkpointing)
     test_subjects = stage1.info["TestSubjects"]
+    lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs]
     fit = fit_fmrilm(
-        [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs],
-        read_participants(bids_dir), execution.work_dir / "fmrilm_training" / LM_FOLDER,
+        lm_runs, participants, execution.work_dir / "fmrilm_training" / LM_FOLDER,
         FmriLMConfig(codebook_size=stage1.info["Tokenizer"]["codebook_size"], seed=seed),
         stage2=stage_config, stage3=stage_config,
         token_embeddings=stage1.tokenizer().token_embeddings_for_llm().detach(),
-        llm_dir=workflow.llm_dir, test_subjects=test_subjects,
+        llm_dir=workflow.llm_dir,
+        tasks=stage3_questions(lm_runs, participants, test_subjects, workflow),
+        held_out_tasks=workflow.zero_shot, test_subjects=test_subjects,
+        few_shot_k=workflow.few_shot_k,
         corpus_texts=corpus.loc[corpus["split"] == "train", "text"].tolist(),
         evaluate=bool(test_subjects), resume=True)
     apply_language_model(fit.model, stage1_runs, output_dir, bids_dir, atlas, device,

@@ -64,7 +64,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert main([str(bids), str(out), "participant", "--participant-label", "01", "02", "03",
                  *common]) == 0
     assert main([str(bids), str(out), "group", "--participant-label", "01", "02", "03",
-                 "--tokenizer-steps", "20", "--lm-steps", "3", *common]) == 0
+                 "--tokenizer-steps", "20", "--lm-steps", "3", "--zero-shot", "rest_vs_task",
+                 "--few-shot-k", "1", *common]) == 0
     return {"bids": bids, "out": out, "work": work, "common": common, "llm": llm}
 
 
@@ -105,8 +106,15 @@ def test_model_is_published_with_metrics_and_report(trained) -> None:
     assert (model / "tokenizer" / "model.safetensors").is_file()
     assert not list((model / "tokenizer").glob("trainer_state*"))
     assert (model / "lm" / "README.md").is_file()
-    assert json.loads((model / "metrics.json").read_text())["test_subjects"] == info[
-        "TestSubjects"]
+    metrics = json.loads((model / "metrics.json").read_text())
+    assert metrics["test_subjects"] == info["TestSubjects"]
+    zero_shot = metrics["tasks"]["rest_vs_task"]  # kept out of tuning (--zero-shot)
+    assert zero_shot["setting"] == "zero-shot" and zero_shot["few_shot_k"] == 1
+    assert {"accuracy", "auroc"} <= set(zero_shot["few_shot"])
+    assert metrics["tasks"]["condition"]["setting"] == "tuned"
+    tuned = json.loads((model / "lm" / "fmrilm.json").read_text())["tasks"]
+    assert "condition" in [t["name"] for t in tuned]
+    assert "rest_vs_task" not in [t["name"] for t in tuned]
     assert "Stages 2-3" in (trained["out"] / "group.html").read_text()
     corpus = pd.read_csv(trained["out"] / "group" / "desc-descriptors_corpus.tsv", sep="\t")
     assert set(corpus["sub"].astype(str).str.zfill(2)) == {"01", "02", "03"}
@@ -217,3 +225,19 @@ def test_a_reference_group_needs_the_group_column(trained, capsys) -> None:
     assert code == 66
     assert "a reference group ('control') needs a 'group' column" in capsys.readouterr().err
     assert sorted(p.relative_to(out) for p in out.rglob("*") if "logs" not in p.parts) == before
+
+
+def test_questions_and_zero_shot_names_are_checked_before_any_work(tmp_path: Path) -> None:
+    from bids_app.config import WorkflowConfig
+    from fmrilm_bids.errors import InputDataError
+    from fmrilm_bids.group import check_questions
+
+    participants = pd.DataFrame({"participant_id": ["sub-01"], "age": [30], "group": ["a"]})
+    check_questions(WorkflowConfig(zero_shot=["condition", "group"]), participants, tmp_path)
+    with pytest.raises(InputDataError, match=r"participants.tsv: no column handedness"):
+        check_questions(WorkflowConfig(questions=["age", "handedness"]), participants,
+                        tmp_path)
+    with pytest.raises(InputDataError, match=r"--zero-shot sex: not a question.*condition"):
+        check_questions(WorkflowConfig(zero_shot=["sex"]), participants, tmp_path)
+    check_questions(WorkflowConfig(questions=["age"], zero_shot=["age"]), participants,
+                    tmp_path)

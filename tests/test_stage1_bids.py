@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -550,3 +551,37 @@ def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path, caplog) -> None:
     (folder / "trainer_state.json").write_text("{}")
     prepare_checkpoint(folder, {"data": "b"}, resume=False)
     assert not (folder / "trainer_state.json").exists()
+
+
+def test_data_driven_networks_cluster_the_parcels(dataset, tmp_path) -> None:
+    """Networks from clustering the cohort's connectivity: named in the model, the
+    descriptors and the tokens' parcel identities; applying the model reproduces the files."""
+    bids, _, work = dataset
+    copy = fresh_derivatives(dataset, tmp_path / "out")
+    settings = replace(SETTINGS, networks="data-driven",
+                       training=replace(SETTINGS.training, steps=5))
+    result = run_stage1_group(selection_of(bids, work), copy, bids, copy / "models" / "fmrilm",
+                              atlas=ATLAS, settings=settings,
+                              text_embedder=word_piece_embedder,
+                              text_embedder_name="MiniLM word pieces", seed=3, device="cpu")
+    info = result.model.info
+    assert info["NetworkSource"] == "data-driven"
+    assert set(info["Networks"]) == {f"cluster {k}" for k in range(1, 8)}
+    assert len(info["Networks"]) == len(info["Parcels"])
+    texts = " ".join(read_tsv(result.runs[0].files["descriptors"])["text"])
+    assert "cluster" in texts and "default mode" not in texts
+    written = {kind: path.read_text() for kind, path in result.runs[0].files.items()}
+    again = apply_stage1(selection_of(bids, work, [result.runs[0].run.bold.subject]), copy,
+                         bids, result.model.directory, device="cpu")
+    assert {kind: path.read_text() for kind, path in again[0].files.items()} == written
+
+
+def test_data_driven_networks_fit_the_tokenizer_slots() -> None:
+    from fmrilm_bids.descriptors import DescriptorSettings
+
+    with pytest.raises(ValueError, match="at most that many"):
+        Stage1Settings(tokenizer=SETTINGS.tokenizer, networks="data-driven",
+                       descriptors=DescriptorSettings(window_length=WINDOW,
+                                                      n_data_driven_networks=12))
+    with pytest.raises(ValueError, match="networks must be one of"):
+        Stage1Settings(networks="yeo")

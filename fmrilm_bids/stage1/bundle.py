@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fmrilm_bids.descriptors.corpus import DescriptorSettings
+from fmrilm_bids.descriptors.networks import NETWORKS
 from fmrilm_bids.descriptors.reference import DescriptorReference
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.text_encoder import EMBEDDING_DIM
@@ -38,6 +39,8 @@ from fmrilm_bids.tokenizer.model import (
 )
 from fmrilm_bids.tokenizer.train import MODEL_CARD, TrainConfig
 
+#: Where the networks of the parcels come from (:attr:`Stage1Settings.networks`).
+NETWORK_SOURCES = ("atlas", "data-driven")
 STAGE1_FILE = "stage1.json"
 REFERENCE_FILE = "descriptor_reference.json"
 TOKENIZER_FOLDER = "tokenizer"
@@ -67,6 +70,10 @@ class Stage1Settings:
     reference_group : str or None
         Describe runs against the participants whose ``group`` column in
         ``participants.tsv`` has this value (e.g. ``"control"``); None: all runs.
+    networks : {"atlas", "data-driven"}
+        Parcels grouped by the atlas's network table, or by clustering the cohort's
+        functional connectivity (``descriptors.n_data_driven_networks`` clusters, at most
+        as many as there are canonical networks: the tokenizer's identity slots).
     """
 
     tokenizer: TokenizerConfig = field(
@@ -76,6 +83,16 @@ class Stage1Settings:
     n_paraphrases: int = 3
     test_fraction: float = 0.25
     reference_group: str | None = None
+    networks: str = "atlas"
+
+    def __post_init__(self) -> None:
+        if self.networks not in NETWORK_SOURCES:
+            raise ValueError(f"networks must be one of {', '.join(NETWORK_SOURCES)}, not "
+                             f"{self.networks!r}.")
+        clusters = (self.descriptors or DescriptorSettings()).n_data_driven_networks
+        if self.networks == "data-driven" and clusters > len(NETWORKS):
+            raise ValueError(f"n_data_driven_networks is {clusters}; the tokenizer has "
+                             f"{len(NETWORKS)} network slots, use at most that many.")
 
     def descriptor_settings(self) -> DescriptorSettings:
         """Descriptor settings whose windows are the tokenizer's patches.
@@ -247,7 +264,7 @@ def stage1_info(atlas: str, parcels: list[str], networks: list[str],
             "ExcludedParcels": excluded,
             "DescriptorSettings": settings.descriptor_settings().to_dict(),
             "NParaphrases": settings.n_paraphrases,
-            "ReferenceGroup": settings.reference_group,
+            "ReferenceGroup": settings.reference_group, "NetworkSource": settings.networks,
             "Reference": reference.description, "Seed": seed, "TextEmbedder": text_embedder,
             "Tokenizer": settings.tokenizer.to_dict(),
             "Training": asdict(settings.training),

@@ -25,7 +25,6 @@ from fmrilm_bids.backend import resolve_device
 from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.derivative_runs import DerivativeRun, collect_runs, read_participants
 from fmrilm_bids.descriptors.corpus import RunDescriptors, RunInput, describe_dataset
-from fmrilm_bids.descriptors.networks import networks_of
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.tokenizer.data import ParcelRun, TokenizedRun
 from fmrilm_bids.tokenizer.model import NeuralTokenizer
@@ -33,7 +32,7 @@ from fmrilm_bids.tokenizer.train import TextEmbedder, TrainingResult, train_toke
 
 from .bundle import Stage1Model, Stage1Settings, save_stage1_model, stage1_info
 from .outputs import write_corpus, write_stage1_run
-from .runs import common_parcels, network_table, stage1_view
+from .runs import common_parcels, network_table, series_parcels, stage1_view
 
 LOGGER = logging.getLogger("fmrilm_bids")
 
@@ -222,7 +221,8 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
         ``derivatives_dir / "models" / "fmrilm"``).
     atlas : str, default="AAL3"
         The ``seg-`` label of the series. A bundled atlas has its network table; a user
-        atlas needs a ``network`` column in its label table.
+        atlas needs a ``network`` column in its label table, unless ``settings.networks``
+        is ``"data-driven"``.
     settings : Stage1Settings, optional
     text_embedder : callable, optional
         ``list[str] -> (n, settings.tokenizer.text_dim)``, e.g. the language model's own
@@ -253,19 +253,21 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
     runs = collect_runs(selection, derivatives_dir, atlas)
     if not runs:
         raise MissingInputError("No BOLD run selected; check --participant-label/--task-id.")
-    table = network_table(atlas, runs)
-    parcels, excluded = common_parcels(runs, table["name"].tolist())
-    networks = networks_of(parcels, table)
+    table = network_table(atlas, runs) if settings.networks == "atlas" else None
+    parcels, excluded = common_parcels(runs, table["name"].tolist() if table is not None
+                                       else series_parcels(runs))
     runs = [stage1_view(run, parcels) for run in runs]
     check_lengths(runs, settings.tokenizer.window_seconds)
 
-    # Descriptors against the cohort (or the reference group).
-    LOGGER.info("Stage 1: descriptors of %d runs (atlas %s, %d parcels)", len(runs), atlas,
-                len(parcels))
+    # Descriptors against the cohort (or the reference group); without a network table the
+    # networks are clusters of the cohort's connectivity.
+    LOGGER.info("Stage 1: descriptors of %d runs (atlas %s, %d parcels, %s networks)",
+                len(runs), atlas, len(parcels), settings.networks)
     described, reference = describe_dataset(
         {run.key: run_input(run) for run in runs}, table,
         reference_runs=reference_runs(runs, bids_dir, settings.reference_group),
         settings=descriptor_settings, seed=seed)
+    networks = list(reference.networks)
 
     # Tokenizer, trained on the training participants, validated on the others.
     train_subjects, test_subjects = split_subjects(

@@ -16,7 +16,9 @@ its sidecar, the confounds beside it, the raw run's events). Stage 1 then needs,
   the last kept one are put back, linearly interpolated per parcel (recorded as
   ``InterpolatedVolumes`` in every Stage-1 sidecar).
 * **The network of each parcel** (:func:`network_table`): the shipped table of a bundled
-  atlas, or a ``network`` column in the label table of a user atlas.
+  atlas, or a ``network`` column in the label table of a user atlas; or, data-driven, none
+  (the descriptors cluster the cohort's connectivity; every parcel the series name,
+  :func:`series_parcels`).
 """
 
 from __future__ import annotations
@@ -176,6 +178,13 @@ def common_parcels(runs: Sequence[DerivativeRun], names: Sequence[str]
     return parcels, {name: "; ".join(reasons) for name, reasons in excluded.items()}
 
 
+def series_parcels(runs: Sequence[DerivativeRun]) -> list[str]:
+    """Every parcel the runs name (a column, or listed in ``MissingParcels``), in the order
+    they first appear (the atlas order of the series)."""
+    return list(dict.fromkeys(name for run in runs for name in (
+        *run.timeseries.columns, *(run.metadata.get("MissingParcels") or []))))
+
+
 def network_table(atlas: str, runs: Sequence[DerivativeRun]) -> pd.DataFrame:
     """``name`` and ``network`` of every parcel of ``atlas`` (see the module docstring).
 
@@ -197,7 +206,7 @@ def network_table(atlas: str, runs: Sequence[DerivativeRun]) -> pd.DataFrame:
             raise MissingInputError(
                 f"{label_table}: Stage 1 needs the network of every parcel of atlas {atlas}; "
                 f"add a 'network' column (one of {', '.join(NETWORKS)}) to the atlas's label "
-                "table.")
+                "table, or cluster the parcels into networks (--networks data-driven).")
         table = load_network_table(label_table)
     unknown = sorted(set(table["network"]) - set(NETWORKS))
     if unknown:
