@@ -28,11 +28,13 @@ from fmrilm_bids.tokenizer import (
     TrainingResult,
     codebook_usage,
     prepare_run,
+    prepare_runs,
     reconstruction_r2,
     retrieval_top1,
     token_text_means,
     train_tokenizer,
 )
+from fmrilm_bids.tokenizer import data as data_module
 from fmrilm_bids.tokenizer.data import (
     parcel_identity,
     resample_to_tr,
@@ -141,8 +143,72 @@ def test_parcel_identity_is_network_one_hot_and_fingerprint(aal: pd.DataFrame) -
     for row, network in zip(identity, run.networks, strict=True):
         assert row[: len(NETWORKS)].argmax() == index(network)
         assert row[len(NETWORKS):].argmax() == index(network)
-    with pytest.raises(ValueError, match="canonical"):
-        parcel_identity(run.timeseries, ["cluster 1"] * len(aal))
+    # Data-driven networks: cluster k in slot k - 1; no mixing, no unknown names.
+    clusters = [f"cluster {index(network) + 1}" for network in run.networks]
+    np.testing.assert_array_equal(parcel_identity(run.timeseries, clusters), identity)
+    for wrong in (["cluster 11"] * len(aal), [*clusters[:-1], run.networks[-1]],
+                  ["visual"] * len(aal)):
+        with pytest.raises(ValueError, match="neither canonical"):
+            parcel_identity(run.timeseries, wrong)
+
+
+def reference_preparation(run: ParcelRun, target_tr: float, patch_length: int,
+                          clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """Patches and identity of one run, straight from the module docstring (float64, from
+    the resampled signals in float32)."""
+    signals = resample_to_tr(np.asarray(run.timeseries, dtype=float), run.tr, target_tr)
+    signals = signals.astype(np.float32).astype(float)
+    q25, median, q75 = np.percentile(signals, [25, 50, 75], axis=0)
+    scale = (q75 - q25) / 1.349
+    scale[~(scale > 1e-12)] = 1.0
+    normalised = np.clip((signals - median) / scale, -clip, clip)
+    n_windows = len(normalised) // patch_length
+    patches = normalised[:n_windows * patch_length].reshape(n_windows, patch_length, -1)
+
+    def standardised(columns: np.ndarray) -> np.ndarray:
+        sd = columns.std(axis=0)
+        return np.where(sd > 1e-12, (columns - columns.mean(axis=0)) / np.where(sd > 0, sd, 1), 0)
+
+    one_hot = np.array([[network == name for name in NETWORKS] for network in run.networks],
+                       dtype=float)
+    parcels = standardised(normalised)
+    network_means = standardised(parcels @ one_hot / np.maximum(one_hot.sum(axis=0), 1))
+    correlation = parcels.T @ network_means / len(normalised)
+    return patches.transpose(0, 2, 1), np.concatenate([one_hot, correlation], axis=1)
+
+
+@pytest.mark.parametrize(("chunk_values", "threads"),
+                         [(data_module.CHUNK_VALUES, 1), (data_module.CHUNK_VALUES, 2),
+                          (3000, 1), (3000, 3)])
+def test_prepare_runs_matches_a_per_run_reference(aal: pd.DataFrame, chunk_values: int,
+                                                  threads: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batched preparation (runs grouped, a few at a time, rows sorted or partitioned, in
+    threads) gives each run the patches and identity of the straightforward computation."""
+    monkeypatch.setattr(data_module, "CHUNK_VALUES", chunk_values)
+    networks = aal["network"].tolist()
+    rng = np.random.default_rng(3)
+    runs = []
+    for tr, n_volumes in ((2.0, 120), (2.0, 120), (1.5, 97), (2.0, 2100), (2.0, 120),
+                          (0.8, 300), (2.0, 13)):
+        signals = (rng.standard_normal((n_volumes, len(networks))).cumsum(axis=0) * 0.1
+                   + rng.normal(100.0, 4.0, (n_volumes, len(networks))))
+        signals[:, 0] = 7.0  # constant: identity correlations are 0
+        signals[:, 1] = 1.0  # inter-quartile range 0 and one spike: scale 1, clipped
+        signals[n_volumes // 2, 1] = 50.0
+        runs.append(ParcelRun(signals, tr, networks, subject=f"{len(runs)}"))
+    prepared = prepare_runs(runs, 2.0, 6, 5.0, threads=threads)
+    assert [p.subject for p in prepared] == [r.subject for r in runs]
+    for run, result in zip(runs, prepared, strict=True):
+        patches, identity = reference_preparation(run, 2.0, 6, 5.0)
+        assert result.patches.dtype == np.float32 and result.identity.dtype == np.float32
+        np.testing.assert_allclose(result.patches, patches, atol=1e-5)
+        np.testing.assert_allclose(result.identity, identity, atol=1e-5)
+        assert np.abs(identity[0, len(NETWORKS):]).max() == 0.0
+        assert result.patches[:, 1].max() == 5.0
+        single = prepare_run(run, 2.0, 6, 5.0)
+        np.testing.assert_array_equal(single.patches, result.patches)
+        np.testing.assert_array_equal(single.identity, result.identity)
 
 
 # Quantiser ---------------------------------------------------------------------------------
@@ -202,6 +268,26 @@ def test_tokenize_run_gives_a_token_per_window(trained, runs) -> None:
     assert frame["token"].between(0, CONFIG.codebook_size - 1).all()
     assert tokens.embeddings.shape == (30, CONFIG.code_dim)
     np.testing.assert_allclose(np.linalg.norm(tokens.embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_encode_runs_matches_the_model_on_each_sequence(trained, runs) -> None:
+    """Windows encoded once per run and sequences batched across runs (long runs sliced,
+    several atlases) give the latents and tokens of encoding each sequence on its own."""
+    model = trained.model
+    context = model.config.context_windows
+    aal3 = load_network_table("AAL3")
+    parcel_runs = [*runs[1], synthetic_run(aal3, 12, n_volumes=500),
+                   synthetic_run(aal3, 13, n_volumes=28), runs[0][3]]
+    prepared = prepare_runs(parcel_runs, CONFIG.target_tr, CONFIG.patch_length, CONFIG.clip)
+    encoded = model.encode_runs(prepared, batch_windows=64)
+    for run, (latents, token_ids) in zip(prepared, encoded, strict=True):
+        patches = torch.from_numpy(np.ascontiguousarray(run.patches))
+        identity = torch.from_numpy(run.identity)[None]
+        with torch.no_grad():
+            expected = torch.cat([model.encode(patches[start:start + context][None], identity)[0]
+                                  for start in range(0, run.n_windows, context)])
+        np.testing.assert_allclose(latents, expected.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(token_ids, model.quantizer.lookup(expected).numpy())
 
 
 def test_a_trained_tokenizer_reads_another_atlas(trained) -> None:

@@ -7,7 +7,7 @@ Modules: :mod:`.data` (common TR, robust normalisation, patches, parcel identity
 """
 
 from .baseline import PCAKMeansTokenizer
-from .data import ParcelRun, PreparedRun, TokenizedRun, prepare_run
+from .data import ParcelRun, PreparedRun, TokenizedRun, prepare_run, prepare_runs
 from .metrics import codebook_usage, reconstruction_r2, retrieval_top1, token_text_means
 from .model import NeuralTokenizer, TokenizerConfig
 from .train import TrainConfig, TrainingResult, evaluate, train_tokenizer
@@ -15,6 +15,6 @@ from .train import TrainConfig, TrainingResult, evaluate, train_tokenizer
 __all__ = [
     "NeuralTokenizer", "PCAKMeansTokenizer", "ParcelRun", "PreparedRun", "TokenizedRun",
     "TokenizerConfig", "TrainConfig", "TrainingResult", "codebook_usage", "evaluate",
-    "prepare_run", "reconstruction_r2", "retrieval_top1", "token_text_means",
+    "prepare_run", "prepare_runs", "reconstruction_r2", "retrieval_top1", "token_text_means",
     "train_tokenizer",
 ]

@@ -41,7 +41,7 @@ from torch import nn
 
 from fmrilm_bids.backend import autocast, resolve_device
 
-from .data import IDENTITY_DIM, ParcelRun, PreparedRun, TokenizedRun, prepare_run
+from .data import IDENTITY_DIM, ParcelRun, PreparedRun, TokenizedRun, prepare_runs
 from .quantizer import VectorQuantizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -229,6 +229,11 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` that returns a lone tensor as a view (no copy)."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
 def _batches(spans: list[tuple[int, int, int, int]],
              size: int) -> Iterator[list[tuple[int, int, int, int]]]:
     """Split spans of sequences (last item: how many) into batches of ``size`` sequences."""
@@ -267,11 +272,16 @@ class NeuralTokenizer(nn.Module):
 
     def encode(self, patches: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         """Unit-norm pre-quantisation latents ``(B, W, code_dim)`` of ``(B, W, P, L)``."""
-        n_windows = patches.shape[1]
+        return self.encode_windows(self.encoder(patches, identity))
+
+    def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, W, code_dim)`` of window vectors ``(B, W, d_model)`` (the output of
+        the parcel-set encoder): the time transformer and the map to unit-norm latents."""
+        n_windows = windows.shape[1]
         if n_windows > self.config.context_windows:
             raise ValueError(f"{n_windows} windows exceed context_windows "
                              f"({self.config.context_windows}); encode shorter sequences.")
-        x = self.encoder(patches, identity) + self.position.weight[:n_windows]
+        x = windows + self.position.weight[:n_windows]
         for block in self.blocks:
             x = block(x)
         return F.normalize(self.to_code(self.ln_f(x)).float(), dim=-1)
@@ -343,18 +353,58 @@ class NeuralTokenizer(nn.Module):
         return self.to_llm.weight.device
 
     @torch.inference_mode()
+    def window_vectors(self, prepared: Sequence[PreparedRun],
+                       batch_windows: int = 4096) -> list[torch.Tensor]:
+        """Parcel-set encoder output ``(n_windows, d_model)`` of each prepared run.
+
+        Runs with the same window and parcel counts go through the encoder together, up to
+        ``batch_windows`` windows a pass (a longer run, in slices of that many windows); the
+        patches are stacked parcel-major, so that the pooling over parcels is one matrix
+        product per run and a lone run is read in place. Float32, on the model's device.
+        """
+        device = self.device
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, run in enumerate(prepared):
+            by_shape.setdefault(run.patches.shape, []).append(index)
+        # Encoder passes: lists of (run, first window, end window) of one shape.
+        passes = []
+        for (n_windows, *_), members in by_shape.items():
+            if n_windows > batch_windows:
+                passes += [[(index, start, min(start + batch_windows, n_windows))]
+                           for index in members for start in range(0, n_windows, batch_windows)]
+            else:
+                per_pass = batch_windows // n_windows
+                passes += [[(index, 0, n_windows) for index in members[first:first + per_pass]]
+                           for first in range(0, len(members), per_pass)]
+        vectors = [torch.empty(run.n_windows, self.config.d_model, device=device)
+                   for run in prepared]
+        for runs in passes:
+            # (W, P, L) patches of parcel-major signals, stacked as (R, P, W, L).
+            patches = _stack([torch.from_numpy(prepared[index].patches[start:end]).transpose(0, 1)
+                              for index, start, end in runs]).transpose(1, 2)
+            identity = _stack([torch.from_numpy(prepared[index].identity)
+                               for index, _, _ in runs])
+            with autocast(device):
+                encoded = self.encoder(patches.to(device), identity.to(device))
+            for windows, (index, start, end) in zip(encoded, runs, strict=True):
+                vectors[index][start:end] = windows
+        return vectors
+
+    @torch.inference_mode()
     def encode_runs(self, prepared: Sequence[PreparedRun],
-                    batch_windows: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
+                    batch_windows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
         """Latents and token ids of prepared runs, batched across runs.
 
-        Each run is cut into sequences of ``context_windows`` windows (the last one
-        shorter); sequences of the same length and parcel count, from any run, are encoded
-        together, so many short runs cost about as much as one long run of the same length.
+        The parcel-set encoder maps every window to a vector (:meth:`window_vectors`; its
+        output does not depend on the other windows). Then each run is cut into sequences
+        of ``context_windows`` windows (the last one shorter); sequences of the same length,
+        from any run, go through the time transformer together, so many short runs cost
+        about as much as one long run of the same length.
 
         Parameters
         ----------
         prepared : sequence of PreparedRun
-        batch_windows : int, default=1024
+        batch_windows : int, default=4096
             Windows per forward pass (bounds the memory).
 
         Returns
@@ -365,49 +415,46 @@ class NeuralTokenizer(nn.Module):
         """
         self.eval()
         device, context = self.device, self.config.context_windows
-        patches = [torch.from_numpy(run.patches) for run in prepared]
-        identities = [torch.from_numpy(run.identity) for run in prepared]
+        vectors = self.window_vectors(prepared, batch_windows)
         # Spans of consecutive sequences: (run, first window, sequence length, sequences).
-        groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}
+        groups: dict[int, list[tuple[int, int, int, int]]] = {}
         for index, run in enumerate(prepared):
             n_full, rest = divmod(run.n_windows, context)
-            shape = run.patches.shape[1]
             if n_full:
-                groups.setdefault((context, shape), []).append((index, 0, context, n_full))
+                groups.setdefault(context, []).append((index, 0, context, n_full))
             if rest:
-                groups.setdefault((rest, shape), []).append((index, n_full * context, rest, 1))
+                groups.setdefault(rest, []).append((index, n_full * context, rest, 1))
         latents = [torch.empty(run.n_windows, self.config.code_dim) for run in prepared]
-        for (length, _), spans in groups.items():
+        token_ids = [torch.empty(run.n_windows, dtype=torch.long) for run in prepared]
+        for length, spans in groups.items():
             per_batch = max(1, batch_windows // length)
             for batch in _batches(spans, per_batch):
-                views = [patches[i][s:s + length * n].view(n, length, *patches[i].shape[1:])
-                         for i, s, _, n in batch]
-                shared = [identities[i].expand(n, *identities[i].shape) for i, _, _, n in batch]
+                views = [vectors[i][s:s + length * n].view(n, length, -1) for i, s, _, n in batch]
                 with autocast(device):
-                    encoded = self.encode(_cat(views).to(device),
-                                          _cat(shared).to(device)).float().cpu()
+                    encoded = self.encode_windows(_cat(views)).float().flatten(0, 1)
+                ids, encoded = self.quantizer.lookup(encoded).cpu(), encoded.cpu()
                 offset = 0
                 for i, s, _, n in batch:
-                    latents[i][s:s + length * n] = encoded[offset:offset + n].flatten(0, 1)
-                    offset += n
-        token_ids = self.quantizer.lookup(torch.cat(latents).to(device)).cpu().split(
-            [run.n_windows for run in prepared])
+                    latents[i][s:s + length * n] = encoded[offset:offset + length * n]
+                    token_ids[i][s:s + length * n] = ids[offset:offset + length * n]
+                    offset += length * n
         return [(lat.numpy(), ids.numpy()) for lat, ids in zip(latents, token_ids, strict=True)]
 
     def encode_prepared(self, prepared: PreparedRun,
-                        batch_windows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+                        batch_windows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Latents and token ids of one prepared run (:meth:`encode_runs`)."""
         return self.encode_runs([prepared], batch_windows)[0]
 
     def tokenize_runs(self, runs: Sequence[ParcelRun],
-                      batch_windows: int = 1024) -> list[TokenizedRun]:
+                      batch_windows: int = 4096) -> list[TokenizedRun]:
         """Token per window of each run, with onsets and pre-quantisation embeddings.
 
-        Runs are prepared one by one and encoded together (:meth:`encode_runs`).
+        Runs are prepared (:func:`~.data.prepare_runs`, with as many threads as torch) and
+        encoded (:meth:`encode_runs`) together.
         """
         config = self.config
-        prepared = [prepare_run(run, config.target_tr, config.patch_length, config.clip)
-                    for run in runs]
+        prepared = prepare_runs(runs, config.target_tr, config.patch_length, config.clip,
+                                threads=torch.get_num_threads())
         return [TokenizedRun(token_ids=token_ids, onsets=run.onsets,
                              window_duration=run.window_duration, embeddings=latents)
                 for run, (latents, token_ids) in zip(

@@ -18,16 +18,18 @@ import logging
 import math
 import os
 import platform
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from fmrilm_bids.backend import autocast, resolve_device
 
-from .data import ParcelRun, PreparedRun, prepare_run
+from .data import ParcelRun, PreparedRun, prepare_runs
 from .metrics import codebook_usage, reconstruction_r2, retrieval_top1
 from .model import NeuralTokenizer, TokenizerConfig
 
@@ -68,6 +70,8 @@ class TrainConfig:
     seed : int
     device : str
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress : bool, optional
+        Show a progress bar (steps/s, ETA, loss); default: when stderr is a terminal.
     """
 
     steps: int = 2000
@@ -85,6 +89,7 @@ class TrainConfig:
     checkpoint_interval: int = 500
     seed: int = 0
     device: str = "auto"
+    progress: bool | None = None
 
     def learning_rate_at(self, step: int) -> float:
         """Warm-up then cosine schedule."""
@@ -344,8 +349,7 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
 
     # Data: windows of every run, every distinct text embedded once.
     def prepare(runs: Sequence[ParcelRun]) -> list[PreparedRun]:
-        return [prepare_run(run, config.target_tr, config.patch_length, config.clip)
-                for run in runs]
+        return prepare_runs(runs, config.target_tr, config.patch_length, config.clip)
 
     train, validation = prepare(train_runs), prepare(validation_runs)
     if not train:
@@ -378,7 +382,10 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
     metrics: dict[str, float] = {}
 
     model.train()
-    for step in range(start, last):
+    show = train_config.progress if train_config.progress is not None else sys.stderr.isatty()
+    bar = tqdm(range(start, last), initial=start, total=last, desc="Stage 1 tokenizer",
+               unit="step", disable=not show, dynamic_ncols=True)
+    for step in bar:
         learning_rate = train_config.learning_rate_at(step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
@@ -394,6 +401,7 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         optimizer.step()
         history.append({"step": step + 1, "loss": loss.item(), "lr": learning_rate,
                         **{name: value.item() for name, value in output.losses.items()}})
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
 
         done = step + 1 == last
         if validation and ((step + 1) % train_config.eval_interval == 0 or done):
