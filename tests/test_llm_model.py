@@ -39,7 +39,9 @@ from fmrilm_bids.llm.data import (
     IGNORE_INDEX,
     RUN_DESCRIBE,
     WINDOW_DESCRIBE,
+    Example,
     Formatter,
+    collate,
     event_windows,
     instruction_examples,
     resolve_tasks,
@@ -437,6 +439,69 @@ def test_constrained_answers_are_sequence_log_probs_and_give_auroc(trained) -> N
     assert probabilities.min() > 0.0 and probabilities.max() < 1.0
 
 
+def full_forward_scores(model: FmriLM, prompts: list[list[int]],
+                        candidates: list[str]) -> np.ndarray:
+    """Each answer's log-probability from a forward pass of its own over prompt + answer."""
+    scores = np.zeros((len(prompts), len(candidates)))
+    for row, prompt in enumerate(prompts):
+        for column, candidate in enumerate(candidates):
+            answer = model.formatter.answer_ids(candidate)
+            ids = torch.tensor([prompt + answer])
+            with torch.no_grad():
+                logits = model.logits(ids, torch.ones_like(ids))[0, len(prompt) - 1:-1]
+            scores[row, column] = float(logits.log_softmax(-1)[range(len(answer)), answer].sum())
+    return scores
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied", "full"])
+def test_cached_constrained_answers_equal_full_forward_passes(backbones, data,
+                                                              kind: str) -> None:
+    """Prompts read once, answers from their cache: the scores of a pass per pair."""
+    runs, _ = data
+    config = FmriLMConfig(**{**CONFIG.__dict__, "full_finetune": kind == "full"})
+    model = build(backbones["untied" if kind == "untied" else "tied"], config)
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA updates and new rows that change the outputs (both start at 0)
+        for name, parameter in model.trainable_parameters().items():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                parameter.normal_(0.0, 0.3)
+    formatter, question = model.formatter, WINDOW_DESCRIBE[0]
+    turns = [(formatter.user_message(runs[1], 0, 3, question), "faces"),
+             (formatter.user_message(runs[2], 2, 4, question), "a quiet beach at dawn.")]
+    prompts = [formatter.prompt_ids(formatter.conversation(
+        turns if few_shot else (), formatter.user_message(runs[index], 0, stop, question)))
+        for few_shot in (False, True)
+        for index, stop in ((0, 1), (3, 1), (4, 2), (5, 6), (2, 2), (1, 2))]
+    prompts.append(prompts[1])  # read once
+    candidates = ["faces", "rest", "a quiet beach at dawn.", ""]
+    assert [len(formatter.answer_ids(c)) for c in candidates] == [2, 2, 7, 1]
+    assert len({len(prompt) for prompt in prompts}) == 6
+    expected = full_forward_scores(model, prompts, candidates)
+    for batch_size in (1, 8, 64):  # prompts a pass: one, two, all of one length
+        np.testing.assert_allclose(score_candidates(model, prompts, candidates, batch_size),
+                                   expected, rtol=1e-5, atol=1e-4)
+        # Few-shot prompts alone share their turns too (a long prefix read once).
+        np.testing.assert_allclose(score_candidates(model, prompts[6:12], candidates,
+                                                    batch_size), expected[6:12],
+                                   rtol=1e-5, atol=1e-4)
+    with model.merged():
+        np.testing.assert_allclose(score_candidates(model, prompts, candidates), expected,
+                                   rtol=1e-5, atol=1e-4)
+    # Right-padded pairs through FmriLM.__call__ (the loss path) agree too.
+    pairs = [Example(prompt + formatter.answer_ids(c),
+                     [IGNORE_INDEX] * len(prompt) + formatter.answer_ids(c), "answer", "")
+             for prompt in prompts for c in candidates]
+    with torch.no_grad():
+        nll, _ = model(**collate(pairs, model.tokenizer.pad_token_id))
+    np.testing.assert_allclose(-nll.numpy().reshape(expected.shape), expected, rtol=1e-5,
+                               atol=1e-4)
+    # No token in common (nothing read once for all), one-token prompts.
+    raw = [[5, *prompts[0]], [6, 7], [8]]
+    np.testing.assert_allclose(score_candidates(model, raw, candidates, 4),
+                               full_forward_scores(model, raw, candidates), rtol=1e-5,
+                               atol=1e-4)
+
+
 def test_generation_is_greedy_and_batch_independent(trained) -> None:
     model, test = trained["model"], trained["test"]
     task = next(t for t in model.tasks if t.name == "stimulus")
@@ -459,12 +524,13 @@ def test_generation_is_greedy_and_batch_independent(trained) -> None:
     assert words(batched[1]) == words(truth)  # learnt from the tokens
 
 
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("kind", ["tied", "untied", "full"])
 def test_save_load_round_trip_gives_the_same_logits(backbones, data, tmp_path,
-                                                    tied: bool) -> None:
+                                                    kind: str) -> None:
     runs, participants = data
-    folder = backbones["tied" if tied else "untied"]
-    model = build(folder, projection=torch.randn(CODEBOOK, 64))
+    config = FmriLMConfig(**{**CONFIG.__dict__, "full_finetune": kind == "full"})
+    model = build(backbones["untied" if kind == "untied" else "tied"], config,
+                  torch.randn(CODEBOOK, 64))
     train_fmrilm(model, stage2_examples(model.formatter, runs[:2], CONFIG), tmp_path / "t",
                  LMTrainConfig(**{**STAGE.__dict__, "steps": 3}))
     model.tasks = resolve_tasks(default_tasks(runs, participants), runs, participants, 1, 6)[0]
@@ -477,14 +543,16 @@ def test_save_load_round_trip_gives_the_same_logits(backbones, data, tmp_path,
                            loaded.logits(ids, torch.ones_like(ids)))
     assert loaded.vocab == model.vocab and loaded.tasks == model.tasks
     assert loaded.config == model.config
-    files = {p.name for p in saved.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "fmrilm.json",
-            "tokenizer.json", "README.md"} <= files
+    weights = {"model.safetensors", "config.json"} if kind == "full" else {
+        "adapter_model.safetensors", "adapter_config.json"}
+    assert weights | {"fmrilm.json", "tokenizer.json", "README.md"} <= {
+        p.name for p in saved.iterdir()}
     card = (saved / "README.md").read_text()
     assert "| runs | 2 |" in card and "| transformers |" in card and "condition" in card
     assert not list(tmp_path.glob(".model*"))  # no staging folder left behind
-    with pytest.raises(ValueError, match="pass the backbone"):
-        FmriLM.from_pretrained(saved, llm_dir=_other_width_backbone(tmp_path))
+    if kind != "full":
+        with pytest.raises(ValueError, match="pass the backbone"):
+            FmriLM.from_pretrained(saved, llm_dir=_other_width_backbone(tmp_path))
 
 
 def _other_width_backbone(tmp_path: Path) -> Path:

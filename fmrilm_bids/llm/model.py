@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from .backbone import DEFAULT_BACKBONE, load_backbone
 from .data import IGNORE_INDEX, Formatter, TaskSpec
 from .io import publish_directory, software_versions
 from .vocabulary import FmriVocabulary, extend_vocabulary
+
+if TYPE_CHECKING:
+    from transformers import Cache
 
 METADATA_FILE = "fmrilm.json"
 MODEL_CARD = "README.md"
@@ -229,12 +233,16 @@ class FmriLM(nn.Module):
         self.model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False})
 
-    def hidden_states(self, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states ``(B, T, hidden)``."""
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      cache: Cache | None = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, hidden)``.
+
+        With a ``cache`` (a transformers ``DynamicCache``) the tokens continue the sequences
+        it holds (``attention_mask`` then covers those too), and it holds them afterwards.
+        """
         decoder = self.model.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask,
-                       use_cache=False).last_hidden_state
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                       use_cache=cache is not None).last_hidden_state
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Next-token logits ``(B, T, vocab)`` of every position."""
@@ -260,12 +268,29 @@ class FmriLM(nn.Module):
         """
         hidden = self.hidden_states(input_ids, attention_mask)
         targets = labels[:, 1:]
+        return self.target_nll(hidden[:, :-1], targets), (targets != IGNORE_INDEX).sum(dim=1)
+
+    def target_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of ``targets`` read from the hidden states before them.
+
+        Parameters
+        ----------
+        hidden : Tensor (B, T, hidden)
+            Position ``t`` predicts ``targets[:, t]``.
+        targets : LongTensor (B, T)
+            Token ids; :data:`~.data.IGNORE_INDEX` where no loss applies (the output layer
+            runs only where one does).
+
+        Returns
+        -------
+        Tensor (B,)
+            Summed over each row's targets (float32).
+        """
         keep = targets != IGNORE_INDEX
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        logits = self.model.get_output_embeddings()(hidden[keep]).float()
         losses = F.cross_entropy(logits, targets[keep], reduction="none")
         rows = keep.nonzero()[:, 0]
-        nll = torch.zeros(len(labels), device=losses.device).index_add(0, rows, losses)
-        return nll, keep.sum(dim=1)
+        return torch.zeros(len(targets), device=losses.device).index_add(0, rows, losses)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters that train, by name."""

@@ -43,9 +43,8 @@ from .evaluate import evaluate_fmrilm, subject_split
 from .inference import (
     DecodingConfig,
     answer_tasks,
-    event_captions,
     fmri_embeddings,
-    window_captions,
+    run_captions,
 )
 from .model import FmriLM, FmriLMConfig
 from .train import LMTrainConfig, train_fmrilm
@@ -313,8 +312,7 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
     with model.merged():
         for run in runs:
             started = time.perf_counter()
-            windows = window_captions(model, run, decoding) if captions else None
-            events = event_captions(model, run, decoding) if captions else None
+            windows, events = run_captions(model, run, decoding) if captions else (None, None)
             n_captions = (len(windows) if windows is not None else 0) + (
                 int((events["caption"] != "n/a").sum()) if events is not None else 0)
             rate = n_captions / (time.perf_counter() - started) if n_captions else None
