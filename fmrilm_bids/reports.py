@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import platform
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -20,15 +21,16 @@ SOFTWARE = ("fmrilm-bids", "antspyx", "nipype", "niworkflows", "nilearn", "nibab
             "scipy", "pandas", "matplotlib", "templateflow")
 
 
-def software_versions() -> dict[str, str]:
-    """Installed version of each package in :data:`SOFTWARE`."""
+def software_versions(packages: Sequence[str] = SOFTWARE) -> dict[str, str]:
+    """Installed version of each of ``packages`` (distribution names; default
+    :data:`SOFTWARE`), then Python's: what reports and model cards record."""
     versions = {}
-    for name in SOFTWARE:
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return versions
+    return versions | {"python": platform.python_version()}
 
 
 def figure_uri(figure: object) -> str:

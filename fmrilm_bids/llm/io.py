@@ -1,9 +1,8 @@
-"""Files of Stages 2 and 3: folders that appear whole, and the software versions recorded."""
+"""Files of Stages 2 and 3: folders that appear whole."""
 
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -42,17 +41,3 @@ def publish_directory(target: Path, write: Callable[[Path], object]) -> Path:
         if retired is not None:
             shutil.rmtree(retired, ignore_errors=True)
     return target
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of the software that trained or ran a model (for model cards)."""
-    import numpy
-    import peft
-    import torch
-    import transformers
-
-    import fmrilm_bids
-
-    return {"fmrilm-bids": fmrilm_bids.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}

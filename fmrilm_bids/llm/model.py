@@ -38,16 +38,19 @@ from torch import nn
 
 from fmrilm_bids.backend import resolve_device
 from fmrilm_bids.dataset.derivatives import atomic_write_text
+from fmrilm_bids.reports import software_versions
 
 from .backbone import DEFAULT_BACKBONE, load_backbone
 from .data import IGNORE_INDEX, Formatter, TaskSpec
-from .io import publish_directory, software_versions
+from .io import publish_directory
 from .vocabulary import FmriVocabulary, extend_vocabulary
 
 if TYPE_CHECKING:
     from transformers import Cache
 
 METADATA_FILE = "fmrilm.json"
+#: Packages whose versions the model card records.
+LM_SOFTWARE = ("fmrilm-bids", "torch", "transformers", "peft", "numpy")
 MODEL_CARD = "README.md"
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                      "down_proj")
@@ -304,7 +307,7 @@ class FmriLM(nn.Module):
                 "backbone_shape": {"hidden_size": int(embeddings.shape[1]),
                                    "base_vocab_size": self.vocab.base_vocab_size},
                 "tasks": [task.to_dict() for task in self.tasks], "card": self.card,
-                "software": software_versions()}
+                "software": software_versions(LM_SOFTWARE)}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the model folder (module docstring), atomically.

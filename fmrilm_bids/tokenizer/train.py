@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -266,14 +265,12 @@ def data_summary(train: Sequence[PreparedRun], validation: Sequence[PreparedRun]
 def write_model_card(out_dir: Path, config: TokenizerConfig, train_config: TrainConfig,
                      summary: dict[str, object], metrics: dict[str, float], step: int) -> None:
     """Markdown model card: data used, held-out metrics, settings, software versions."""
-    import fmrilm_bids
+    from fmrilm_bids.reports import software_versions
 
     def table(values: dict[str, object]) -> str:
         return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in values.items()])
 
-    versions = {"fmrilm-bids": getattr(fmrilm_bids, "__version__", "unknown"),
-                "torch": torch.__version__, "numpy": np.__version__,
-                "python": platform.python_version()}
+    versions = software_versions(("fmrilm-bids", "torch", "numpy"))
     metric_rows = {k: f"{v:.4f}" for k, v in metrics.items()}
     text = f"""# fMRI tokenizer (fmrilm-bids)
 
