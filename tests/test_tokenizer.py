@@ -334,6 +334,15 @@ def test_resumed_training_matches_uninterrupted_training(runs, tmp_path: Path) -
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     assert [h.get("loss") for h in straight.history] == [h.get("loss") for h in resumed.history]
 
+    # Resumed once more after the last step (e.g. killed while writing its card): nothing
+    # trains, the held-out metrics and the model card are those of the finished model.
+    (tmp_path / "split" / MODEL_CARD).unlink()
+    again = train_tokenizer(train[:4], validation, tmp_path / "split", CONFIG, settings,
+                            text_embedder=embed_texts, resume=True)
+    assert again.metrics == pytest.approx(straight.metrics)
+    assert again.history == resumed.history
+    assert "reconstruction_r2" in (tmp_path / "split" / MODEL_CARD).read_text()
+
 
 def test_training_refuses_leaky_splits_and_wrong_text_widths(runs, tmp_path: Path) -> None:
     train, validation = runs

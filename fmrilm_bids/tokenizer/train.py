@@ -410,4 +410,7 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
                 "step": step + 1, "numpy_rng": rng.bit_generator.state, "history": history,
                 "train_config": asdict(train_config), "data": summary})
             write_model_card(out_dir, config, train_config, summary, metrics, step + 1)
+    if start >= last:  # resumed from a finished run: nothing trained, the card may be missing
+        metrics = evaluate(model, validation, text_table) if validation else {}
+        write_model_card(out_dir, config, train_config, summary, metrics, start)
     return TrainingResult(model=model, history=history, metrics=metrics, out_dir=out_dir)
