@@ -303,6 +303,11 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
             save_checkpoint(out_dir, model, optimizer, {
                 "step": step + 1, "numpy_rng": rng.bit_generator.state, "history": history,
                 "train_config": asdict(config)}, context, device)
+            if context.is_main:  # the progress of log files (the bar is for terminals)
+                elapsed = time.perf_counter() - started
+                log.info("%s: step %d/%d, loss %.3f, %.0f tokens/s, %.0f s left", description,
+                         step + 1, last, entry["loss"], tokens / elapsed,
+                         elapsed / (step + 1 - start) * (last - step - 1))
     bar.close()
     elapsed = time.perf_counter() - started
     model.eval()
