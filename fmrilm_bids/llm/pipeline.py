@@ -310,7 +310,7 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
         model.to(resolve_device(device)).eval()
     outputs = {}
     with model.merged():
-        for run in runs:
+        for number, run in enumerate(runs, start=1):
             started = time.perf_counter()
             windows, events = run_captions(model, run, decoding) if captions else (None, None)
             n_captions = (len(windows) if windows is not None else 0) + (
@@ -322,4 +322,6 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
                 run_embedding=vector, answers=answer_tasks(model, run, decoding),
                 settings={"model": source, "backbone": model.backbone,
                           "decoding": decoding.to_dict(), "captions_per_second": rate})
+            log.info("[%d/%d] %s: %d captions, embeddings and answers in %.0f s", number,
+                     len(runs), run.key, n_captions, time.perf_counter() - started)
     return outputs
