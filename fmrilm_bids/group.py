@@ -293,7 +293,10 @@ def run_group_level(selection: Selection, config: object) -> Path:
     corpus = pd.read_csv(output_dir / CORPUS_FILE, sep="\t", keep_default_na=False)
 
     LOGGER.info("Stages 2-3: language model (%d steps per stage)", workflow.lm_steps)
+    # Warm-up: a tenth of a short stage (the default 20 steps of 200 otherwise).
     stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed, device=device,
+                                 warmup_steps=max(1, min(LMTrainConfig.warmup_steps,
+                                                         workflow.lm_steps // 10)),
                                  gradient_checkpointing=workflow.gradient_checkpointing)
     test_subjects = stage1.info["TestSubjects"]
     lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs]
