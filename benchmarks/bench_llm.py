@@ -10,10 +10,10 @@ by the descriptor corpus with windows as long as the tokenizer's.
 
 Pipeline: the last ``--held-out`` subjects (sorted) are never trained on. A small Stage-1
 tokenizer is trained on the training subjects, aligned to the LLM's own input embeddings of
-the window texts (:func:`~fmrilm_bids.llm.llm_text_embedder`, ``pooling="input"``: the
-space its token embeddings initialise); then :func:`~fmrilm_bids.llm.fit_fmrilm` runs
+the window texts (:func:`~fmrilm_bids.fmrilm.llm.llm_text_embedder`, ``pooling="input"``: the
+space its token embeddings initialise); then :func:`~fmrilm_bids.fmrilm.llm.fit_fmrilm` runs
 Stage 2 and Stage 3 on SmolLM2-135M-Instruct (or ``--llm DIR``) with one task
-(``--zero-shot``) held out of tuning, and evaluates; :func:`~fmrilm_bids.llm.apply_fmrilm`
+(``--zero-shot``) held out of tuning, and evaluates; :func:`~fmrilm_bids.fmrilm.llm.apply_fmrilm`
 captions the first held-out subject's runs (every window and event: the captions/s).
 
 Table rows, on the held-out subjects' windows and runs: ``condition`` (events.tsv
@@ -171,21 +171,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = (args.out or Path(tempfile.mkdtemp(prefix="bench-llm-"))).absolute()
 
-    from fmrilm_bids.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment
 
     configure_environment(work_dir=root / "work")
 
     import torch
 
-    from fmrilm_bids.backend import resolve_device
-    from fmrilm_bids.descriptors import (
+    from fmrilm_bids.fmrilm.descriptors import (
         DescriptorSettings,
         RunInput,
         describe_dataset,
         load_network_table,
         networks_of,
     )
-    from fmrilm_bids.llm import (
+    from fmrilm_bids.fmrilm.llm import (
         DecodingConfig,
         FmriLMConfig,
         LMRun,
@@ -194,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
         fit_fmrilm,
         llm_text_embedder,
     )
-    from fmrilm_bids.tokenizer import ParcelRun, TokenizerConfig, TrainConfig, train_tokenizer
+    from fmrilm_bids.fmrilm.tokenizer import (
+        ParcelRun,
+        TokenizerConfig,
+        TrainConfig,
+        train_tokenizer,
+    )
+    from fmrilm_bids.utils.devices import resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

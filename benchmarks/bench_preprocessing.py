@@ -31,7 +31,7 @@ from pathlib import Path
 
 
 def _prepare_environment(root: Path) -> None:
-    from fmrilm_bids.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment
 
     configure_environment(work_dir=root / "work")
 
@@ -79,7 +79,7 @@ def run_case(bids_dir: Path, task: str, work_root: Path, nprocs: int, sloppy: bo
     """Preprocess sub-01's ``task`` run of ``bids_dir`` in this process; return figures."""
     import nibabel as nib
 
-    from bids_app.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
+    from fmrilm_bids.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
     from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
     from fmrilm_bids.dataset.layout import index_dataset, select_runs
     from fmrilm_bids.workflows.base import init_fmrilm_wf

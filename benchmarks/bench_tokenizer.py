@@ -7,7 +7,7 @@ described by the descriptor corpus with windows as long as the tokenizer's (even
 captions included), and the window texts are embedded with all-MiniLM-L6-v2. The last
 ``--held-out`` subjects are never trained on.
 
-Rows: the neural tokenizer (default :class:`~fmrilm_bids.tokenizer.TokenizerConfig`,
+Rows: the neural tokenizer (default :class:`~fmrilm_bids.fmrilm.tokenizer.TokenizerConfig`,
 trained with the alignment loss) and the PCA + k-means baseline (same windows, same
 codebook size). Columns, on the held-out windows:
 
@@ -22,12 +22,12 @@ codebook size). Columns, on the held-out windows:
 * ``chance``: 1 / number of candidate texts;
 * ``win/s``: tokenisation throughput on the CPU (``--threads``), windows per second (best
   of 3), on about 20,000 windows of the held-out signals: ``model``, the model alone on one
-  long prepared run (:meth:`~fmrilm_bids.tokenizer.NeuralTokenizer.encode_prepared`);
+  long prepared run (:meth:`~fmrilm_bids.fmrilm.tokenizer.NeuralTokenizer.encode_prepared`);
   ``e2e long``, end to end (raw time series in: resampling, normalisation, patches, parcel
   identity, encoding, quantisation; the preparation shares its work between the same
   threads) on the same long run; ``e2e runs``, end to end on the held-out runs
   repeated as separate runs of their real length, tokenised together
-  (:meth:`~fmrilm_bids.tokenizer.NeuralTokenizer.tokenize_runs`; the baseline one run at a
+  (:meth:`~fmrilm_bids.fmrilm.tokenizer.NeuralTokenizer.tokenize_runs`; the baseline one run at a
   time). ``TR/s`` = windows/s x samples per window. Target: 50,000 windows/s end to end.
 
 Usage::
@@ -72,11 +72,11 @@ def load_runs(dataset: Path) -> dict[str, tuple[str, object]]:
     Returns
     -------
     dict
-        stem -> (subject label, :class:`~fmrilm_bids.descriptors.RunInput`).
+        stem -> (subject label, :class:`~fmrilm_bids.fmrilm.descriptors.RunInput`).
     """
     import re
 
-    from fmrilm_bids.descriptors import RunInput
+    from fmrilm_bids.fmrilm.descriptors import RunInput
     from fmrilm_bids.simulate import load_run_truth
 
     runs = {}
@@ -114,16 +114,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = (args.out or Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))).absolute()
 
-    from fmrilm_bids.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment
 
     configure_environment(work_dir=root / "work")
 
     import torch
     from sklearn.linear_model import Ridge
 
-    from fmrilm_bids.descriptors import DescriptorSettings, describe_dataset, load_network_table
-    from fmrilm_bids.text_encoder import EMBEDDING_DIM, encode_sentences
-    from fmrilm_bids.tokenizer import (
+    from fmrilm_bids.fmrilm.descriptors import (
+        DescriptorSettings,
+        describe_dataset,
+        load_network_table,
+    )
+    from fmrilm_bids.fmrilm.tokenizer import (
         ParcelRun,
         PCAKMeansTokenizer,
         TokenizerConfig,
@@ -135,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         token_text_means,
         train_tokenizer,
     )
+    from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM, encode_sentences
 
     torch.set_num_threads(args.threads)
     config = TokenizerConfig(text_dim=EMBEDDING_DIM)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fmrilm_bids.config import Config
 from fmrilm_bids.errors import RunFailedError
-
-from .config import Config
 
 LOGGER = logging.getLogger("fmrilm_bids")
 

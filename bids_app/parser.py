@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 
 from fmrilm_bids import __version__
-
-from .config import ANALYSIS_LEVELS, DEVICES
+from fmrilm_bids.config import ANALYSIS_LEVELS, DEVICES
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from fmrilm_bids.environment import configure_environment
+from fmrilm_bids.utils.environment import configure_environment
 
 
 def _package_dir(module: str, install_hint: str) -> Path:
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     cache = configure_environment(cache_dir=opts.cache_dir)
 
-    from fmrilm_bids.atlases import BUNDLED_ATLASES, bundled_atlas_dir
-    from fmrilm_bids.templates import ensure_template
+    from fmrilm_bids.resources.atlases import BUNDLED_ATLASES, bundled_atlas_dir
+    from fmrilm_bids.resources.templates import ensure_template
 
     print(f"cache:      {cache}")
     print(f"template:   {ensure_template()}")

@@ -17,12 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bids_app.parser import build_parser
 from fmrilm_bids import __version__
+from fmrilm_bids.config import Config, read_config_file
 from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
-from fmrilm_bids.launch import launched_process
-
-from .config import Config, read_config_file
-from .parser import build_parser
+from fmrilm_bids.utils.launch import launched_process
 
 LOGGER = logging.getLogger("fmrilm_bids")
 
@@ -163,7 +162,7 @@ def prepare_run(config: Config) -> Any:
     fmrilm_bids.dataset.layout.Selection
         The BOLD runs to process.
     """
-    from fmrilm_bids.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment
 
     execution = config.execution
     if execution.clean_workdir and execution.work_dir.exists():
@@ -193,12 +192,11 @@ def prepare_run(config: Config) -> Any:
     LOGGER.info("%s", selection.summary())
     checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
     if config.workflow.model_dir and execution.analysis_level == "participant":
-        from fmrilm_bids.group import load_model
+        from fmrilm_bids.stages.participant import load_model
 
         load_model(config.workflow.model_dir)
     if execution.analysis_level == "group":
-        from fmrilm_bids.derivative_runs import check_participant_outputs
-        from fmrilm_bids.group import atlas_name
+        from fmrilm_bids.stages.inputs import atlas_name, check_participant_outputs
 
         check_participant_outputs(selection, execution.output_dir,
                                   atlas_name(config.workflow.atlases[0]))
@@ -215,10 +213,9 @@ def prepare_run(config: Config) -> Any:
 def run_participant_level(selection: Any, config: Config) -> None:
     """Preprocess, denoise and parcellate every selected run (one nipype workflow); with
     ``--model``, then apply the trained fMRI-LM model to those runs."""
-    from fmrilm_bids.group import apply_model
+    from bids_app.execution import run_workflow
+    from fmrilm_bids.stages.participant import apply_model
     from fmrilm_bids.workflows.base import init_fmrilm_wf
-
-    from .execution import run_workflow
 
     run_workflow(init_fmrilm_wf(selection, config), config)
     if config.workflow.model_dir:
@@ -227,7 +224,7 @@ def run_participant_level(selection: Any, config: Config) -> None:
 
 def run_group_level(selection: Any, config: Config) -> None:
     """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
-    from fmrilm_bids.group import run_group_level as train_and_apply
+    from fmrilm_bids.stages.group import run_group_level as train_and_apply
 
     train_and_apply(selection, config)
 

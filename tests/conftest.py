@@ -17,7 +17,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Configure caches before any test module imports templateflow/niworkflows."""
     import tempfile
 
-    from fmrilm_bids.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment
 
     root = _SESSION_ROOT or Path(tempfile.mkdtemp(prefix="fmrilm-tests-"))
     # The template cache is shared between test sessions (written once, read-only after).
@@ -98,7 +98,7 @@ def write_fmriprep_tree(bids_dir: Path, root: Path) -> Path:
     import nibabel as nib
     import numpy as np
 
-    from fmrilm_bids.confounds import confounds_table
+    from fmrilm_bids.preproc.confounds import confounds_table
 
     rng = np.random.default_rng(1)
     affine = np.diag([8.0, 8.0, 8.0, 1.0])

@@ -3,7 +3,7 @@
 The "subject" is the 2 mm template placed in the scanner by a rigid pose; the T1w is its
 image with a bias field and noise; each BOLD volume samples an EPI-like image of the
 template, modulated per AAL3 parcel by known signals, after the head moved by known rigid
-transforms (conventions of :mod:`fmrilm_bids.motion`: volume ``t`` sees the reference
+transforms (conventions of :mod:`fmrilm_bids.preproc.motion`: volume ``t`` sees the reference
 point ``x`` at ``M_t x``).
 """
 
@@ -17,9 +17,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from fmrilm_bids.atlases import load_atlas
-from fmrilm_bids.motion import params_to_matrix, rotation_matrix
-from fmrilm_bids.templates import get_template
+from fmrilm_bids.preproc.motion import params_to_matrix, rotation_matrix
+from fmrilm_bids.resources.atlases import load_atlas
+from fmrilm_bids.resources.templates import get_template
 
 
 @dataclass

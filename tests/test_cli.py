@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bids_app.config import Config
 from bids_app.parser import build_parser
 from bids_app.run import main
 from fmrilm_bids import __version__
+from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.validator import validate_dataset
 from fmrilm_bids.errors import EXIT_USAGE
 

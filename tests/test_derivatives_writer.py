@@ -10,13 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmrilm_bids.dataset.derivatives import (
-    atomic_write_text,
-    bids_uri,
-    write_derivatives_skeleton,
-)
+from fmrilm_bids.dataset.derivatives import bids_uri, write_derivatives_skeleton
 from fmrilm_bids.dataset.validator import validate_dataset
 from fmrilm_bids.interfaces.bids import STAGING_DIR, DerivativesDataSink
+from fmrilm_bids.utils.files import atomic_write_text
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmrilm_bids.atlases import bundled_atlas_dir, read_label_table
-from fmrilm_bids.descriptors import (
+from fmrilm_bids.fmrilm.descriptors import (
     NETWORKS,
     DescriptorReference,
     DescriptorSettings,
@@ -23,14 +22,15 @@ from fmrilm_bids.descriptors import (
     window_bounds,
     window_facts,
 )
-from fmrilm_bids.descriptors.features import threshold_graph
-from fmrilm_bids.descriptors.networks import (
+from fmrilm_bids.fmrilm.descriptors.features import threshold_graph
+from fmrilm_bids.fmrilm.descriptors.networks import (
     ATLAS_RULES,
     assign_networks,
     build_network_table,
     network_table_path,
 )
-from fmrilm_bids.descriptors.text import GRADE_WORDS, grade
+from fmrilm_bids.fmrilm.descriptors.text import GRADE_WORDS, grade
+from fmrilm_bids.resources.atlases import bundled_atlas_dir, read_label_table
 from fmrilm_bids.simulate.signals import (
     bandlimited_noise,
     network_time_courses,
@@ -335,7 +335,7 @@ def test_window_bounds_drop_the_incomplete_last_window() -> None:
 
 
 def test_gradients_are_finite_when_networks_do_not_interact() -> None:
-    from fmrilm_bids.descriptors.features import diffusion_map
+    from fmrilm_bids.fmrilm.descriptors.features import diffusion_map
 
     blocks = np.kron(np.eye(3), np.full((10, 10), 0.8))
     fc = blocks + 0.2 * np.eye(30) + 0.01 * np.random.default_rng(0).standard_normal((30, 30))

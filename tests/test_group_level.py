@@ -228,9 +228,9 @@ def test_a_reference_group_needs_the_group_column(trained, capsys) -> None:
 
 
 def test_questions_and_zero_shot_names_are_checked_before_any_work(tmp_path: Path) -> None:
-    from bids_app.config import WorkflowConfig
+    from fmrilm_bids.config import WorkflowConfig
     from fmrilm_bids.errors import InputDataError
-    from fmrilm_bids.group import check_questions
+    from fmrilm_bids.stages.group import check_questions
 
     participants = pd.DataFrame({"participant_id": ["sub-01"], "age": [30], "group": ["a"]})
     check_questions(WorkflowConfig(zero_shot=["condition", "group"]), participants, tmp_path)

@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fmrilm_bids.llm import bleu, classification_metrics, rouge_l, subject_split
-from fmrilm_bids.llm.data import LMRun, TaskItem, TaskSpec
-from fmrilm_bids.llm.evaluate import baseline_predictions, connectivity_features, item_features
-from fmrilm_bids.llm.metrics import auroc, softmax, words
+from fmrilm_bids.fmrilm.llm import bleu, classification_metrics, rouge_l
+from fmrilm_bids.fmrilm.llm.evaluate import (
+    baseline_predictions,
+    connectivity_features,
+    item_features,
+)
+from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
+from fmrilm_bids.fmrilm.llm.runs import LMRun
+from fmrilm_bids.fmrilm.llm.tasks import TaskItem, TaskSpec
+from fmrilm_bids.fmrilm.splits import subject_split
 
 
 def test_words_are_lowercased_with_punctuation_split_off() -> None:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fmrilm_bids.llm import (
+from fmrilm_bids.fmrilm.llm import (
     DecodingConfig,
     FmriLM,
     FmriLMConfig,
@@ -35,28 +35,20 @@ from fmrilm_bids.llm import (
     participant_task,
     train_fmrilm,
 )
-from fmrilm_bids.llm.data import (
+from fmrilm_bids.fmrilm.llm.examples import (
     IGNORE_INDEX,
-    RUN_DESCRIBE,
-    WINDOW_DESCRIBE,
     Example,
-    Formatter,
     collate,
-    event_windows,
     instruction_examples,
-    resolve_tasks,
     stage2_examples,
-    task_items,
-    window_events,
 )
-from fmrilm_bids.llm.inference import (
-    generate,
-    score_candidates,
-    task_prompts,
-)
-from fmrilm_bids.llm.io import publish_directory
-from fmrilm_bids.llm.metrics import auroc, softmax, words
-from fmrilm_bids.llm.train import CHECKPOINT_DIR, STATE_FILE
+from fmrilm_bids.fmrilm.llm.inference import generate, score_candidates, task_prompts
+from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
+from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter
+from fmrilm_bids.fmrilm.llm.runs import event_windows, window_events
+from fmrilm_bids.fmrilm.llm.tasks import resolve_tasks, task_items
+from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE
+from fmrilm_bids.utils.files import publish_directory
 
 CODEBOOK = 16
 SUBJECTS = [f"{i:02d}" for i in range(1, 7)]
@@ -633,8 +625,8 @@ import json, os, sys, torch
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_llm_model import CONFIG, STAGE, build, synthetic_runs
-from fmrilm_bids.llm import LMTrainConfig, train_fmrilm
-from fmrilm_bids.llm.data import stage2_examples
+from fmrilm_bids.fmrilm.llm import LMTrainConfig, train_fmrilm
+from fmrilm_bids.fmrilm.llm.runs import stage2_examples
 torch.set_num_threads(1)
 runs, _ = synthetic_runs()
 model = build({backbone!r})

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from fmrilm_bids.llm import FmriLM, FmriLMConfig, LMRun, load_backbone
-from fmrilm_bids.llm.backbone import SMOLLM2_CACHE_NAME, models_dir
-from fmrilm_bids.llm.data import Example, collate
-from fmrilm_bids.llm.inference import DecodingConfig, generate, score_candidates
-from fmrilm_bids.llm.metrics import softmax
+from fmrilm_bids.fmrilm.llm import FmriLM, FmriLMConfig, LMRun, load_backbone
+from fmrilm_bids.fmrilm.llm.backbone import SMOLLM2_CACHE_NAME, models_dir
+from fmrilm_bids.fmrilm.llm.config import DecodingConfig
+from fmrilm_bids.fmrilm.llm.examples import Example, collate
+from fmrilm_bids.fmrilm.llm.inference import generate, score_candidates
+from fmrilm_bids.fmrilm.llm.metrics import softmax
 
 
 @pytest.mark.smollm2

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_app.config import Config, ExecutionConfig, WorkflowConfig
+from fmrilm_bids.config import Config, ExecutionConfig, WorkflowConfig
 from fmrilm_bids.dataset.layout import BoldRun, Selection, SubjectSelection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.interfaces.functional import BoldReference
@@ -128,8 +128,8 @@ def test_denoise_parcellate_with_a_user_atlas(tmp_path):
 
     import pandas as pd
 
-    from fmrilm_bids.confounds import confounds_table
     from fmrilm_bids.interfaces.denoise import DenoiseParcellate
+    from fmrilm_bids.preproc.confounds import confounds_table
 
     rng = np.random.default_rng(2)
     n = 60

@@ -21,15 +21,15 @@ import pandas as pd
 import pytest
 from scipy.interpolate import CubicSpline
 
-from bids_app.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
+from fmrilm_bids.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
 from fmrilm_bids.dataset.layout import index_dataset, select_runs
 from fmrilm_bids.dataset.validator import validate_dataset
 from fmrilm_bids.interfaces.denoise import DenoiseParcellate
-from fmrilm_bids.motion import MOTION_COLUMNS
+from fmrilm_bids.preproc.motion import MOTION_COLUMNS
+from fmrilm_bids.resources.templates import get_template
 from fmrilm_bids.simulate import simulate_dataset
 from fmrilm_bids.simulate.truth import load_run_truth
-from fmrilm_bids.templates import get_template
 from fmrilm_bids.workflows.base import init_fmrilm_wf
 
 pytestmark = pytest.mark.slow

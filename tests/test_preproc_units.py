@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from fmrilm_bids import confounds, denoise, motion, parcellation, reports, resampling
-from fmrilm_bids.slice_timing import slice_time_correct, slice_time_reference
+from fmrilm_bids.preproc import confounds, denoise, motion, parcellation, resampling
+from fmrilm_bids.preproc.slice_timing import slice_time_correct, slice_time_reference
+from fmrilm_bids.reports.figures import figure_uri
+from fmrilm_bids.reports.html import render_report, section
 
 
 def _oblique_affine(zooms=(3.0, 3.0, 4.0), angles=(0.2, -0.1, 0.15), flip_x=True):
@@ -239,7 +241,7 @@ def test_parcel_signals_means_and_missing_labels():
 def test_itk_affine_to_ras(tmp_path):
     import ants
 
-    from fmrilm_bids.registration import itk_affine_to_ras
+    from fmrilm_bids.preproc.registration import itk_affine_to_ras
 
     lps_matrix = motion.params_to_matrix([2.0, -3.0, 4.0, 0.1, -0.05, 0.2], [0, 0, 0])
     transform = ants.create_ants_transform(
@@ -262,8 +264,8 @@ def test_render_report_is_self_contained():
 
     figure = plt.figure()
     plt.plot([0, 1])
-    html = reports.render_report("sub-01", [reports.section(
-        "BOLD run x", ["a <paragraph>"], [("caption", reports.figure_uri(figure))],
+    html = render_report("sub-01", [section(
+        "BOLD run x", ["a <paragraph>"], [("caption", figure_uri(figure))],
         [("Metrics", ["task", "accuracy"], [["sex", 0.8125], ["age<bin>", 0.5]])])])
     assert "<h1>fmrilm-bids report: sub-01</h1>" in html
     assert 'src="data:image/png;base64,' in html

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 from preproc_synthetic import SyntheticDataset
 
-from bids_app.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
+from fmrilm_bids.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
 from fmrilm_bids.dataset.layout import Selection, index_dataset, select_runs
 from fmrilm_bids.dataset.validator import validate_dataset
-from fmrilm_bids.motion import MOTION_COLUMNS
-from fmrilm_bids.templates import get_template
+from fmrilm_bids.preproc.motion import MOTION_COLUMNS
+from fmrilm_bids.resources.templates import get_template
 from fmrilm_bids.workflows.base import init_fmrilm_wf
 
 pytestmark = pytest.mark.slow

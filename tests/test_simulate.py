@@ -21,11 +21,7 @@ from fmrilm_bids.simulate import (
 from fmrilm_bids.simulate.anatomy import grid_points, legendre_field, load_template
 from fmrilm_bids.simulate.bold import BoldSource, point_spread_sigma, synthesize_bold
 from fmrilm_bids.simulate.events import CAPTIONS, CATEGORIES, caption_pool, schedule_events
-from fmrilm_bids.simulate.geometry import (
-    rigid_matrices,
-    rigid_parameters,
-    rotation_matrix,
-)
+from fmrilm_bids.simulate.geometry import rigid_matrices, rigid_parameters, rotation_matrix
 from fmrilm_bids.simulate.motion import simulate_motion
 from fmrilm_bids.simulate.regions import NETWORKS, assign_networks, network_correlation
 from fmrilm_bids.simulate.signals import (
@@ -153,7 +149,7 @@ def test_caption_pool_is_natural_and_distinct() -> None:
 
 
 def test_every_aal3_region_has_a_network() -> None:
-    from fmrilm_bids.atlases import bundled_atlas_dir, read_label_table
+    from fmrilm_bids.resources.atlases import bundled_atlas_dir, read_label_table
 
     names = list(read_label_table(bundled_atlas_dir() / "AAL3.txt").values())
     networks = dict(zip(names, assign_networks(names), strict=True))

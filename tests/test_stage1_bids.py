@@ -18,10 +18,12 @@ import torch
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
 from fmrilm_bids.dataset.layout import Selection, index_dataset, select_runs
 from fmrilm_bids.dataset.validator import validate_dataset
-from fmrilm_bids.descriptors import compute_run_features, load_network_table
 from fmrilm_bids.errors import InputDataError
+from fmrilm_bids.fmrilm.descriptors import compute_run_features, load_network_table
+from fmrilm_bids.fmrilm.tokenizer import TokenizerConfig, TrainConfig
+from fmrilm_bids.fmrilm.tokenizer.model import weights_hash
 from fmrilm_bids.interfaces.bids import DerivativesDataSink
-from fmrilm_bids.interfaces.stage1 import Stage1Descriptors, Stage1Tokens
+from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM, MODEL_NAME
 from fmrilm_bids.simulate.config import SimulationConfig
 from fmrilm_bids.simulate.regions import assign_networks, network_correlation
 from fmrilm_bids.simulate.signals import (
@@ -30,17 +32,9 @@ from fmrilm_bids.simulate.signals import (
     parcel_fluctuations,
 )
 from fmrilm_bids.simulate.simulator import Parcels
-from fmrilm_bids.stage1 import (
-    CORPUS_FILE,
-    Stage1Model,
-    Stage1Settings,
-    apply_stage1,
-    run_stage1_group,
-)
-from fmrilm_bids.stage1.bundle import TOKENIZER_FOLDER
-from fmrilm_bids.text_encoder import EMBEDDING_DIM, MODEL_NAME
-from fmrilm_bids.tokenizer import TokenizerConfig, TrainConfig
-from fmrilm_bids.tokenizer.model import weights_hash
+from fmrilm_bids.stages.bundle import TOKENIZER_FOLDER, Stage1Model, Stage1Settings
+from fmrilm_bids.stages.outputs import CORPUS_FILE
+from fmrilm_bids.stages.stage1 import apply_stage1, run_stage1_group
 
 TR = 2.0
 N_VOLUMES = 120
@@ -83,7 +77,7 @@ def word_piece_embedder(texts: list[str]) -> np.ndarray:
     """Mean of the all-MiniLM-L6-v2 word-piece embeddings of each text: a real text embedding
     without the transformer pass, so the tests stay fast (the default embedder runs in
     :func:`test_one_participant_trains_without_validation`)."""
-    from fmrilm_bids.text_encoder import load_text_encoder
+    from fmrilm_bids.resources.text_encoder import load_text_encoder
 
     tokenizer, model = load_text_encoder()
     batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
@@ -406,48 +400,10 @@ def test_participant_level_reproduces_the_group_outputs(group, dataset, tmp_path
             assert_same_sidecar(sidecar(run.files[kind]), sidecar(group_file))
 
 
-def test_nipype_interfaces_write_the_same_files_in_a_workflow(group, dataset, tmp_path) -> None:
-    """Stage1Descriptors / Stage1Tokens -> DerivativesDataSink, as a participant workflow
-    wires them after the series and confounds sinks."""
-    from nipype.interfaces import utility as niu
-    from nipype.pipeline import engine as pe
-
-    out, result = group
-    bids = dataset[0]
-    copy = fresh_derivatives(dataset, tmp_path / "out")
-    model_dir = Path(shutil.copytree(result.model.directory, copy / "models" / "fmrilm"))
-    key, raw = "sub-02_task-faces", bids / "sub-02" / "func"
-    func = copy / "sub-02" / "func"
-    workflow = pe.Workflow(name="stage1_wf", base_dir=str(tmp_path / "work"))
-    written = pe.Node(niu.IdentityInterface(fields=["timeseries", "confounds"]), name="written")
-    written.inputs.timeseries = str(func / f"{key}_seg-{ATLAS}_desc-denoised_timeseries.tsv")
-    written.inputs.confounds = str(func / f"{key}_desc-confounds_timeseries.tsv")
-    for interface, suffix, desc in ((Stage1Descriptors, "text", "descriptors"),
-                                    (Stage1Tokens, "tokens", "fmrilm")):
-        node = pe.Node(interface(source_file=str(raw / f"{key}_bold.nii.gz"),
-                                 events_file=str(raw / f"{key}_events.tsv"), bids_dir=str(bids),
-                                 model_dir=str(model_dir)), name=desc)
-        sink = pe.Node(DerivativesDataSink(base_directory=str(copy),
-                                           source_file=str(raw / f"{key}_bold.nii.gz"),
-                                           suffix=suffix, desc=desc), name=f"ds_{desc}")
-        workflow.connect([
-            (written, node, [("timeseries", "timeseries_file"),
-                             ("confounds", "confounds_file")]),
-            (node, sink, [("out_file", "in_file"), ("metadata", "meta_dict"),
-                          ("atlas", "segmentation")]),
-        ])
-    workflow.run(plugin="Linear")
-    group_run = next(run for run in result.runs if run.run.key == key)
-    for path in group_run.files.values():
-        mine = copy / path.relative_to(out)
-        assert mine.read_text() == path.read_text()
-        assert_same_sidecar(sidecar(mine), sidecar(path))
-
-
 def test_group_training_is_deterministic_and_resumable(group, dataset, tmp_path, monkeypatch,
                                                         caplog) -> None:
     """A run killed during training, resumed, writes the files of an uninterrupted run."""
-    from fmrilm_bids.stage1 import pipeline
+    from fmrilm_bids.stages import stage1 as pipeline
 
     out, result = group
     copy = fresh_derivatives(dataset, tmp_path / "out")
@@ -520,7 +476,7 @@ def test_one_participant_trains_without_validation(dataset, tmp_path, caplog) ->
 
 
 def test_settings_refuse_descriptor_windows_that_miss_the_patches() -> None:
-    from fmrilm_bids.descriptors import DescriptorSettings
+    from fmrilm_bids.fmrilm.descriptors import DescriptorSettings
 
     settings = Stage1Settings(tokenizer=SETTINGS.tokenizer,
                               descriptors=DescriptorSettings(window_length=12.0))
@@ -537,7 +493,7 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path) -> None:
 
 
 def test_a_checkpoint_of_other_inputs_is_not_resumed(tmp_path, caplog) -> None:
-    from fmrilm_bids.stage1.pipeline import INPUTS_FILE, prepare_checkpoint
+    from fmrilm_bids.stages.stage1 import INPUTS_FILE, prepare_checkpoint
 
     folder = tmp_path / "tokenizer"
     prepare_checkpoint(folder, {"data": "a"}, resume=True)
@@ -577,7 +533,7 @@ def test_data_driven_networks_cluster_the_parcels(dataset, tmp_path) -> None:
 
 
 def test_data_driven_networks_fit_the_tokenizer_slots() -> None:
-    from fmrilm_bids.descriptors import DescriptorSettings
+    from fmrilm_bids.fmrilm.descriptors import DescriptorSettings
 
     with pytest.raises(ValueError, match="at most that many"):
         Stage1Settings(tokenizer=SETTINGS.tokenizer, networks="data-driven",

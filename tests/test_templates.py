@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fmrilm_bids.templates import TEMPLATE, ensure_template, get_template
+from fmrilm_bids.resources.templates import TEMPLATE, ensure_template, get_template
 
 
 @pytest.fixture

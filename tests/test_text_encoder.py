@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmrilm_bids.text_encoder import (
+from fmrilm_bids.resources.text_encoder import (
     EMBEDDING_DIM,
     encode_sentences,
     load_text_encoder,
@@ -48,7 +48,7 @@ def test_matches_sentence_transformers_reference() -> None:
     pytest.importorskip("sentence_transformers")
     from sentence_transformers import SentenceTransformer
 
-    from fmrilm_bids.text_encoder import model_path
+    from fmrilm_bids.resources.text_encoder import model_path
 
     reference = SentenceTransformer(str(model_path()), device="cpu").encode(SENTENCES)
     np.testing.assert_allclose(encode_sentences(SENTENCES), reference, atol=1e-5)

@@ -10,16 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fmrilm_bids.backend import autocast, resolve_device
-from fmrilm_bids.descriptors import NETWORKS, load_network_table, window_bounds, window_facts
-from fmrilm_bids.descriptors.windows import render_windows
-from fmrilm_bids.simulate.signals import (
-    bandlimited_noise,
-    network_time_courses,
-    parcel_fluctuations,
-)
-from fmrilm_bids.text_encoder import EMBEDDING_DIM, load_text_encoder
-from fmrilm_bids.tokenizer import (
+from fmrilm_bids.fmrilm.descriptors import NETWORKS, load_network_table, window_bounds, window_facts
+from fmrilm_bids.fmrilm.descriptors.windows import render_windows
+from fmrilm_bids.fmrilm.tokenizer import (
     NeuralTokenizer,
     ParcelRun,
     PCAKMeansTokenizer,
@@ -34,14 +27,17 @@ from fmrilm_bids.tokenizer import (
     token_text_means,
     train_tokenizer,
 )
-from fmrilm_bids.tokenizer import data as data_module
-from fmrilm_bids.tokenizer.data import (
-    parcel_identity,
-    resample_to_tr,
-    robust_normalise,
+from fmrilm_bids.fmrilm.tokenizer import data as data_module
+from fmrilm_bids.fmrilm.tokenizer.data import parcel_identity, resample_to_tr, robust_normalise
+from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
+from fmrilm_bids.fmrilm.tokenizer.train import MODEL_CARD, STATE_JSON
+from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM, load_text_encoder
+from fmrilm_bids.simulate.signals import (
+    bandlimited_noise,
+    network_time_courses,
+    parcel_fluctuations,
 )
-from fmrilm_bids.tokenizer.quantizer import VectorQuantizer
-from fmrilm_bids.tokenizer.train import MODEL_CARD, STATE_JSON
+from fmrilm_bids.utils.devices import autocast, resolve_device
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from fmrilm_bids import __version__
+from fmrilm_bids.utils.files import atomic_write_text
 
 PIPELINE_NAME = "fmrilm-bids"
 CODE_URL = "https://github.com/fmrilm-bids/fmrilm-bids"
@@ -37,24 +37,6 @@ BIDSIGNORE_PATTERNS = (
     "*_embeddings.*",
     "*_text.*",
 )
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` so that readers see the old file or the new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def bids_uri(path: Path, dataset_root: Path, dataset_name: str = "raw") -> str:

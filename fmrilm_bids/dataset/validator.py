@@ -52,7 +52,7 @@ def validator_executable() -> str:
 def validate_dataset(path: Path, *extra_args: str) -> ValidationReport:
     """Run the validator on ``path`` (a raw dataset or a derivatives folder).
 
-    The deno cache goes to ``$DENO_DIR`` (see :mod:`fmrilm_bids.environment`).
+    The deno cache goes to ``$DENO_DIR`` (see :mod:`fmrilm_bids.utils.environment`).
     """
     cmd = [validator_executable(), "--format", "json", *extra_args, str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ),

@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from fmrilm_bids import registration
+from fmrilm_bids.preproc import registration
 
 
 class _ConformInputSpec(BaseInterfaceInputSpec):

@@ -17,7 +17,7 @@ from nipype.interfaces.base import (
 )
 from scipy import ndimage
 
-from fmrilm_bids.confounds import confounds_table
+from fmrilm_bids.preproc.confounds import confounds_table
 
 #: Probability above which a template voxel counts as white matter / CSF.
 TISSUE_THRESHOLD = 0.9

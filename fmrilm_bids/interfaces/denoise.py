@@ -17,9 +17,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from fmrilm_bids import denoise
-from fmrilm_bids.atlases import load_atlas
-from fmrilm_bids.parcellation import parcel_signals
+from fmrilm_bids.preproc import denoise
+from fmrilm_bids.preproc.parcellation import parcel_signals
+from fmrilm_bids.resources.atlases import load_atlas
 
 
 class _DenoiseInputSpec(BaseInterfaceInputSpec):

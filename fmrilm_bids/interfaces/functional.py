@@ -18,10 +18,10 @@ from nipype.interfaces.base import (
 )
 from scipy import ndimage
 
-from fmrilm_bids import motion, registration, resampling
-from fmrilm_bids.confounds import detect_non_steady_state
 from fmrilm_bids.errors import InputDataError
-from fmrilm_bids.slice_timing import slice_time_correct
+from fmrilm_bids.preproc import motion, registration, resampling
+from fmrilm_bids.preproc.confounds import detect_non_steady_state
+from fmrilm_bids.preproc.slice_timing import slice_time_correct
 
 
 def load_bold(path: str) -> nib.Nifti1Image:
@@ -92,7 +92,7 @@ class _RealignOutputSpec(TraitedSpec):
 
 
 class Realign(SimpleInterface):
-    """Head-motion estimation (:func:`fmrilm_bids.motion.realign`)."""
+    """Head-motion estimation (:func:`fmrilm_bids.preproc.motion.realign`)."""
 
     input_spec = _RealignInputSpec
     output_spec = _RealignOutputSpec
@@ -123,7 +123,7 @@ class _STCOutputSpec(TraitedSpec):
 
 
 class SliceTimingCorrection(SimpleInterface):
-    """Slice-timing correction (:func:`fmrilm_bids.slice_timing.slice_time_correct`)."""
+    """Slice-timing correction (:func:`fmrilm_bids.preproc.slice_timing.slice_time_correct`)."""
 
     input_spec = _STCInputSpec
     output_spec = _STCOutputSpec

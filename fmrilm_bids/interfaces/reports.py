@@ -1,4 +1,4 @@
-"""nipype interfaces building the per-subject HTML report (see :mod:`fmrilm_bids.reports`)."""
+"""nipype interfaces building the per-subject HTML report (see :mod:`fmrilm_bids.reports.html`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from fmrilm_bids import reports
-from fmrilm_bids.dataset.derivatives import atomic_write_text
+from fmrilm_bids.reports.figures import carpet_figure, overlay_figure, parcellation_figure
+from fmrilm_bids.reports.html import render_report, section
+from fmrilm_bids.utils.files import atomic_write_text
 
 
 def _write_section(runtime, content: dict[str, object]) -> str:
@@ -47,10 +48,10 @@ class AnatReport(SimpleInterface):
     output_spec = _SectionOutputSpec
 
     def _run_interface(self, runtime):
-        figure = reports.overlay_figure(
+        figure = overlay_figure(
             self.inputs.std_t1w, [(self.inputs.template_mask, "r")],
             f"T1w in {self.inputs.template}")
-        self._results["section"] = _write_section(runtime, reports.section(
+        self._results["section"] = _write_section(runtime, section(
             "Anatomical",
             [f"{self.inputs.source}: N4 bias-field correction, then affine and SyN "
              f"registration (ANTs, mutual information) to {self.inputs.template}; the brain "
@@ -100,10 +101,10 @@ class BoldReport(SimpleInterface):
         figures = [
             ("Mean BOLD in template space; red: template brain mask, green: BOLD brain mask "
              "(coregistration, normalisation and mask check).",
-             reports.overlay_figure(background, contours, name)),
+             overlay_figure(background, contours, name)),
             ("Framewise displacement (mm), standardised DVARS and global signal above the "
              "carpet plot of brain voxels; shaded: non-steady-state volumes.",
-             reports.carpet_figure(bold, traces, n_dummy, name)),
+             carpet_figure(bold, traces, n_dummy, name)),
         ]
         paragraphs = list(self.inputs.methods)
         fd = confounds.get("framewise_displacement")
@@ -125,10 +126,10 @@ class BoldReport(SimpleInterface):
             if meta.get("CensoredVolumes"):
                 paragraphs.append(f"Censored volumes: {meta['CensoredVolumes']}.")
             figures.append((f"Atlas {meta['Atlas']} over the mean BOLD image.",
-                            reports.parcellation_figure(atlas_file, background,
+                            parcellation_figure(atlas_file, background,
                                                         meta["Atlas"])))
         self._results["section"] = _write_section(
-            runtime, reports.section(f"BOLD run {name}", paragraphs, figures))
+            runtime, section(f"BOLD run {name}", paragraphs, figures))
         return runtime
 
 
@@ -151,6 +152,6 @@ class SubjectReport(SimpleInterface):
     def _run_interface(self, runtime):
         sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
         out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
-        atomic_write_text(out, reports.render_report(f"sub-{self.inputs.subject}", sections))
+        atomic_write_text(out, render_report(f"sub-{self.inputs.subject}", sections))
         self._results["out_report"] = str(out)
         return runtime

@@ -84,9 +84,9 @@ as 4x4 matrices on column vectors.
     BOLD grid, noise sigma, drift coefficients, receive field, default-mode share.
 """
 
-from .config import SimulationConfig
-from .simulator import simulate_dataset
-from .truth import RunTruth, load_run_truth, load_subject_truth
+from fmrilm_bids.simulate.config import SimulationConfig
+from fmrilm_bids.simulate.simulator import simulate_dataset
+from fmrilm_bids.simulate.truth import RunTruth, load_run_truth, load_subject_truth
 
 __all__ = ["RunTruth", "SimulationConfig", "load_run_truth", "load_subject_truth",
            "simulate_dataset"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .geometry import affine_matrix, apply_affine, bounding_grid, grid_centre
+from fmrilm_bids.simulate.geometry import affine_matrix, apply_affine, bounding_grid, grid_centre
 
 #: T2*-weighted EPI baseline intensity of each tissue (arbitrary scanner units).
 BOLD_TISSUE_INTENSITY = {"GM": 780.0, "WM": 620.0, "CSF": 1150.0}
@@ -54,7 +54,7 @@ class Template:
 def _read_template(resolution: int, templateflow_home: str) -> Template:
     import nibabel as nib
 
-    from fmrilm_bids.templates import get_template
+    from fmrilm_bids.resources.templates import get_template
 
     def read(**entities: object) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(get_template(resolution, **entities))
@@ -73,7 +73,7 @@ def _read_template(resolution: int, templateflow_home: str) -> Template:
 def load_template(resolution: int) -> Template:
     """Read the template (cached per resolution and ``$TEMPLATEFLOW_HOME``).
 
-    Call :func:`fmrilm_bids.environment.configure_environment` first.
+    Call :func:`fmrilm_bids.utils.environment.configure_environment` first.
     """
     return _read_template(int(resolution), os.environ.get("TEMPLATEFLOW_HOME", ""))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import Template, bold_baseline, rician
+from fmrilm_bids.simulate.anatomy import Template, bold_baseline, rician
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,8 @@ import time
 from collections.abc import Sequence
 
 from fmrilm_bids import __version__
-from fmrilm_bids.errors import (
-    EXIT_CANT_CREATE,
-    EXIT_OK,
-    EXIT_SOFTWARE,
-    EXIT_USAGE,
-    FmrilmError,
-)
-
-from .config import TASKS, SimulationConfig
+from fmrilm_bids.errors import EXIT_CANT_CREATE, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, FmrilmError
+from fmrilm_bids.simulate.config import TASKS, SimulationConfig
 
 PROG = "fmrilm-bids-simulate"
 
@@ -78,9 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    from fmrilm_bids.environment import configure_environment
-
-    from .simulator import simulate_dataset
+    from fmrilm_bids.simulate.simulator import simulate_dataset
+    from fmrilm_bids.utils.environment import configure_environment
 
     try:
         configure_environment()

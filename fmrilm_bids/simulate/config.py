@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .events import MIN_TASK_RUN, TASK
+from fmrilm_bids.simulate.events import MIN_TASK_RUN, TASK
 
 #: Tasks the simulator knows: resting state, and picture viewing with captions.
 TASKS = ("rest", TASK)

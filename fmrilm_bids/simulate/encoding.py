@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .regions import SEMANTIC_REGIONS, VISUAL_REGIONS, category_preferences, region_membership
+from fmrilm_bids.simulate.regions import (
+    SEMANTIC_REGIONS,
+    VISUAL_REGIONS,
+    category_preferences,
+    region_membership,
+)
 
 
 @dataclass(frozen=True)

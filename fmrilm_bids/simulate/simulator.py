@@ -19,9 +19,8 @@ import pandas as pd
 
 from fmrilm_bids import __version__
 from fmrilm_bids.errors import OutputError
-
-from . import events as task_events
-from .anatomy import (
+from fmrilm_bids.simulate import events as task_events
+from fmrilm_bids.simulate.anatomy import (
     BOLD_TISSUE_INTENSITY,
     T1W_SCALE,
     Pose,
@@ -36,13 +35,18 @@ from .anatomy import (
     native_grid,
     synthesize_t1w,
 )
-from .bold import BoldSource, bold_source, synthesize_bold
-from .config import SimulationConfig
-from .encoding import EncodingModel, build_encoding_model
-from .geometry import MOTION_PARAMETERS, grid_centre, rigid_matrices
-from .motion import framewise_displacement, simulate_motion
-from .regions import NETWORKS, assign_networks, category_preferences, network_correlation
-from .signals import (
+from fmrilm_bids.simulate.bold import BoldSource, bold_source, synthesize_bold
+from fmrilm_bids.simulate.config import SimulationConfig
+from fmrilm_bids.simulate.encoding import EncodingModel, build_encoding_model
+from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS, grid_centre, rigid_matrices
+from fmrilm_bids.simulate.motion import framewise_displacement, simulate_motion
+from fmrilm_bids.simulate.regions import (
+    NETWORKS,
+    assign_networks,
+    category_preferences,
+    network_correlation,
+)
+from fmrilm_bids.simulate.signals import (
     bandlimited_noise,
     event_responses,
     interleaved_slice_order,
@@ -50,8 +54,8 @@ from .signals import (
     network_time_courses,
     parcel_fluctuations,
 )
-from .truth import TRUTH_DIR, run_stem, run_truth_files, subject_truth_file
-from .writer import (
+from fmrilm_bids.simulate.truth import TRUTH_DIR, run_stem, run_truth_files, subject_truth_file
+from fmrilm_bids.simulate.writer import (
     write_anatomical,
     write_bold,
     write_dataset_description,
@@ -86,8 +90,8 @@ def _rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
 
 @functools.lru_cache(maxsize=2)
 def _atlas_labels(templateflow_home: str) -> tuple[np.ndarray, dict[int, str]]:
-    from fmrilm_bids.atlases import load_atlas
-    from fmrilm_bids.templates import get_template
+    from fmrilm_bids.resources.atlases import load_atlas
+    from fmrilm_bids.resources.templates import get_template
 
     atlas = load_atlas(ATLAS, get_template(BOLD_SOURCE_RESOLUTION, suffix="T1w"))
     return np.asarray(atlas.image.dataobj, dtype=np.int32), dict(atlas.labels)
@@ -96,7 +100,7 @@ def _atlas_labels(templateflow_home: str) -> tuple[np.ndarray, dict[int, str]]:
 @functools.lru_cache(maxsize=1)
 def caption_embeddings() -> np.ndarray:
     """Embeddings of :func:`~fmrilm_bids.simulate.events.caption_pool`, in its order."""
-    from fmrilm_bids.text_encoder import encode_sentences
+    from fmrilm_bids.resources.text_encoder import encode_sentences
 
     vectors = encode_sentences([caption for _, caption in task_events.caption_pool()])
     vectors = np.round(vectors, EMBEDDING_DECIMALS).astype(np.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .geometry import MOTION_PARAMETERS, rigid_matrices
+from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS, rigid_matrices
 
 #: Ground-truth folder, relative to the dataset root (``sourcedata`` is not validated).
 TRUTH_DIR = Path("sourcedata") / "simulation"

@@ -14,7 +14,7 @@ from fmrilm_bids.interfaces.anatomical import (
     TemplateRegistration,
 )
 from fmrilm_bids.interfaces.reports import AnatReport
-from fmrilm_bids.templates import get_template
+from fmrilm_bids.resources.templates import get_template
 
 LOGGER = logging.getLogger("fmrilm_bids.workflows")
 
@@ -31,7 +31,7 @@ def init_anat_preproc_wf(t1w: tuple[Path, ...], config: object,
     ----------
     t1w : tuple of Path
         The participant's T1w images (the first is used).
-    config : bids_app.config.Config
+    config : fmrilm_bids.config.Config
         Uses ``workflow.template_resolution``, ``workflow.sloppy``, ``workflow.template``,
         and ``seeds.master``.
 

@@ -14,9 +14,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from fmrilm_bids.dataset.layout import Selection, SubjectSelection
-from fmrilm_bids.denoise import get_strategy
 from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.interfaces.reports import SubjectReport
+from fmrilm_bids.preproc.denoise import get_strategy
 from fmrilm_bids.workflows.anatomical import init_anat_preproc_wf
 from fmrilm_bids.workflows.bold import init_bold_wf
 from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
@@ -31,7 +31,7 @@ def init_fmrilm_wf(selection: Selection, config: object) -> pe.Workflow:
     Parameters
     ----------
     selection : fmrilm_bids.dataset.layout.Selection
-    config : bids_app.config.Config
+    config : fmrilm_bids.config.Config
 
     Returns
     -------

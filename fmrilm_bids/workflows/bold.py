@@ -24,8 +24,8 @@ from fmrilm_bids.interfaces.functional import (
     SliceTimingCorrection,
 )
 from fmrilm_bids.interfaces.reports import BoldReport
-from fmrilm_bids.slice_timing import slice_axis, slice_time_reference
-from fmrilm_bids.templates import get_template
+from fmrilm_bids.preproc.slice_timing import slice_axis, slice_time_reference
+from fmrilm_bids.resources.templates import get_template
 from fmrilm_bids.workflows.utils import node_name
 
 LOGGER = logging.getLogger("fmrilm_bids.workflows")
@@ -64,7 +64,7 @@ def init_bold_preproc_wf(run: BoldRun, config: object,
     """Preprocess one BOLD run into template space and compute its confounds.
 
     Steps: non-steady-state detection and BOLD reference; head-motion estimation
-    (:mod:`fmrilm_bids.motion`); slice-timing correction when ``SliceTiming`` is known;
+    (:mod:`fmrilm_bids.preproc.motion`); slice-timing correction when ``SliceTiming`` is known;
     rigid BOLD-to-T1w coregistration (ANTs, mutual information); motion, coregistration
     and normalisation applied in one cubic resampling onto the template grid; brain mask;
     confounds (written as ``desc-confounds_timeseries.tsv``); the preprocessed BOLD and its

@@ -1,0 +1,186 @@
+"""The settings of one fmrilm-bids run, in the spirit of fMRIPrep's ``config`` module.
+
+A :class:`Config` is built once from the command line (and an optional ``--config-file``
+TOML), passed to every workflow builder, and saved as ``config.toml`` in the log folder of
+the output tree, so ``fmrilm-bids ... --config-file that/config.toml`` repeats a run exactly.
+
+Sections:
+
+* :class:`ExecutionConfig` -- what to run on, where to write, which data were selected;
+* :class:`NipypeConfig` -- how nipype executes (plugin, processes, threads, memory);
+* :class:`WorkflowConfig` -- the scientific choices (atlases, denoising, models, device);
+* :class:`SeedsConfig` -- random seeds.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+ANALYSIS_LEVELS = ("participant", "group")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ExecutionConfig:
+    """Inputs, outputs and data selection."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str
+    work_dir: Path
+    participant_label: list[str] = field(default_factory=list)
+    session_label: list[str] = field(default_factory=list)
+    task_id: list[str] = field(default_factory=list)
+    bids_filters: dict[str, Any] = field(default_factory=dict)
+    derivatives: dict[str, Path] = field(default_factory=dict)
+    cache_dir: Path | None = None
+    skip_bids_validation: bool = False
+    stop_on_first_crash: bool = False
+    clean_workdir: bool = False
+    verbosity: int = 0
+    run_uuid: str = ""
+    version: str = ""
+
+    @property
+    def log_dir(self) -> Path:
+        """Where this run's log, config and crash files go (inside the output tree)."""
+        return self.output_dir / "logs" / self.run_uuid
+
+    @property
+    def bids_database_dir(self) -> Path:
+        """Where the pybids index of the input dataset is cached."""
+        return self.work_dir / "bids_db"
+
+
+@dataclass
+class NipypeConfig:
+    """How nipype runs the workflow."""
+
+    plugin: str = "MultiProc"
+    plugin_args: dict[str, Any] = field(default_factory=dict)
+    nprocs: int = 0
+    omp_nthreads: int = 0
+    mem_mb: int = 0
+
+    def resolved_plugin_args(self) -> dict[str, Any]:
+        """Plugin arguments with ``--nprocs``/``--mem-mb`` applied (MultiProc only)."""
+        args = dict(self.plugin_args)
+        if self.plugin == "MultiProc":
+            args.setdefault("n_procs", self.nprocs)
+            if self.mem_mb:
+                args.setdefault("memory_gb", self.mem_mb / 1024)
+            args.setdefault("raise_insufficient", False)
+        return args
+
+
+@dataclass
+class WorkflowConfig:
+    """Scientific choices."""
+
+    atlases: list[str] = field(default_factory=lambda: ["AAL3"])
+    denoise_strategy: str = "24P+aCompCor"
+    high_pass: float = 0.008
+    fd_threshold: float = 0.5
+    scrub: bool = False
+    dummy_scans: int | None = None
+    output_bold: bool = False
+    sloppy: bool = False
+    template: str = "MNI152NLin2009aSym"
+    template_resolution: int = 2
+    model_dir: Path | None = None
+    llm_dir: Path | None = None
+    device: str = "auto"
+    tokenizer_steps: int = 2000
+    lm_steps: int = 200
+    gradient_checkpointing: bool = False
+    reference_group: str | None = None
+    networks: str = "atlas"
+    questions: list[str] | None = None
+    zero_shot: list[str] = field(default_factory=list)
+    few_shot_k: int = 2
+
+
+@dataclass
+class SeedsConfig:
+    """Random seeds (one master seed; everything else is derived from it)."""
+
+    master: int = 42
+
+
+@dataclass
+class Config:
+    """All settings of one run."""
+
+    execution: ExecutionConfig
+    nipype: NipypeConfig = field(default_factory=NipypeConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, TOML-friendly dictionary (paths as strings, ``None`` dropped)."""
+        return _plain(asdict(self))
+
+    def save(self, path: Path) -> Path:
+        """Write the settings as TOML (atomically)."""
+        from fmrilm_bids.utils.files import atomic_write_text
+
+        return atomic_write_text(Path(path), tomli_w.dumps(self.to_dict()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        sections = {
+            "execution": ExecutionConfig,
+            "nipype": NipypeConfig,
+            "workflow": WorkflowConfig,
+            "seeds": SeedsConfig,
+        }
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        built = {}
+        for name, klass in sections.items():
+            values = dict(data.get(name, {}))
+            known = {f.name: f for f in fields(klass)}
+            extra = set(values) - set(known)
+            if extra:
+                raise ValueError(f"unknown key(s) in [{name}]: {', '.join(sorted(extra))}")
+            built[name] = klass(**{k: _typed(known[k].type, v) for k, v in values.items()})
+        return cls(**built)
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        """Read a ``config.toml`` written by :meth:`save`."""
+        with open(path, "rb") as handle:
+            return cls.from_dict(tomllib.load(handle))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a user ``--config-file`` (TOML, sections as in :class:`Config`)."""
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _typed(annotation: str, value: Any) -> Any:
+    """Turn TOML values back into the dataclass field types (paths)."""
+    if value is None:
+        return None
+    if annotation.startswith("Path"):
+        return Path(value)
+    if annotation.startswith("dict[str, Path]"):
+        return {k: Path(v) for k, v in value.items()}
+    return value

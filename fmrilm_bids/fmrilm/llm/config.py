@@ -1,0 +1,182 @@
+"""fMRI-LM: a causal language model that reads fMRI tokens (Stages 2 and 3).
+
+:class:`FmriLM` wraps a backbone (:func:`~.backbone.load_backbone`) whose vocabulary was
+extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What trains:
+
+* **LoRA** (default; ``peft``): low-rank adapters on ``lora_target_modules`` of every
+  layer, and the **new embedding rows only**, through peft's trainable tokens
+  (``LoraConfig.trainable_token_indices``): a small ``(K + 2, hidden)`` parameter that is
+  written over the frozen embedding matrix in the forward pass. With tied embeddings
+  (SmolLM2) the output layer reads the same rows; an untied output layer gets its own
+  trainable rows. The original vocabulary never changes, and only these rows are saved.
+* **Full fine-tuning** (``full_finetune=True``): every weight trains; the whole model is
+  saved.
+
+The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
+where labels are set, so prompt tokens cost no vocabulary projection.
+
+A saved model (:meth:`FmriLM.save_pretrained`) is a folder: ``adapter_model.safetensors`` +
+``adapter_config.json`` (LoRA and the new rows; or ``model.safetensors`` + ``config.json``
+for full fine-tuning), ``fmrilm.json`` (this config, the vocabulary ids, the backbone, the
+tuned questions), the extended tokenizer, and a model card ``README.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from fmrilm_bids.fmrilm.training import warmup_cosine
+
+#: Llama-style projections (SmolLM2's): the modules that get LoRA adapters by default.
+LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                     "down_proj")
+
+
+@dataclass
+class FmriLMConfig:
+    """Architecture, prompt format and loss weights of an :class:`FmriLM`.
+
+    Attributes
+    ----------
+    codebook_size : int
+        fMRI tokens (the Stage-1 codebook size).
+    lora_r, lora_alpha : int
+        LoRA rank and scale (``alpha / r``).
+    lora_dropout : float
+    lora_target_modules : tuple of str
+        Module names that get adapters (Llama-style projections by default).
+    full_finetune : bool
+        Train every weight instead of LoRA + new rows.
+    window_context : int
+        Windows before a window that its prompts show.
+    run_segment_windows : int
+        Windows of a run-level prompt (longer runs give several segments).
+    fmri_sequence_windows : int
+        Windows of a next-fMRI-token training sequence.
+    max_length : int
+        Tokens of a training sequence (longer targets are cut).
+    system_prompt : str
+        System message of every prompt.
+    loss_weights : dict of str to float
+        Weight of each example kind: ``fmri``, ``describe``, ``text`` (Stage 2), ``answer``
+        (Stage 3). The loss is the weighted mean of each kind's token-mean loss.
+    seed : int
+        Seed of LoRA and new-row initialisation.
+    """
+
+    codebook_size: int = 256
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
+    full_finetune: bool = False
+    window_context: int = 2
+    run_segment_windows: int = 16
+    fmri_sequence_windows: int = 128
+    max_length: int = 256
+    system_prompt: str = "You read fMRI recordings, written as tokens, and describe them."
+    loss_weights: dict[str, float] = field(default_factory=lambda: {
+        "fmri": 1.0, "describe": 1.0, "text": 0.5, "answer": 1.0})
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        values = asdict(self)
+        values["lora_target_modules"] = list(self.lora_target_modules)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> FmriLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown fMRI-LM settings {unknown}; this fmrilm-bids knows "
+                             f"{sorted(known)}.")
+        values = dict(values)
+        if "lora_target_modules" in values:
+            values["lora_target_modules"] = tuple(values["lora_target_modules"])
+        return cls(**values)
+
+
+@dataclass
+class LMTrainConfig:
+    """Optimisation settings of one training stage.
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps in all.
+    batch_size : int
+        Sequences per micro-batch and process.
+    grad_accum : int
+        Micro-batches per step (effective batch: ``batch_size * grad_accum * processes``).
+    learning_rate, min_learning_rate : float
+        Peak and final learning rate (linear warm-up, then cosine decay).
+    warmup_steps : int
+    weight_decay : float
+        AdamW decay of the adapter matrices (never of embedding rows).
+    grad_clip : float
+        Gradient-norm clip.
+    checkpoint_interval : int
+        Steps between checkpoints (and always at the end).
+    gradient_checkpointing : bool
+        Recompute activations in the backward pass (GPU memory saver).
+    seed : int
+    device : str
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    progress : bool, optional
+        Progress bar: None shows it on a terminal only.
+    """
+
+    steps: int = 200
+    batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_interval: int = 100
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"
+    progress: bool | None = None
+
+    def learning_rate_at(self, step: int) -> float:
+        """Warm-up then cosine schedule (:func:`~fmrilm_bids.fmrilm.training.warmup_cosine`)."""
+        return warmup_cosine(step, steps=self.steps, warmup_steps=self.warmup_steps,
+                             peak=self.learning_rate, floor=self.min_learning_rate)
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How text is generated.
+
+    Attributes
+    ----------
+    max_new_tokens : int
+    do_sample : bool
+        Sample (with ``temperature`` and ``top_p``) instead of greedy decoding.
+    num_beams : int
+        Beam search width (1: none).
+    temperature, top_p : float
+        Sampling settings (used only when sampling).
+    repetition_penalty : float
+    seed : int
+        Seed of sampling.
+    batch_size : int
+        Prompts per forward pass (a decoding step reads every weight once for all of them:
+        larger batches are faster, on the CPU too).
+    """
+
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    num_beams: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    batch_size: int = 32
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+

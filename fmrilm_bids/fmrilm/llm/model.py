@@ -1,0 +1,353 @@
+"""fMRI-LM: a causal language model that reads fMRI tokens (Stages 2 and 3).
+
+:class:`FmriLM` wraps a backbone (:func:`~.backbone.load_backbone`) whose vocabulary was
+extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What trains:
+
+* **LoRA** (default; ``peft``): low-rank adapters on ``lora_target_modules`` of every
+  layer, and the **new embedding rows only**, through peft's trainable tokens
+  (``LoraConfig.trainable_token_indices``): a small ``(K + 2, hidden)`` parameter that is
+  written over the frozen embedding matrix in the forward pass. With tied embeddings
+  (SmolLM2) the output layer reads the same rows; an untied output layer gets its own
+  trainable rows. The original vocabulary never changes, and only these rows are saved.
+* **Full fine-tuning** (``full_finetune=True``): every weight trains; the whole model is
+  saved.
+
+The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
+where labels are set, so prompt tokens cost no vocabulary projection.
+
+A saved model (:meth:`FmriLM.save_pretrained`) is a folder: ``adapter_model.safetensors`` +
+``adapter_config.json`` (LoRA and the new rows; or ``model.safetensors`` + ``config.json``
+for full fine-tuning), ``fmrilm.json`` (this config, the vocabulary ids, the backbone, the
+tuned questions), the extended tokenizer, and a model card ``README.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmrilm_bids.fmrilm.llm.backbone import DEFAULT_BACKBONE, load_backbone
+from fmrilm_bids.fmrilm.llm.config import FmriLMConfig
+from fmrilm_bids.fmrilm.llm.examples import IGNORE_INDEX
+from fmrilm_bids.fmrilm.llm.prompts import Formatter
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec
+from fmrilm_bids.fmrilm.llm.vocabulary import FmriVocabulary, extend_vocabulary
+from fmrilm_bids.utils.devices import resolve_device
+from fmrilm_bids.utils.files import atomic_write_text, publish_directory
+from fmrilm_bids.utils.versions import software_versions
+
+if TYPE_CHECKING:
+    from transformers import Cache
+
+METADATA_FILE = "fmrilm.json"
+#: Packages whose versions the model card records.
+LM_SOFTWARE = ("fmrilm-bids", "torch", "transformers", "peft", "numpy")
+MODEL_CARD = "README.md"
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, candidate in model.named_modules() if candidate is module)
+
+
+def lora_config(config: FmriLMConfig, backbone: nn.Module, vocab: FmriVocabulary) -> object:
+    """The peft ``LoraConfig``: adapters, plus the new embedding rows as trainable tokens."""
+    from peft import LoraConfig
+
+    input_embeddings = backbone.get_input_embeddings()
+    output = backbone.get_output_embeddings()
+    rows: list[int] | dict[str, list[int]] = vocab.new_ids
+    if output is not None and output.weight is not input_embeddings.weight:
+        rows = {_module_name(backbone, input_embeddings).split(".")[-1]: vocab.new_ids,
+                _module_name(backbone, output).split(".")[-1]: vocab.new_ids}
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules),
+                      trainable_token_indices=rows, task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 a deprecated question on every wrap; keep logs clean."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                category=FutureWarning)
+        yield
+
+
+class FmriLM(nn.Module):
+    """A backbone with fMRI tokens, adapters and a prompt format (module docstring).
+
+    Build one with :meth:`build` (new) or :meth:`from_pretrained` (saved).
+
+    Attributes
+    ----------
+    model : transformers.PreTrainedModel or peft.PeftModel
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Extended with the fMRI tokens.
+    vocab : FmriVocabulary
+    config : FmriLMConfig
+    formatter : Formatter
+    backbone : str
+        Where the backbone came from (:func:`~.backbone.backbone_source`).
+    tasks : list of TaskSpec
+        Questions it was tuned on (saved with it).
+    card : dict
+        Sections of the model card (data used, metrics, training settings).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: object, vocab: FmriVocabulary,
+                 config: FmriLMConfig, backbone: str) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer, self.vocab, self.config, self.backbone = tokenizer, vocab, config, \
+            backbone
+        self.formatter = Formatter(tokenizer, vocab, config.system_prompt)
+        self.tasks: list[TaskSpec] = []
+        self.card: dict[str, dict[str, object]] = {}
+
+    @classmethod
+    def build(cls, tokenizer: object, backbone_model: nn.Module, config: FmriLMConfig,
+              token_embeddings: torch.Tensor | np.ndarray | None = None,
+              backbone: str = DEFAULT_BACKBONE) -> FmriLM:
+        """Extend the vocabulary of a loaded backbone and add what trains.
+
+        Parameters
+        ----------
+        tokenizer, backbone_model
+            From :func:`~.backbone.load_backbone` (changed in place).
+        config : FmriLMConfig
+        token_embeddings : Tensor or ndarray of shape (codebook_size, hidden), optional
+            Stage-1 ``token_embeddings_for_llm()``: initial fMRI-token embeddings.
+        backbone : str
+            Recorded source of the backbone (reloaded by :meth:`from_pretrained`).
+        """
+        from peft import get_peft_model
+
+        torch.manual_seed(config.seed)
+        vocab = extend_vocabulary(tokenizer, backbone_model, config.codebook_size,
+                                  token_embeddings, config.seed)
+        if config.full_finetune:
+            model = backbone_model.requires_grad_(True)
+        else:
+            with _quiet_peft():
+                model = get_peft_model(backbone_model, lora_config(config, backbone_model,
+                                                                   vocab))
+        return cls(model, tokenizer, vocab, config, backbone).eval()
+
+    @contextlib.contextmanager
+    def merged(self) -> Iterator[FmriLM]:
+        """Adapters and new rows merged into the backbone's weights, for faster inference.
+
+        Un-merging on exit subtracts the LoRA updates again, which can leave rounding-level
+        differences in the frozen weights (never saved). No-op for full fine-tuning.
+        """
+        if self.config.full_finetune:
+            yield self
+            return
+        with _quiet_peft():
+            self.model.merge_adapter()
+        try:
+            yield self
+        finally:
+            self.model.unmerge_adapter()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass (less memory, ~30% more time)."""
+        self.model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False})
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      cache: Cache | None = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, hidden)``.
+
+        With a ``cache`` (a transformers ``DynamicCache``) the tokens continue the sequences
+        it holds (``attention_mask`` then covers those too), and it holds them afterwards.
+        """
+        decoder = self.model.get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+                       use_cache=cache is not None).last_hidden_state
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``(B, T, vocab)`` of every position."""
+        return self.model.get_output_embeddings()(self.hidden_states(input_ids,
+                                                                     attention_mask))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of the labelled tokens.
+
+        Parameters
+        ----------
+        input_ids, attention_mask, labels : LongTensor (B, T)
+            ``labels`` as :class:`~.data.Example` (position ``t`` is predicted from the
+            tokens before it; :data:`~.data.IGNORE_INDEX` where no loss applies).
+
+        Returns
+        -------
+        nll : Tensor (B,)
+            Summed over each sequence's labelled tokens (float32).
+        n_tokens : LongTensor (B,)
+            Labelled tokens per sequence.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask)
+        targets = labels[:, 1:]
+        return self.target_nll(hidden[:, :-1], targets), (targets != IGNORE_INDEX).sum(dim=1)
+
+    def target_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of ``targets`` read from the hidden states before them.
+
+        Parameters
+        ----------
+        hidden : Tensor (B, T, hidden)
+            Position ``t`` predicts ``targets[:, t]``.
+        targets : LongTensor (B, T)
+            Token ids; :data:`~.data.IGNORE_INDEX` where no loss applies (the output layer
+            runs only where one does).
+
+        Returns
+        -------
+        Tensor (B,)
+            Summed over each row's targets (float32).
+        """
+        keep = targets != IGNORE_INDEX
+        logits = self.model.get_output_embeddings()(hidden[keep]).float()
+        losses = F.cross_entropy(logits, targets[keep], reduction="none")
+        rows = keep.nonzero()[:, 0]
+        return torch.zeros(len(targets), device=losses.device).index_add(0, rows, losses)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters that train, by name."""
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def metadata(self) -> dict[str, object]:
+        """Content of ``fmrilm.json``."""
+        embeddings = self.model.get_input_embeddings().weight
+        return {"config": self.config.to_dict(), "vocab": self.vocab.to_dict(),
+                "backbone": self.backbone,
+                "backbone_shape": {"hidden_size": int(embeddings.shape[1]),
+                                   "base_vocab_size": self.vocab.base_vocab_size},
+                "tasks": [task.to_dict() for task in self.tasks], "card": self.card,
+                "software": software_versions(LM_SOFTWARE)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the model folder (module docstring), atomically.
+
+        Returns
+        -------
+        Path
+        """
+        metadata = self.metadata()
+
+        def write(folder: Path) -> None:
+            if self.config.full_finetune:
+                self.model.save_pretrained(folder)
+            else:
+                self.model.save_pretrained(folder, save_embedding_layers=False)
+            self.tokenizer.save_pretrained(folder)
+            atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=1))
+            atomic_write_text(folder / MODEL_CARD, model_card(metadata))
+
+        return publish_directory(Path(directory), write)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, llm_dir: str | Path | None = None,
+                        cache_dir: str | Path | None = None,
+                        device: str | torch.device = "cpu") -> FmriLM:
+        """Load a folder written by :meth:`save_pretrained` (in eval mode).
+
+        Parameters
+        ----------
+        directory : str or Path
+        llm_dir : str or Path, optional
+            The backbone folder, when it moved since training (default: the recorded one).
+        cache_dir : str or Path, optional
+            Models cache of the default backbone.
+        device : str or torch.device, default="cpu"
+        """
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        if not (directory / METADATA_FILE).is_file():
+            raise FileNotFoundError(f"{directory / METADATA_FILE} is missing; point at a folder "
+                                    "written by FmriLM.save_pretrained (or fit_fmrilm).")
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+        config = FmriLMConfig.from_dict(metadata["config"])
+        saved_vocab = FmriVocabulary(**metadata["vocab"])
+        if config.full_finetune:
+            tokenizer, model = load_backbone(directory, device=device)
+            backbone = metadata["backbone"]
+        else:
+            source = llm_dir if llm_dir is not None else (
+                None if metadata["backbone"] == DEFAULT_BACKBONE else metadata["backbone"])
+            _, base = load_backbone(source, cache_dir, device)
+            shape = metadata["backbone_shape"]
+            found = base.get_input_embeddings().weight.shape
+            if (found[1], min(found[0], saved_vocab.first_id)) != (
+                    shape["hidden_size"], shape["base_vocab_size"]):
+                raise ValueError(f"The backbone {source or DEFAULT_BACKBONE} has embeddings "
+                                 f"{tuple(found)}; {directory} was trained on one of hidden "
+                                 f"size {shape['hidden_size']} and {shape['base_vocab_size']} "
+                                 "tokens: pass the backbone it was trained with (llm_dir).")
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            extend_vocabulary(tokenizer, base, config.codebook_size, seed=config.seed)
+            with _quiet_peft():
+                model = PeftModel.from_pretrained(base, directory)
+            model.to(resolve_device(device))
+            backbone = metadata["backbone"] if llm_dir is None else str(llm_dir)
+        lm = cls(model, tokenizer, saved_vocab, config, backbone)
+        lm.tasks = [TaskSpec.from_dict(task) for task in metadata["tasks"]]
+        lm.card = metadata.get("card", {})
+        return lm.eval()
+
+
+def model_card(metadata: dict[str, object]) -> str:
+    """Markdown model card: what it is, data used, metrics, settings, software."""
+
+    def table(values: dict[str, object]) -> str:
+        rows = [f"| {key} | {value} |" for key, value in values.items()]
+        return "\n".join(["| | |", "|---|---|", *rows]) if rows else "(none)"
+
+    config = metadata["config"]
+    card = metadata.get("card", {})
+    mode = ("full fine-tuning" if config["full_finetune"] else
+            f"LoRA (r={config['lora_r']}, alpha={config['lora_alpha']}) on "
+            f"{', '.join(config['lora_target_modules'])}, plus the new token embeddings")
+    tasks = ", ".join(f"{task['name']} ({task['kind']}, {task['level']})"
+                      for task in metadata["tasks"]) or "none"
+    sections = "\n\n".join(f"## {title.capitalize()}\n{table(values)}"
+                           for title, values in card.items())
+    return f"""# fMRI-LM (fmrilm-bids)
+
+A causal language model that reads fMRI tokens (fMRI-LM Stages 2 and 3, Wei et al., 2025,
+arXiv:2511.21760). Backbone: {metadata['backbone']}; {config['codebook_size']} fMRI tokens
+`<fmri_0>`..`<fmri_{config['codebook_size'] - 1}>` between `<fmri>` and `</fmri>`; trained
+with {mode}. Tuned questions: {tasks}.
+Load with `FmriLM.from_pretrained(folder)`.
+
+{sections}
+
+## Model
+{table(config)}
+
+## Software
+{table(metadata['software'])}
+
+## Limitations
+Descriptions are learned from the descriptor corpus (texts computed from imaging features),
+and answers from the labels of the training dataset: outputs are as good as those texts and
+labels, and say nothing about people beyond them.
+"""

@@ -1,0 +1,317 @@
+"""Entry points of Stages 2 and 3 for the BIDS-App: :func:`fit_fmrilm`, :func:`apply_fmrilm`.
+
+Both take plain in-memory inputs (:class:`~.data.LMRun` per run, the ``participants.tsv``
+table) and return plain outputs (DataFrames, arrays, dicts); they write no BIDS file.
+:func:`fit_fmrilm` writes its model folder and checkpoints under ``out_dir``:
+
+```
+out_dir/stage2/checkpoint/   Stage-2 training state (resumable)
+out_dir/stage3/checkpoint/   Stage-3 training state (resumable)
+out_dir/model/               the trained model (FmriLM.save_pretrained; load it with
+                             apply_fmrilm or FmriLM.from_pretrained)
+out_dir/metrics.json         the held-out evaluation (evaluate_fmrilm)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fmrilm_bids.fmrilm.llm.backbone import backbone_source, load_backbone
+from fmrilm_bids.fmrilm.llm.config import DecodingConfig, FmriLMConfig, LMTrainConfig
+from fmrilm_bids.fmrilm.llm.evaluate import evaluate_fmrilm
+from fmrilm_bids.fmrilm.llm.examples import Example, instruction_examples, stage2_examples
+from fmrilm_bids.fmrilm.llm.inference import answer_tasks, fmri_embeddings, run_captions
+from fmrilm_bids.fmrilm.llm.model import FmriLM
+from fmrilm_bids.fmrilm.llm.runs import LMRun
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
+from fmrilm_bids.fmrilm.llm.train import train_fmrilm
+from fmrilm_bids.fmrilm.splits import subject_split
+from fmrilm_bids.utils.devices import distributed_context
+from fmrilm_bids.utils.files import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_fmrilm` returns.
+
+    Attributes
+    ----------
+    model : FmriLM
+        The tuned model (also saved in ``model_dir``).
+    model_dir : Path
+    metrics : dict
+        Held-out evaluation (empty without test subjects, and on processes other than the
+        main one).
+    history : dict of str to list
+        Per-stage training history.
+    throughput : dict of str to float
+        Training tokens/s per stage.
+    train_subjects, test_subjects : list of str
+    """
+
+    model: FmriLM
+    model_dir: Path
+    metrics: dict[str, object] = field(repr=False)
+    history: dict[str, list[dict[str, float]]] = field(repr=False)
+    throughput: dict[str, float]
+    train_subjects: list[str]
+    test_subjects: list[str]
+
+
+def _groups(examples: Sequence[Example]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for example in examples:
+        counts[example.group] = counts.get(example.group, 0) + 1
+    return counts
+
+
+#: Metrics of an evaluation that the model card lists.
+CARD_METRICS = ("accuracy", "auroc", "mae", "minilm_cosine", "bleu", "rouge_l")
+
+
+def _card_metrics(metrics: dict[str, object]) -> dict[str, str]:
+    """Headline numbers of an evaluation, flattened for the model card."""
+    rows = {}
+    for name, task in metrics.get("tasks", {}).items():
+        for setting in ("fmrilm", "few_shot", "baseline_fc", "baseline_tokens"):
+            for metric in CARD_METRICS:
+                value = task.get(setting, {}).get(metric)
+                if isinstance(value, float):
+                    rows[f"{name} ({task['setting']}): {setting} {metric}"] = f"{value:.3f}"
+        chance = task.get("fmrilm", {}).get("chance_accuracy", task.get("chance_mae"))
+        if chance is not None:
+            rows[f"{name}: chance {'accuracy' if task['kind'] == 'class' else 'mae'}"] = \
+                f"{chance:.3f}"
+    for metric, value in metrics.get("descriptions", {}).get("fmrilm", {}).items():
+        if metric in CARD_METRICS:
+            rows[f"window descriptions: {metric}"] = f"{value:.3f}"
+    return rows
+
+
+def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
+               out_dir: str | Path, config: FmriLMConfig | None = None,
+               stage2: LMTrainConfig | None = None, stage3: LMTrainConfig | None = None,
+               token_embeddings: torch.Tensor | np.ndarray | None = None,
+               llm_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+               tasks: Sequence[TaskSpec] | None = None, held_out_tasks: Sequence[str] = (),
+               test_subjects: Sequence[str] | None = None, few_shot_k: int = 2,
+               corpus_texts: Sequence[str] | None = None, replay: Sequence[str] = ("describe",),
+               decoding: DecodingConfig | None = None, evaluate: bool = True,
+               max_describe: int | None = 32, resume: bool = False) -> FitResult:
+    """Train fMRI-LM Stages 2 and 3 on a group of runs; evaluate on held-out subjects.
+
+    Parameters
+    ----------
+    runs : sequence of LMRun
+        Every run (training and test subjects).
+    participants : DataFrame, optional
+        ``participants.tsv``.
+    out_dir : str or Path
+        Model, checkpoints and metrics (module docstring).
+    config : FmriLMConfig, optional
+        ``codebook_size`` must match the Stage-1 tokenizer.
+    stage2, stage3 : LMTrainConfig, optional
+        Optimisation of each stage.
+    token_embeddings : Tensor or ndarray of shape (codebook_size, hidden), optional
+        Stage-1 ``token_embeddings_for_llm()`` (initial fMRI-token embeddings).
+    llm_dir, cache_dir : str or Path, optional
+        Backbone folder (default SmolLM2) and models cache (:func:`~.backbone.load_backbone`).
+    tasks : sequence of TaskSpec, optional
+        Questions (default: :func:`~.data.default_tasks` of the training runs).
+    held_out_tasks : sequence of str
+        Task names kept out of tuning and evaluated zero-shot and few-shot.
+    test_subjects : sequence of str, optional
+        Held-out participants (default: a seeded quarter, at least one, when evaluating;
+        none otherwise).
+    few_shot_k : int, default=2
+        Few-shot examples per class.
+    corpus_texts : sequence of str, optional
+        Descriptor corpus of the text-only term (default: the runs' descriptor texts).
+    replay : sequence of str, default=("describe",)
+        Stage-2 example groups mixed into Stage 3, so that window descriptions survive.
+    decoding : DecodingConfig, optional
+        Generation settings of the evaluation.
+    evaluate : bool, default=True
+    max_describe : int, optional
+        Held-out windows whose generated description is scored (None: all).
+    resume : bool, default=False
+        Continue both stages from their checkpoints in ``out_dir``.
+
+    Returns
+    -------
+    FitResult
+    """
+    config = config or FmriLMConfig()
+    out_dir = Path(out_dir)
+    subjects = sorted({run.subject for run in runs})
+    if test_subjects is None:
+        test = subject_split(subjects, seed=config.seed)[1] if evaluate else []
+    else:
+        test = sorted({str(s).removeprefix("sub-") for s in test_subjects})
+        unknown = sorted(set(test) - set(subjects))
+        if unknown:
+            raise ValueError(f"Test subjects {unknown} have no run; subjects are "
+                             f"{', '.join(subjects)}.")
+    train_runs = [run for run in runs if run.subject not in test]
+    test_runs = [run for run in runs if run.subject in test]
+    if not train_runs:
+        raise ValueError("fit_fmrilm needs runs of at least one training subject.")
+    context = distributed_context()
+
+    # Backbone with fMRI tokens, adapters; the questions.
+    tokenizer, backbone = load_backbone(llm_dir, cache_dir)
+    model = FmriLM.build(tokenizer, backbone, config, token_embeddings,
+                         backbone_source(llm_dir))
+    tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
+    unknown = sorted(set(held_out_tasks) - {task.name for task in tasks})
+    if unknown:
+        raise ValueError(f"Held-out tasks {unknown} are not among the tasks "
+                         f"{[task.name for task in tasks]}.")
+    segment = (config.window_context, config.run_segment_windows)
+    tuned, skipped = resolve_tasks([t for t in tasks if t.name not in held_out_tasks],
+                                   train_runs, participants, *segment)
+    held_out, skipped_held = resolve_tasks([t for t in tasks if t.name in held_out_tasks],
+                                           train_runs, participants, *segment)
+    if skipped + skipped_held:
+        log.info("Tasks without two answers in the training runs, left out: %s",
+                 ", ".join(skipped + skipped_held))
+
+    # Stage 2: joint fMRI-text modelling.
+    examples2 = stage2_examples(model.formatter, train_runs, config, corpus_texts, config.seed)
+    result2 = train_fmrilm(model, examples2, out_dir / "stage2", stage2, resume,
+                           description="Stage 2")
+    # Stage 3: instruction tuning (with some Stage-2 replay).
+    examples3 = instruction_examples(model.formatter, tuned, train_runs, participants, config,
+                                     config.seed)
+    examples3 += [example for example in examples2 if example.group in replay]
+    result3 = train_fmrilm(model, examples3, out_dir / "stage3", stage3, resume,
+                           description="Stage 3") if tuned else None
+    model.tasks = tuned
+
+    metrics: dict[str, object] = {}
+    if context.is_main:
+        if evaluate and test_runs:
+            started = time.perf_counter()
+            metrics = evaluate_fmrilm(model, train_runs, test_runs, participants, held_out,
+                                      few_shot_k, decoding=decoding,
+                                      max_describe=max_describe, seed=config.seed)
+            metrics["skipped_tasks"] = skipped + skipped_held
+            metrics["evaluation_seconds"] = time.perf_counter() - started
+            atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=1))
+        model.card = {
+            "data": {"train_subjects": ", ".join(r for r in subjects if r not in test),
+                     "test_subjects": ", ".join(test) or "none",
+                     "train_runs": len(train_runs), "test_runs": len(test_runs),
+                     "train_windows": sum(run.n_windows for run in train_runs),
+                     "stage 2 examples": _groups(examples2),
+                     "stage 3 examples": _groups(examples3),
+                     "held-out tasks": ", ".join(t.name for t in held_out) or "none",
+                     "skipped tasks": ", ".join(skipped + skipped_held) or "none"},
+            "training": {"stage 2": asdict(stage2 or LMTrainConfig()),
+                         "stage 3": asdict(stage3 or LMTrainConfig()),
+                         "processes": context.world_size},
+            "metrics (held-out subjects)": _card_metrics(metrics)}
+        model.save_pretrained(out_dir / MODEL_DIR)
+    history = {"stage2": result2.history} | ({"stage3": result3.history} if result3 else {})
+    throughput = {"stage2": result2.tokens_per_second} | (
+        {"stage3": result3.tokens_per_second} if result3 else {})
+    return FitResult(model=model, model_dir=out_dir / MODEL_DIR, metrics=metrics,
+                     history=history, throughput=throughput,
+                     train_subjects=[s for s in subjects if s not in test],
+                     test_subjects=test)
+
+
+@dataclass
+class RunOutputs:
+    """What :func:`apply_fmrilm` gives for one run.
+
+    Attributes
+    ----------
+    window_captions : DataFrame
+        ``onset``, ``duration``, ``caption``: a description of every window.
+    event_captions : DataFrame or None
+        ``onset``, ``duration``, [``trial_type``,] ``caption`` of every event (runs with
+        events).
+    patch_embeddings : ndarray of shape (n_windows, hidden)
+        Hidden-state embedding of each time patch.
+    run_embedding : ndarray of shape (hidden,)
+    answers : dict of str to DataFrame
+        Per tuned question (:func:`~.inference.answer_tasks`).
+    settings : dict
+        Decoding settings, the model folder and backbone, captions per second.
+    """
+
+    window_captions: pd.DataFrame | None
+    event_captions: pd.DataFrame | None
+    patch_embeddings: np.ndarray = field(repr=False)
+    run_embedding: np.ndarray = field(repr=False)
+    answers: dict[str, pd.DataFrame] = field(repr=False)
+    settings: dict[str, object]
+
+
+def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
+                 decoding: DecodingConfig | None = None, llm_dir: str | Path | None = None,
+                 cache_dir: str | Path | None = None, device: str = "auto",
+                 captions: bool = True) -> dict[str, RunOutputs]:
+    """Captions, embeddings and answers of each run from a trained model.
+
+    Parameters
+    ----------
+    model : FmriLM, str or Path
+        A model, or its folder (``<fit out_dir>/model``).
+    runs : sequence of LMRun
+        Only tokens, onsets/durations and events are used.
+    decoding : DecodingConfig, optional
+        Caption generation settings (greedy by default); recorded in each output.
+    llm_dir, cache_dir : str or Path, optional
+        Backbone folder (when it moved since training) and models cache.
+    device : str, default="auto"
+    captions : bool, default=True
+        Generate captions (the slow part); False gives embeddings and answers only.
+
+    Returns
+    -------
+    dict of str to RunOutputs
+        Keyed by run (:attr:`LMRun.key`).
+    """
+    from fmrilm_bids.utils.devices import resolve_device
+
+    decoding = decoding or DecodingConfig()
+    if not isinstance(model, FmriLM):
+        source = str(model)
+        model = FmriLM.from_pretrained(model, llm_dir, cache_dir, resolve_device(device))
+    else:
+        source = "in memory"
+        model.to(resolve_device(device)).eval()
+    outputs = {}
+    with model.merged():
+        for number, run in enumerate(runs, start=1):
+            started = time.perf_counter()
+            windows, events = run_captions(model, run, decoding) if captions else (None, None)
+            n_captions = (len(windows) if windows is not None else 0) + (
+                int((events["caption"] != "n/a").sum()) if events is not None else 0)
+            rate = n_captions / (time.perf_counter() - started) if n_captions else None
+            patches, vector = fmri_embeddings(model, run)
+            outputs[run.key] = RunOutputs(
+                window_captions=windows, event_captions=events, patch_embeddings=patches,
+                run_embedding=vector, answers=answer_tasks(model, run, decoding),
+                settings={"model": source, "backbone": model.backbone,
+                          "decoding": decoding.to_dict(), "captions_per_second": rate})
+            log.info("[%d/%d] %s: %d captions, embeddings and answers in %.0f s", number,
+                     len(runs), run.key, n_captions, time.perf_counter() - started)
+    return outputs

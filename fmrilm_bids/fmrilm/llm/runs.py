@@ -1,0 +1,184 @@
+"""Stage-2 and Stage-3 data: runs in, token-id sequences with loss masks out.
+
+A run (:class:`LMRun`) is its fMRI tokens, one per window, with what is known about it:
+descriptor texts, events, its subject. A prompt shows the model an fMRI **segment**
+``<fmri> t_a ... t_b </fmri>``: for a window ``i``, the window and the ``window_context``
+windows before it (the question is about the *last* window of the segment); for a whole
+run, up to ``run_segment_windows`` consecutive windows (long runs give several segments).
+
+Stage 2 (joint modelling), one :class:`Example` kind each:
+
+* ``fmri``: next-token prediction over a run's tokens, ``<fmri> t1 t2 ... </fmri>``;
+* ``describe``: a segment and a request for a description -> the descriptor sentence of the
+  window (or the run's paragraph);
+* ``text``: the descriptor corpus alone (plain language modelling), so the backbone keeps
+  its language.
+
+Stage 3 (instruction tuning): questions about the data themselves (:class:`TaskSpec`): the
+condition (``trial_type``) or stimulus caption of a window, rest versus task, and columns of
+``participants.tsv`` (sex, age as a number or in bins, group or diagnosis); each has several
+phrasings, and classification questions list their answers. Events are assigned to windows
+by their haemodynamic response: an event belongs to the window holding its midpoint shifted
+by :data:`~fmrilm_bids.fmrilm.descriptors.windows.HRF_DELAY` (the event nearest the window centre
+when several do).
+
+Prompts use the backbone's chat template when it has one (a plain ``User:/Assistant:`` layout
+otherwise); the loss falls on the target tokens only (labels are -100 elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from fmrilm_bids.fmrilm.descriptors.windows import HRF_DELAY
+
+if TYPE_CHECKING:
+    from fmrilm_bids.fmrilm.tokenizer import TokenizedRun
+
+
+@dataclass
+class LMRun:
+    """One run as Stages 2 and 3 take it.
+
+    Attributes
+    ----------
+    subject : str
+        Participant label (``"01"``; a ``sub-`` prefix is dropped). Splits are by subject.
+    task : str
+        BIDS task label (``rest`` in the name makes it a resting run).
+    token_ids : ndarray of shape (n_windows,)
+        Stage-1 token of each window.
+    onsets, durations : ndarray of shape (n_windows,)
+        Window onsets and durations (s).
+    session, run : str, optional
+        BIDS entities (numbers are turned into text).
+    window_texts : list of str, optional
+        Descriptor sentence of each window (Stage 2 targets).
+    run_text : str, optional
+        Run-level descriptor paragraph.
+    events : DataFrame, optional
+        BIDS events (``onset``, ``duration``, ``trial_type``, optional ``caption``).
+    token_features : ndarray of shape (n_windows, dim), optional
+        Stage-1 features of each window (``TokenizedRun.embeddings``), for the baseline.
+    timeseries : ndarray of shape (n_timepoints, n_parcels), optional
+        Parcel signals, for the connectivity baseline.
+    tr : float, optional
+        Sampling interval of ``timeseries`` (s).
+    """
+
+    subject: str
+    task: str
+    token_ids: np.ndarray = field(repr=False)
+    onsets: np.ndarray = field(repr=False)
+    durations: np.ndarray = field(repr=False)
+    session: str | None = None
+    run: str | None = None
+    window_texts: list[str] | None = field(default=None, repr=False)
+    run_text: str | None = field(default=None, repr=False)
+    events: pd.DataFrame | None = field(default=None, repr=False)
+    token_features: np.ndarray | None = field(default=None, repr=False)
+    timeseries: np.ndarray | None = field(default=None, repr=False)
+    tr: float | None = None
+
+    def __post_init__(self) -> None:
+        self.subject = str(self.subject).removeprefix("sub-")
+        self.session = None if self.session is None else str(self.session)
+        self.run = None if self.run is None else str(self.run)
+        self.token_ids = np.asarray(self.token_ids, dtype=np.int64).reshape(-1)
+        self.onsets = np.asarray(self.onsets, dtype=float).reshape(-1)
+        self.durations = np.broadcast_to(np.asarray(self.durations, dtype=float),
+                                         self.onsets.shape).copy()
+        n = len(self.token_ids)
+        problems = [f"{name} has {len(value)} rows" for name, value in
+                    (("onsets", self.onsets), ("window_texts", self.window_texts),
+                     ("token_features", self.token_features)) if value is not None
+                    and len(value) != n]
+        if n == 0:
+            problems.append("there are no windows")
+        if self.timeseries is not None and not self.tr:
+            problems.append("timeseries is given without its tr")
+        if problems:
+            raise ValueError(f"Run {self.key}: {n} tokens, but " + "; ".join(problems) + ".")
+
+    @classmethod
+    def from_tokenized(cls, tokenized: TokenizedRun, subject: str, task: str,
+                       **attributes: object) -> LMRun:
+        """A run from a Stage-1 :class:`~fmrilm_bids.fmrilm.tokenizer.TokenizedRun`."""
+        return cls(subject=subject, task=task, token_ids=tokenized.token_ids,
+                   onsets=tokenized.onsets, durations=tokenized.window_duration,
+                   token_features=tokenized.embeddings, **attributes)
+
+    @property
+    def key(self) -> str:
+        """BIDS stem, e.g. ``sub-01_ses-1_task-rest_run-2``."""
+        parts = [f"sub-{self.subject}"] + ([f"ses-{self.session}"] if self.session else [])
+        parts.append(f"task-{self.task}")
+        return "_".join(parts + ([f"run-{self.run}"] if self.run else []))
+
+    @property
+    def n_windows(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def is_rest(self) -> bool:
+        return "rest" in self.task.lower()
+
+
+def window_segment(window: int, context: int) -> tuple[int, int]:
+    """Windows ``[start, stop)`` of the prompt about ``window`` (it comes last)."""
+    return max(0, window - context), window + 1
+
+
+def run_segments(n_windows: int, length: int) -> list[tuple[int, int]]:
+    """Consecutive segments of at most ``length`` windows covering a run (half overlap)."""
+    if n_windows <= length:
+        return [(0, n_windows)]
+    starts = list(range(0, n_windows - length + 1, max(1, length // 2)))
+    if starts[-1] != n_windows - length:
+        starts.append(n_windows - length)
+    return [(start, start + length) for start in starts]
+
+
+def _responses(events: pd.DataFrame, hrf_delay: float) -> np.ndarray:
+    """Midpoint of each event's haemodynamic response (s)."""
+    onsets = pd.to_numeric(events["onset"], errors="coerce").to_numpy(float)
+    lengths = pd.to_numeric(events["duration"], errors="coerce").to_numpy(float)
+    return onsets + hrf_delay + np.nan_to_num(lengths) / 2
+
+
+def event_windows(run: LMRun, hrf_delay: float = HRF_DELAY) -> np.ndarray:
+    """Window of each event of ``run`` (the module docstring's rule); -1 outside the run."""
+    if run.events is None or run.events.empty:
+        return np.zeros(0, dtype=np.int64)
+    response = _responses(run.events, hrf_delay)
+    index = np.searchsorted(run.onsets, response, side="right") - 1
+    inside = (index >= 0) & np.isfinite(response)
+    inside[inside] = response[inside] < (run.onsets + run.durations)[index[inside]]
+    return np.where(inside, index, -1)
+
+
+def window_events(run: LMRun, hrf_delay: float = HRF_DELAY) -> dict[int, pd.Series]:
+    """The event of each window (see the module docstring); windows without one are absent."""
+    windows = event_windows(run, hrf_delay)
+    if not len(windows):
+        return {}
+    distance = np.abs(_responses(run.events, hrf_delay)
+                      - (run.onsets + run.durations / 2)[np.maximum(windows, 0)])
+    chosen: dict[int, int] = {}
+    for row in np.argsort(distance, kind="stable"):
+        if windows[row] >= 0:
+            chosen.setdefault(int(windows[row]), int(row))
+    return {window: run.events.iloc[row] for window, row in sorted(chosen.items())}
+
+
+def is_present(value: object) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return str(value).strip() not in ("", "n/a", "nan")
+
+

@@ -1,0 +1,283 @@
+"""Stage-2 and Stage-3 data: runs in, token-id sequences with loss masks out.
+
+A run (:class:`LMRun`) is its fMRI tokens, one per window, with what is known about it:
+descriptor texts, events, its subject. A prompt shows the model an fMRI **segment**
+``<fmri> t_a ... t_b </fmri>``: for a window ``i``, the window and the ``window_context``
+windows before it (the question is about the *last* window of the segment); for a whole
+run, up to ``run_segment_windows`` consecutive windows (long runs give several segments).
+
+Stage 2 (joint modelling), one :class:`Example` kind each:
+
+* ``fmri``: next-token prediction over a run's tokens, ``<fmri> t1 t2 ... </fmri>``;
+* ``describe``: a segment and a request for a description -> the descriptor sentence of the
+  window (or the run's paragraph);
+* ``text``: the descriptor corpus alone (plain language modelling), so the backbone keeps
+  its language.
+
+Stage 3 (instruction tuning): questions about the data themselves (:class:`TaskSpec`): the
+condition (``trial_type``) or stimulus caption of a window, rest versus task, and columns of
+``participants.tsv`` (sex, age as a number or in bins, group or diagnosis); each has several
+phrasings, and classification questions list their answers. Events are assigned to windows
+by their haemodynamic response: an event belongs to the window holding its midpoint shifted
+by :data:`~fmrilm_bids.fmrilm.descriptors.windows.HRF_DELAY` (the event nearest the window centre
+when several do).
+
+Prompts use the backbone's chat template when it has one (a plain ``User:/Assistant:`` layout
+otherwise); the loss falls on the target tokens only (labels are -100 elsewhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from fmrilm_bids.fmrilm.llm.runs import (
+    LMRun,
+    is_present,
+    run_segments,
+    window_events,
+    window_segment,
+)
+
+if TYPE_CHECKING:
+
+    pass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A question the model is tuned (or tested zero-shot) to answer.
+
+    Attributes
+    ----------
+    name : str
+    source : str
+        ``"trial_type"`` or ``"caption"`` (events of a window), ``"rest"`` (rest versus
+        task, from the task label) or a ``participants.tsv`` column.
+    level : {"window", "run"}
+    kind : {"class", "text", "number"}
+        Classification (constrained answers), free text, or a number.
+    questions : tuple of str
+        Phrasings; a training example uses a random one, evaluation the first.
+    bins : tuple of float
+        For a numeric column asked as classes: bin edges.
+    classes : tuple of str
+        Allowed answers of a classification task (set from the training data by
+        :func:`resolve_tasks`).
+    """
+
+    name: str
+    source: str
+    level: str
+    kind: str
+    questions: tuple[str, ...]
+    bins: tuple[float, ...] = ()
+    classes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.level not in ("window", "run") or self.kind not in ("class", "text", "number"):
+            raise ValueError(f"Task {self.name!r}: level must be 'window' or 'run' and kind "
+                             f"'class', 'text' or 'number' (got {self.level!r}, "
+                             f"{self.kind!r}).")
+        if not self.questions:
+            raise ValueError(f"Task {self.name!r} needs at least one question.")
+
+    def question(self, index: int = 0) -> str:
+        """Phrasing ``index``; classification questions end with their answers."""
+        text = self.questions[index % len(self.questions)]
+        if self.kind == "class" and self.classes:
+            return f"{text} Answer with one of: {', '.join(self.classes)}."
+        return text
+
+    def bin_label(self, value: float) -> str:
+        """Class of a number under :attr:`bins`."""
+        edges = list(self.bins)
+        position = int(np.searchsorted(edges, value, side="right"))
+        if position == 0:
+            return f"under {edges[0]:g}"
+        if position == len(edges):
+            return f"{edges[-1]:g} or more"
+        return f"{edges[position - 1]:g} to {edges[position]:g}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> TaskSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in values.items() if key in known})
+
+
+def participant_task(column: str, bins: Sequence[float] | None = None,
+                     numeric: bool = False) -> TaskSpec:
+    """A run-level question about a ``participants.tsv`` column.
+
+    ``sex``, ``age``, ``group`` and ``diagnosis`` get tailored phrasings; a numeric column is
+    asked as classes with ``bins`` or, without, as a number.
+    """
+    phrasings = {
+        "sex": ("Is the participant male or female?", "What is the sex of the participant?",
+                "Which sex does this participant have?"),
+        "age": ("How old is the participant?", "What is the age of the participant?",
+                "Estimate the participant's age."),
+        "group": ("Which group does the participant belong to?",
+                  "Is this participant a patient or a control?",
+                  "What is the participant's group?"),
+        "diagnosis": ("What is the participant's diagnosis?",
+                      "Which diagnosis does this participant have?",
+                      "Name the diagnosis of the participant."),
+    }
+    name = column.lower()
+    questions = phrasings.get(name, (f"What is the participant's {column}?",
+                                     f"Give the {column} of this participant.",
+                                     f"Which {column} does the participant have?"))
+    if bins:
+        if name == "age":
+            questions = ("Which age group is the participant in?",
+                         "How old is the participant, roughly?",
+                         "In which age range is the participant?")
+        return TaskSpec(column, column, "run", "class", questions,
+                        bins=tuple(sorted(float(b) for b in bins)))
+    return TaskSpec(column, column, "run", "number" if numeric else "class", questions)
+
+
+def default_tasks(runs: Sequence[LMRun], participants: pd.DataFrame | None,
+                  columns: Sequence[str] | None = None,
+                  bins: Mapping[str, Sequence[float]] | None = None) -> list[TaskSpec]:
+    """The questions these data can answer.
+
+    Parameters
+    ----------
+    runs : sequence of LMRun
+    participants : DataFrame, optional
+        ``participants.tsv`` (``participant_id`` then the columns).
+    columns : sequence of str, optional
+        Columns that become questions (default: those of ``sex``, ``age``, ``group``,
+        ``diagnosis`` present).
+    bins : mapping of str to sequence of float, optional
+        Numeric columns asked as classes, with their bin edges; other numeric columns are
+        asked as numbers.
+
+    Returns
+    -------
+    list of TaskSpec
+        ``condition`` (window trial type), ``stimulus`` (window caption), ``rest_vs_task``
+        when the runs have them, then one per column.
+    """
+    tasks = []
+    has = {column: any(run.events is not None and column in run.events
+                       and run.events[column].map(is_present).any() for run in runs)
+           for column in ("trial_type", "caption")}
+    if has["trial_type"]:
+        tasks.append(TaskSpec("condition", "trial_type", "window", "class", (
+            "Which condition does the last window belong to?",
+            "What kind of stimulus was shown in the last window?",
+            "Name the trial type of the last window.")))
+    if has["caption"]:
+        tasks.append(TaskSpec("stimulus", "caption", "window", "text", (
+            "What was the participant looking at in the last window?",
+            "Describe the picture shown during the last window.",
+            "Caption the stimulus of the last window.")))
+    if len({run.is_rest for run in runs}) == 2:
+        tasks.append(TaskSpec("rest_vs_task", "rest", "run", "class", (
+            "Was the participant resting or doing a task?",
+            "Is this a resting-state scan or a task scan?",
+            "Rest or task: which kind of scan is this?")))
+    if participants is not None:
+        chosen = columns if columns is not None else [
+            c for c in ("sex", "age", "group", "diagnosis") if c in participants]
+        for column in chosen:
+            if column not in participants:
+                raise ValueError(f"participants.tsv has no column {column!r}; it has "
+                                 f"{', '.join(participants.columns)}.")
+            values = participants[column][participants[column].map(is_present)]
+            numeric = bool(len(values)) and pd.to_numeric(values, errors="coerce").notna().all()
+            tasks.append(participant_task(column, (bins or {}).get(column), numeric))
+    return tasks
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One labelled question: a segment of a run and its answer."""
+
+    run_index: int
+    start: int
+    stop: int
+    answer: str
+    onset: float
+    duration: float
+
+
+def participant_values(participants: pd.DataFrame | None, column: str) -> dict[str, object]:
+    """Subject label -> value of ``column`` (missing values left out)."""
+    if participants is None or column not in participants:
+        return {}
+    if "participant_id" not in participants:
+        raise ValueError("participants.tsv has no participant_id column; BIDS requires it "
+                         "as the first column.")
+    labels = participants["participant_id"].astype(str).str.removeprefix("sub-")
+    return {label: value for label, value in zip(labels, participants[column], strict=True)
+            if is_present(value)}
+
+
+def task_items(task: TaskSpec, runs: Sequence[LMRun], participants: pd.DataFrame | None,
+               window_context: int, run_segment_windows: int) -> list[TaskItem]:
+    """Every labelled question of ``task`` in ``runs``."""
+    items = []
+    if task.level == "window":
+        for index, run in enumerate(runs):
+            for window, event in window_events(run).items():
+                value = event.get(task.source)
+                if is_present(value):
+                    start, stop = window_segment(window, window_context)
+                    items.append(TaskItem(index, start, stop, str(value).strip(),
+                                          float(event["onset"]), float(event["duration"])))
+        return items
+    values = participant_values(participants, task.source)
+    for index, run in enumerate(runs):
+        if task.source == "rest":
+            answer = "rest" if run.is_rest else "task"
+        elif run.subject in values:
+            value = values[run.subject]
+            answer = (task.bin_label(float(value)) if task.bins else
+                      f"{float(value):g}" if task.kind == "number" else str(value).strip())
+        else:
+            continue
+        for start, stop in run_segments(run.n_windows, run_segment_windows):
+            items.append(TaskItem(index, start, stop, answer, float(run.onsets[start]),
+                                  float(run.onsets[stop - 1] + run.durations[stop - 1]
+                                        - run.onsets[start])))
+    return items
+
+
+def resolve_tasks(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
+                  participants: pd.DataFrame | None, window_context: int,
+                  run_segment_windows: int) -> tuple[list[TaskSpec], list[str]]:
+    """Fix the answer set of each classification task from the (training) runs.
+
+    Returns
+    -------
+    tasks : list of TaskSpec
+        With :attr:`TaskSpec.classes` set (all bin labels for binned columns).
+    skipped : list of str
+        Tasks left out: no labelled item, or a single class.
+    """
+    resolved, skipped = [], []
+    for task in tasks:
+        answers = {item.answer for item in task_items(task, runs, participants,
+                                                      window_context, run_segment_windows)}
+        if task.kind == "class" and task.bins:
+            edges = list(task.bins)
+            classes = [task.bin_label(edges[0] - 1)] + [task.bin_label(e) for e in edges]
+        else:
+            classes = sorted(answers)
+        if not answers or (task.kind == "class" and len(answers) < 2):
+            skipped.append(task.name)
+            continue
+        resolved.append(replace(task, classes=tuple(classes) if task.kind == "class" else ()))
+    return resolved, skipped

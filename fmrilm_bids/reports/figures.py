@@ -1,0 +1,94 @@
+"""The per-subject HTML report: figures (PNG, embedded) and the methods in words.
+
+Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, figures as
+data URIs); :func:`render_report` assembles the sections of one subject into one
+self-contained HTML file (no external resources: it opens offline).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def figure_uri(figure: object) -> str:
+    """A matplotlib figure as a PNG data URI (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def overlay_figure(background: str, contours: Sequence[tuple[str, str]], title: str) -> str:
+    """``background`` with the outlines of masks ``[(path, colour), ...]`` (registration
+    and mask checks)."""
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    import numpy as np
+    from nilearn import plotting
+
+    values = np.asarray(nib.load(background).dataobj, dtype=np.float64)
+    values = values[np.isfinite(values) & (values != 0)]
+    vmin, vmax = np.percentile(values, [2, 99.5]) if values.size else (0.0, 1.0)
+    figure = plt.figure(figsize=(10, 3))
+    display = plotting.plot_anat(background, display_mode="ortho", figure=figure,
+                                 title=title, dim=0, vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                                 draw_cross=False, colorbar=False)
+    for path, colour in contours:
+        display.add_contours(path, levels=[0.5], colors=colour, linewidths=1.0)
+    return figure_uri(figure)
+
+
+def parcellation_figure(atlas: str, background: str, title: str) -> str:
+    """The atlas labels over the mean BOLD image."""
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    figure = plt.figure(figsize=(10, 3))
+    plotting.plot_roi(atlas, bg_img=background, display_mode="z", cut_coords=6,
+                      figure=figure, title=title, cmap="tab20", alpha=0.6, draw_cross=False)
+    return figure_uri(figure)
+
+
+def carpet_figure(series: np.ndarray, confounds: dict[str, np.ndarray], n_dummy: int,
+                  title: str, max_voxels: int = 4000) -> str:
+    """Traces of ``confounds`` above a carpet plot of voxel series (Power 2017).
+
+    Parameters
+    ----------
+    series : array of shape (V, T)
+        Brain voxel series (a regular subsample of at most ``max_voxels`` is drawn,
+        each z-scored).
+    confounds : dict
+        Name -> series of length T (e.g. FD, std DVARS).
+    """
+    import matplotlib.pyplot as plt
+
+    step = max(1, len(series) // max_voxels)
+    carpet = np.asarray(series[::step], dtype=np.float64)
+    carpet = carpet - carpet.mean(axis=1, keepdims=True)
+    sd = carpet.std(axis=1, keepdims=True)
+    carpet = np.divide(carpet, sd, out=np.zeros_like(carpet), where=sd > 0)
+    n_rows = len(confounds) + 1
+    figure, axes = plt.subplots(n_rows, 1, figsize=(10, 1.2 * n_rows + 2.5), sharex=True,
+                                gridspec_kw={"height_ratios": [1] * len(confounds) + [3]})
+    axes = np.atleast_1d(axes)
+    for axis, (name, values) in zip(axes, confounds.items(), strict=False):
+        axis.plot(values, lw=0.8)
+        axis.set_ylabel(name, rotation=0, ha="right", fontsize=8)
+        axis.tick_params(labelsize=7)
+    axes[0].set_title(title, fontsize=9)
+    axes[-1].imshow(carpet, aspect="auto", cmap="gray", vmin=-2, vmax=2,
+                    interpolation="nearest")
+    if n_dummy:
+        for axis in axes:
+            axis.axvspan(-0.5, n_dummy - 0.5, color="tab:red", alpha=0.2)
+    axes[-1].set_xlabel("volume", fontsize=8)
+    axes[-1].set_ylabel("voxels", fontsize=8)
+    axes[-1].set_yticks([])
+    return figure_uri(figure)

@@ -1,0 +1,65 @@
+"""The per-subject HTML report: figures (PNG, embedded) and the methods in words.
+
+Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, figures as
+data URIs); :func:`render_report` assembles the sections of one subject into one
+self-contained HTML file (no external resources: it opens offline).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from fmrilm_bids.utils.versions import software_versions
+
+
+def section(title: str, paragraphs: Sequence[str] = (),
+            figures: Sequence[tuple[str, str]] = (),
+            tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[object]]]] = (),
+            ) -> dict[str, object]:
+    """A report section: ``figures`` as ``[(caption, data URI), ...]``, ``tables`` as
+    ``[(caption, column names, rows), ...]``."""
+    return {"title": title, "paragraphs": list(paragraphs),
+            "figures": [{"caption": c, "uri": u} for c, u in figures],
+            "tables": [{"caption": c, "columns": list(cols), "rows": [list(r) for r in rows]}
+                       for c, cols, rows in tables]}
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return html.escape(str(value))
+
+
+def render_report(name: str, sections: Sequence[dict[str, object]]) -> str:
+    """The HTML of one report, e.g. ``name="sub-01"`` (sections in order, then software
+    versions)."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>fmrilm-bids: {html.escape(name)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "img{max-width:100%}figure{margin:1em 0}figcaption{font-size:90%;color:#444}"
+        "h2{border-bottom:1px solid #ccc}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "caption{text-align:left;color:#444}</style></head><body>",
+        f"<h1>fmrilm-bids report: {html.escape(name)}</h1>",
+    ]
+    for item in sections:
+        parts.append(f"<h2>{html.escape(str(item['title']))}</h2>")
+        parts += [f"<p>{html.escape(str(p))}</p>" for p in item.get("paragraphs", [])]
+        for table in item.get("tables", []):
+            parts.append(f"<table><caption>{html.escape(table['caption'])}</caption><tr>"
+                         + "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
+                         + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+                      for row in table["rows"]]
+            parts.append("</table>")
+        for fig in item.get("figures", []):
+            parts.append(f'<figure><img src="{fig["uri"]}" alt="{html.escape(fig["caption"])}">'
+                         f"<figcaption>{html.escape(fig['caption'])}</figcaption></figure>")
+    parts.append("<h2>Software</h2><ul>")
+    parts += [f"<li>{html.escape(k)} {html.escape(v)}</li>"
+              for k, v in software_versions().items()]
+    parts.append("</ul></body></html>")
+    return "\n".join(parts)

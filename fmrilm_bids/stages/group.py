@@ -1,0 +1,218 @@
+"""fMRI-LM on a derivatives tree: ``group`` trains the three stages, ``participant --model``
+applies a trained model.
+
+Both start from the participant level's denoised parcel series. Stage 1 (descriptors and
+tokenizer, :mod:`fmrilm_bids.stages.stage1`) writes every run's descriptors and tokens and
+publishes its model folder; Stages 2-3 (:mod:`fmrilm_bids.fmrilm.llm`) then train the language
+model and every run gets its captions, embeddings and answers
+(:mod:`fmrilm_bids.stages.outputs`). Training state (checkpoints) lives in
+``WORK_DIR/fmrilm_training`` so a killed ``group`` resumes; the trained model is published
+whole into ``OUTPUT_DIR/models/fmrilm``:
+
+```
+models/fmrilm/stage1.json                 atlas, parcels and networks, settings, split
+models/fmrilm/descriptor_reference.json   cohort reference of the descriptors (z-scores)
+models/fmrilm/tokenizer/                  Stage 1 (safetensors + config + model card)
+models/fmrilm/lm/                         Stages 2-3 (LoRA adapters, fMRI-token embeddings,
+                                          tokenizer, config, model card)
+models/fmrilm/metrics.json                held-out-subject evaluation
+models/fmrilm/README.md                   the model card
+```
+
+Launched by ``torchrun`` (or ``accelerate launch``) the group level is data parallel: the
+main process trains Stage 1 and writes its files, every process trains Stages 2-3 on its
+share of each batch (:mod:`fmrilm_bids.utils.devices`), the runs' captions, embeddings and
+answers are shared out between the processes, and the main process alone publishes the model
+and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from fmrilm_bids.dataset.layout import Selection
+from fmrilm_bids.errors import InputDataError
+from fmrilm_bids.stages.bundle import Stage1Model
+from fmrilm_bids.stages.inputs import atlas_name, read_participants
+from fmrilm_bids.stages.language import (
+    LM_FOLDER,
+    apply_language_model,
+    llm_embedder,
+    lm_run,
+    publish_model,
+)
+from fmrilm_bids.stages.outputs import (
+    CORPUS_FILE,
+)
+from fmrilm_bids.stages.stage1 import Stage1Run
+from fmrilm_bids.utils.files import atomic_write_text
+
+LOGGER = logging.getLogger("fmrilm_bids")
+
+MODEL_FOLDER = Path("models") / "fmrilm"
+
+
+def train_stage1(selection: Selection, config: object, atlas: str, device: str) -> list[Stage1Run]:
+    """Stage 1 on the selected runs: model published into ``OUTPUT_DIR/models/fmrilm``,
+    every run's descriptors and tokens written (:func:`~fmrilm_bids.stages.stage1.run_stage1_group`).
+    """
+    from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
+    from fmrilm_bids.stages.bundle import Stage1Settings
+    from fmrilm_bids.stages.stage1 import run_stage1_group
+
+    execution, workflow = config.execution, config.workflow
+    embedder, hidden, name = llm_embedder(workflow.llm_dir, device)
+    settings = Stage1Settings(tokenizer=TokenizerConfig(llm_hidden=hidden, text_dim=hidden),
+                              training=TrainConfig(steps=workflow.tokenizer_steps),
+                              reference_group=workflow.reference_group,
+                              networks=workflow.networks)
+    result = run_stage1_group(
+        selection, execution.output_dir, execution.bids_dir,
+        execution.output_dir / MODEL_FOLDER, atlas=atlas, settings=settings,
+        text_embedder=embedder, text_embedder_name=name,
+        work_dir=execution.work_dir / "fmrilm_training", seed=config.seeds.master,
+        device=device, resume=True)
+    return result.runs
+
+
+#: Questions that come from the runs themselves (the others are participants.tsv columns).
+RUN_QUESTIONS = ("condition", "stimulus", "rest_vs_task")
+
+
+def check_questions(workflow: object, participants: pd.DataFrame | None,
+                    bids_dir: Path) -> None:
+    """Fail early on ``--questions`` columns that ``participants.tsv`` lacks, and on
+    ``--zero-shot`` names that cannot be questions.
+
+    Raises
+    ------
+    InputDataError
+    """
+    path = Path(bids_dir) / "participants.tsv"
+    columns = list(participants.columns[1:]) if participants is not None else []
+    missing = [c for c in workflow.questions or () if c not in columns]
+    if missing:
+        raise InputDataError(f"{path}: no column {', '.join(missing)} for --questions; its "
+                             f"columns are {', '.join(columns) or 'none'}.")
+    possible = [*RUN_QUESTIONS, *(workflow.questions if workflow.questions is not None
+                                  else [c for c in ("sex", "age", "group", "diagnosis")
+                                        if c in columns])]
+    unknown = [name for name in workflow.zero_shot if name not in possible]
+    if unknown:
+        raise InputDataError(f"--zero-shot {' '.join(unknown)}: not a question of this run; "
+                             f"choose among {', '.join(possible)} (--questions adds "
+                             f"columns of {path}).")
+
+
+def stage3_questions(runs: Sequence[object], participants: pd.DataFrame | None,
+                     test_subjects: Sequence[str], workflow: object) -> list[object]:
+    """The questions the training runs can answer (:func:`~fmrilm_bids.fmrilm.llm.default_tasks`),
+    the ``--zero-shot`` ones among them.
+
+    Raises
+    ------
+    InputDataError
+        For a ``--zero-shot`` question these runs cannot answer (no events, one kind of run).
+    """
+    from fmrilm_bids.fmrilm.llm.tasks import default_tasks
+
+    tasks = default_tasks([run for run in runs if run.subject not in test_subjects],
+                          participants, workflow.questions)
+    names = [task.name for task in tasks]
+    absent = [name for name in workflow.zero_shot if name not in names]
+    if absent:
+        raise InputDataError(f"--zero-shot {' '.join(absent)}: the training runs cannot "
+                             f"answer it (no events with it, or one kind of run); their "
+                             f"questions are {', '.join(names) or 'none'}.")
+    return tasks
+
+
+def run_group_level(selection: Selection, config: object) -> Path:
+    """Train fMRI-LM on the selected runs, write every run's outputs, publish the model.
+
+    Returns
+    -------
+    Path
+        The model folder (``OUTPUT_DIR/models/fmrilm``).
+    """
+    from fmrilm_bids.fmrilm.llm.config import FmriLMConfig, LMTrainConfig
+    from fmrilm_bids.fmrilm.llm.pipeline import fit_fmrilm
+    from fmrilm_bids.stages.stage1 import describe_and_tokenize
+    from fmrilm_bids.utils.devices import distributed_context
+
+    execution, workflow = config.execution, config.workflow
+    output_dir, bids_dir = execution.output_dir, execution.bids_dir
+    context = distributed_context()
+    seed, device = config.seeds.master, str(context.device(workflow.device))
+    atlas = atlas_name(workflow.atlases[0])
+    model_dir = output_dir / MODEL_FOLDER
+    participants = read_participants(bids_dir)
+    check_questions(workflow, participants, bids_dir)
+
+    # Stage 1 on the main process; the others read its published model.
+    stage1_runs = train_stage1(selection, config, atlas, device) if context.is_main else None
+    context.barrier()
+    stage1 = Stage1Model.load(model_dir)
+    if stage1_runs is None:
+        stage1_runs = describe_and_tokenize(selection, output_dir, stage1, device)
+    corpus = pd.read_csv(output_dir / CORPUS_FILE, sep="\t", keep_default_na=False)
+
+    LOGGER.info("Stages 2-3: language model (%d steps per stage)", workflow.lm_steps)
+    # Warm-up: a tenth of a short stage (the default 20 steps of 200 otherwise).
+    stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed, device=device,
+                                 warmup_steps=max(1, min(LMTrainConfig.warmup_steps,
+                                                         workflow.lm_steps // 10)),
+                                 gradient_checkpointing=workflow.gradient_checkpointing)
+    test_subjects = stage1.info["TestSubjects"]
+    lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs]
+    fit = fit_fmrilm(
+        lm_runs, participants, execution.work_dir / "fmrilm_training" / LM_FOLDER,
+        FmriLMConfig(codebook_size=stage1.info["Tokenizer"]["codebook_size"], seed=seed),
+        stage2=stage_config, stage3=stage_config,
+        token_embeddings=stage1.tokenizer().token_embeddings_for_llm().detach(),
+        llm_dir=workflow.llm_dir,
+        tasks=stage3_questions(lm_runs, participants, test_subjects, workflow),
+        held_out_tasks=workflow.zero_shot, test_subjects=test_subjects,
+        few_shot_k=workflow.few_shot_k,
+        corpus_texts=corpus.loc[corpus["split"] == "train", "text"].tolist(),
+        evaluate=bool(test_subjects), resume=True)
+    apply_language_model(fit.model, stage1_runs, output_dir, bids_dir, atlas, device,
+                         rank=context.rank, world_size=context.world_size)
+    context.barrier()
+    if context.is_main:
+        publish_model(model_dir, fit.model_dir, fit.metrics)
+        write_group_report(output_dir, fit.metrics, stage1.info)
+        LOGGER.info("Model published to %s", model_dir)
+    return model_dir
+
+
+def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Path:
+    """``group.html``: the model's held-out results, as tables."""
+    from fmrilm_bids.reports.html import render_report, section
+
+    rows = [[task, setting, metric, value]
+            for task, settings in (metrics.get("tasks") or {}).items()
+            if isinstance(settings, dict)
+            for setting, values in settings.items() if isinstance(values, dict)
+            for metric, value in values.items() if isinstance(value, int | float)]
+    sections = [
+        section("Stage 1: tokenizer", [
+            f"Atlas {stage1_info['Atlas']}, {len(stage1_info['Parcels'])} parcels; trained on "
+            f"{', '.join(stage1_info['TrainSubjects'])}, held out: "
+            f"{', '.join(stage1_info['TestSubjects']) or 'none'}; "
+            f"{len(stage1_info['ExcludedParcels'])} parcels left out (no signal in some runs)."],
+            tables=[("Held-out tokenizer metrics", ["metric", "value"],
+                     [[k, v] for k, v in stage1_info["Metrics"].items()])]),
+        section("Stages 2-3: language model", [
+            "Held-out-subject evaluation (models/fmrilm/metrics.json)."
+            if metrics else "No held-out subject: no evaluation."],
+            tables=[("Held-out results", ["task", "setting", "metric", "value"], rows)]
+            if rows else []),
+    ]
+    path = output_dir / "group.html"
+    atomic_write_text(path, render_report("group", sections))
+    return path

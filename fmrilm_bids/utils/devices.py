@@ -1,0 +1,137 @@
+"""The one place that knows about devices: CPU and GPU share every other line of code.
+
+Model code asks for a device with :func:`resolve_device` and wraps forward passes in
+:func:`autocast`; nothing else checks ``torch.cuda``. On a GPU forward passes run in
+bfloat16 autocast (parameters, optimiser state and losses stay float32); on the CPU they run
+in float32.
+
+Data-parallel training across processes (``torchrun`` / ``accelerate launch``).
+
+The launcher's environment is read by :mod:`fmrilm_bids.utils.launch`. Launched that way, every
+process trains the same model on its own share of each batch; after the backward passes the
+trainable gradients are averaged across processes (one all-reduce of a flat buffer: the
+gradient synchronisation of DDP, done explicitly so the model's forward can stay as it is),
+and every process takes the same optimiser step. A single process (no launcher) makes every
+method here a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+
+from fmrilm_bids.utils.launch import LaunchedProcess, launched_process
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<n>"`` into a torch device.
+
+    ``"auto"`` picks the first GPU when torch sees one, else the CPU.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or ``"cuda"`` when no GPU is visible.
+    """
+    if isinstance(device, torch.device):
+        device = str(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.split(":")[0] not in DEVICE_CHOICES[1:]:
+        raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICE_CHOICES)}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} was requested but torch sees no GPU; use 'cpu' "
+                         "or install the CUDA build of torch.")
+    return torch.device(device)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Reduced precision used for forward passes on ``device`` (None: full float32)."""
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """Mixed-precision context for forward passes on ``device`` (no-op on the CPU)."""
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Leave autocast for numerically delicate code (codebook distances, EMA updates)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+@dataclass(frozen=True)
+class DistributedContext(LaunchedProcess):
+    """This process's place among the training processes (:class:`LaunchedProcess`), with
+    the collective operations they share."""
+
+    def device(self, name: str) -> torch.device:
+        """The device of this process: ``name``, or this process's GPU when launched."""
+        device = resolve_device(name)
+        if device.type == "cuda" and self.world_size > 1:
+            return resolve_device(f"cuda:{self.local_rank}")
+        return device
+
+    def all_reduce_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``parameters`` over the processes."""
+        if self.world_size == 1:
+            return
+        parameters = list(parameters)
+        for p in parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in parameters])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p in parameters:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+    def broadcast_parameters(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Give every process the main process's values of ``parameters``."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            for p in parameters:
+                dist.broadcast(p.data, src=0)
+
+    def gather(self, value: object) -> list[object]:
+        """``value`` of every process, in rank order (on every process)."""
+        if self.world_size == 1:
+            return [value]
+        values: list[object] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+
+def distributed_context() -> DistributedContext:
+    """Read the launcher's environment; join the process group when there are several.
+
+    NCCL on GPUs, gloo on CPUs. Without ``WORLD_SIZE`` (or with 1): a single process.
+    """
+    context = DistributedContext(**asdict(launched_process()))
+    if context.world_size > 1 and not dist.is_initialized():
+        gpu = torch.cuda.is_available()
+        if gpu:
+            torch.cuda.set_device(context.local_rank)
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
+    return context
