@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         [r for r in parcel_runs.values() if r.subject in test_subjects],
         root / "tokenizer", tokenizer_config,
         TrainConfig(steps=args.tokenizer_steps, batch_size=16, sequence_windows=8,
-                    device=str(device), seed=args.seed, eval_interval=args.tokenizer_steps),
-        text_embedder=embedder)
+                    seed=args.seed, eval_interval=args.tokenizer_steps),
+        text_embedder=embedder, device=device)
     tokenizer_seconds = time.perf_counter() - started
 
     runs = []
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                              grad_accum=args.grad_accum, learning_rate=args.learning_rate,
                              min_learning_rate=args.learning_rate / 10,
                              warmup_steps=max(1, steps // 10), checkpoint_interval=steps,
-                             seed=args.seed, device=str(device))
+                             seed=args.seed)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -273,10 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         stage(args.steps), stage(args.stage3_steps),
         token_embeddings=stage1.model.token_embeddings_for_llm(), llm_dir=args.llm,
         held_out_tasks=[args.zero_shot], test_subjects=test_subjects,
-        few_shot_k=args.few_shot_k, decoding=decoding, max_describe=args.describe)
+        few_shot_k=args.few_shot_k, decoding=decoding, max_describe=args.describe,
+        device=device)
     fit_seconds = time.perf_counter() - started
     captioned = [run for run in runs if run.subject == test_subjects[0]]
-    outputs = apply_fmrilm(result.model, captioned, decoding, device=str(device))
+    outputs = apply_fmrilm(result.model, captioned, decoding, device=device)
     n_captions = [len(o.window_captions) + (0 if o.event_captions is None else int(
         (o.event_captions["caption"] != "n/a").sum())) for o in outputs.values()]
     caption_seconds = sum(n / o.settings["captions_per_second"]

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"-steps{args.steps}-s{args.seed}")
     reused = (checkpoint / "trainer_state.json").is_file()
     result = train_tokenizer(train, test, checkpoint, config,
-                             TrainConfig(steps=args.steps, device="cpu", seed=args.seed),
+                             TrainConfig(steps=args.steps, seed=args.seed),
                              text_embedder=encode_sentences, resume=True)
     training_time = time.perf_counter() - started
     model = result.model

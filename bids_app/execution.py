@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from nipype import config as nipype_config
+from nipype import logging as nipype_logging
+from nipype.pipeline.engine.utils import generate_expanded_graph
+
 from fmrilm_bids.config import Config
 from fmrilm_bids.errors import RunFailedError
 
-LOGGER = logging.getLogger("fmrilm_bids")
+LOGGER = logging.getLogger(__name__)
 
 
 class ProgressReporter:
@@ -33,7 +37,6 @@ class ProgressReporter:
 
 def count_nodes(workflow: Any) -> int:
     """Number of nodes nipype will run (iterables and MapNodes expanded)."""
-    from nipype.pipeline.engine.utils import generate_expanded_graph
 
     return len(generate_expanded_graph(workflow._create_flat_graph()).nodes())
 
@@ -49,8 +52,6 @@ def run_workflow(workflow: Any, config: Config) -> None:
     RunFailedError
         When a node failed.
     """
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
 
     execution = config.execution
     execution.log_dir.mkdir(parents=True, exist_ok=True)

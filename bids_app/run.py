@@ -2,6 +2,15 @@
 
 Bad input ends the run before anything is written to OUTPUT_DIR, with one line that names
 the file and the fix, and a documented exit code (see :mod:`fmrilm_bids.errors`).
+
+**The deliberate lazy imports of the package live here** (and in
+:mod:`fmrilm_bids.simulate.cli`, the other command): the dataset checks, the workflows and
+the stages are imported inside :func:`prepare_run`, :func:`run_participant_level` and
+:func:`run_group_level`, after :func:`~fmrilm_bids.utils.environment.configure_environment`
+has pointed the caches. pybids, nipype, niworkflows, templateflow, matplotlib, torch and
+transformers read those variables once, when they are imported, and importing them costs
+seconds that ``--help``, ``--version`` and a refused input should not pay. Every other
+module imports at module level.
 """
 
 from __future__ import annotations
@@ -15,15 +24,25 @@ import sys
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from bids_app.parser import build_parser
 from fmrilm_bids import __version__
 from fmrilm_bids.config import Config, read_config_file
 from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+from fmrilm_bids.utils.environment import configure_environment
+from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.launch import launched_process
 
-LOGGER = logging.getLogger("fmrilm_bids")
+if TYPE_CHECKING:
+    from fmrilm_bids.dataset.layout import Selection
+
+LOGGER = logging.getLogger(__name__)
+#: The packages whose loggers the command line configures (every module logs to
+#: ``logging.getLogger(__name__)``, so these two roots hold them all).
+APP_LOGGERS = ("fmrilm_bids", "bids_app")
 
 #: Command-line destinations and the config section each belongs to.
 OPTION_SECTIONS = {
@@ -49,8 +68,6 @@ def _load_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _load_plugin(path: Path) -> dict[str, Any]:
-    import yaml
-
     try:
         settings = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as err:
@@ -141,8 +158,10 @@ def _setup_logging(verbosity: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s",
                                            "%H:%M:%S"))
-    LOGGER.handlers[:] = [handler]
-    LOGGER.setLevel(level)
+    for name in APP_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
     for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbosity > 1 else logging.WARNING)
 
@@ -151,10 +170,11 @@ def _add_log_file(log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_dir / "fmrilm-bids.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    LOGGER.addHandler(handler)
+    for name in APP_LOGGERS:
+        logging.getLogger(name).addHandler(handler)
 
 
-def prepare_run(config: Config) -> Any:
+def prepare_run(config: Config) -> Selection:
     """Everything before the work: environment, input checks, selection, output skeleton.
 
     Returns
@@ -162,8 +182,6 @@ def prepare_run(config: Config) -> Any:
     fmrilm_bids.dataset.layout.Selection
         The BOLD runs to process.
     """
-    from fmrilm_bids.utils.environment import configure_environment
-
     execution = config.execution
     if execution.clean_workdir and execution.work_dir.exists():
         LOGGER.info("Emptying the work dir %s (--clean-workdir)", execution.work_dir)
@@ -205,12 +223,12 @@ def prepare_run(config: Config) -> Any:
         return selection
     write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
     _add_log_file(execution.log_dir)
-    config.save(execution.log_dir / "config.toml")
+    atomic_write_text(execution.log_dir / "config.toml", config.to_toml())
     LOGGER.info("Settings saved to %s", execution.log_dir / "config.toml")
     return selection
 
 
-def run_participant_level(selection: Any, config: Config) -> None:
+def run_participant_level(selection: Selection, config: Config) -> None:
     """Preprocess, denoise and parcellate every selected run (one nipype workflow); with
     ``--model``, then apply the trained fMRI-LM model to those runs."""
     from bids_app.execution import run_workflow
@@ -222,7 +240,7 @@ def run_participant_level(selection: Any, config: Config) -> None:
         apply_model(selection, config)
 
 
-def run_group_level(selection: Any, config: Config) -> None:
+def run_group_level(selection: Selection, config: Config) -> None:
     """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
     from fmrilm_bids.stages.group import run_group_level as train_and_apply
 

@@ -15,13 +15,15 @@ Sections:
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tomli_w
 
 ANALYSIS_LEVELS = ("participant", "group")
+T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -125,11 +127,9 @@ class Config:
         """Plain, TOML-friendly dictionary (paths as strings, ``None`` dropped)."""
         return _plain(asdict(self))
 
-    def save(self, path: Path) -> Path:
-        """Write the settings as TOML (atomically)."""
-        from fmrilm_bids.utils.files import atomic_write_text
-
-        return atomic_write_text(Path(path), tomli_w.dumps(self.to_dict()))
+    def to_toml(self) -> str:
+        """The settings as TOML, as ``config.toml`` of a run's log folder holds them."""
+        return tomli_w.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
@@ -146,17 +146,47 @@ class Config:
         for name, klass in sections.items():
             values = dict(data.get(name, {}))
             known = {f.name: f for f in fields(klass)}
-            extra = set(values) - set(known)
-            if extra:
-                raise ValueError(f"unknown key(s) in [{name}]: {', '.join(sorted(extra))}")
-            built[name] = klass(**{k: _typed(known[k].type, v) for k, v in values.items()})
+            built[name] = settings_from_dict(
+                klass, {k: _typed(known[k].type, v) for k, v in values.items() if k in known}
+                | {k: v for k, v in values.items() if k not in known}, f"[{name}]")
         return cls(**built)
 
     @classmethod
     def load(cls, path: Path) -> Config:
-        """Read a ``config.toml`` written by :meth:`save`."""
+        """Read a ``config.toml`` (:meth:`to_toml`)."""
         with open(path, "rb") as handle:
             return cls.from_dict(tomllib.load(handle))
+
+
+def settings_from_dict(cls: type[T], values: Mapping[str, Any], what: str) -> T:
+    """Build the settings dataclass ``cls`` from ``values``, refusing unknown keys.
+
+    The one reader of every settings object saved as JSON or TOML (this config, model
+    folders, descriptor settings): a key this version does not know is an error, never
+    silently dropped. Lists become tuples where the field is a tuple.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass.
+    values : mapping
+        Its fields, e.g. as ``dataclasses.asdict`` wrote them.
+    what : str
+        What these settings are, for the message (``"tokenizer"``, ``"[workflow]"``).
+
+    Raises
+    ------
+    ValueError
+        For keys that ``cls`` has no field for.
+    """
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {', '.join(unknown)}; this fmrilm-bids "
+                         f"knows {', '.join(sorted(known))}")
+    return cls(**{key: tuple(value) if isinstance(value, list)
+                  and str(known[key].type).startswith("tuple") else value
+                  for key, value in values.items()})
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install.sh --dev
 .venv/bin/ruff check .
+.venv/bin/lint-imports
 .venv/bin/pytest -n auto --dist loadfile "$@"

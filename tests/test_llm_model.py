@@ -58,7 +58,7 @@ CONFIG = FmriLMConfig(codebook_size=CODEBOOK, lora_r=8, lora_alpha=16, lora_drop
                       window_context=0, run_segment_windows=6, max_length=96,
                       system_prompt="You read fMRI.")
 STAGE = LMTrainConfig(steps=40, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3,
-                      warmup_steps=5, checkpoint_interval=20, device="cpu", progress=False)
+                      warmup_steps=5, checkpoint_interval=20, progress=False)
 STAGE3 = LMTrainConfig(**{**STAGE.__dict__, "steps": 400, "learning_rate": 5e-3,
                           "min_learning_rate": 5e-4, "checkpoint_interval": 200})
 
@@ -358,7 +358,6 @@ def test_stage2_and_stage3_losses_decrease(trained) -> None:
         for kind in kinds:
             values = [entry[kind] for entry in history if kind in entry]
             assert np.mean(values[-5:]) < 0.6 * np.mean(values[:5]), (stage, kind)
-        assert trained[stage].tokens_per_second > 0
         # Linear warm-up to the peak, cosine decay to the floor.
         assert history[config.warmup_steps - 1]["lr"] == config.learning_rate
         assert history[-1]["lr"] == pytest.approx(config.min_learning_rate, rel=0.05)
@@ -594,12 +593,10 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     assert tasks["condition"]["baseline_tokens"]["accuracy"] >= 0.75
     assert set(tasks["stimulus"]["fmrilm"]) == {"minilm_cosine", "bleu", "rouge_l", "n"}
     assert "mae" in tasks["age"]["fmrilm"] and "chance_mae" in tasks["age"]
-    assert metrics["descriptions"]["captions_per_second"] > 0
     assert set(result.throughput) == {"stage2", "stage3"}
 
     test_runs = [run for run in runs if run.subject in TEST]
-    outputs = apply_fmrilm(result.model_dir, test_runs, DecodingConfig(max_new_tokens=10),
-                           device="cpu")
+    outputs = apply_fmrilm(result.model_dir, test_runs, DecodingConfig(max_new_tokens=10))
     images = outputs[test_runs[0].key]
     assert list(images.window_captions.columns) == ["onset", "duration", "caption"]
     assert len(images.window_captions) == 12
@@ -614,7 +611,6 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     assert len(images.answers["rest_vs_task"]) == 1 and "group" not in images.answers
     assert outputs[test_runs[1].key].event_captions is None
     assert images.settings["decoding"]["max_new_tokens"] == 10
-    assert images.settings["captions_per_second"] > 0
     with pytest.raises(ValueError, match="Held-out tasks"):
         fit_fmrilm(runs, participants, tmp_path / "x", CONFIG, quick, quick,
                    llm_dir=backbones["tied"], held_out_tasks=["handedness"])
@@ -626,7 +622,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_llm_model import CONFIG, STAGE, build, synthetic_runs
 from fmrilm_bids.fmrilm.llm import LMTrainConfig, train_fmrilm
-from fmrilm_bids.fmrilm.llm.runs import stage2_examples
+from fmrilm_bids.fmrilm.llm.examples import stage2_examples
 torch.set_num_threads(1)
 runs, _ = synthetic_runs()
 model = build({backbone!r})

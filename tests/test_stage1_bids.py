@@ -189,7 +189,7 @@ def run_group(dataset: tuple[Path, Path, Path], out: Path, **kwargs):
     bids, _, work = dataset
     return run_stage1_group(selection_of(bids, work), out, bids, out / "models" / "fmrilm",
                             atlas=ATLAS, settings=SETTINGS, text_embedder=word_piece_embedder,
-                            text_embedder_name="MiniLM word pieces", seed=3, device="cpu",
+                            text_embedder_name="MiniLM word pieces", seed=3,
                             **kwargs)
 
 
@@ -286,8 +286,9 @@ def test_descriptor_tables_state_the_features_and_the_delayed_events(group) -> N
         features = compute_run_features(run.run.timeseries, TR,
                                         table.set_index("name").loc[run.run.timeseries.columns,
                                                                     "network"].tolist(),
-                                        run.run.confounds, result.model.reference
-                                        .gradient_template).values
+                                        run.run.confounds,
+                                        result.model.reference.gradient_template,
+                                        result.model.descriptor_settings.features).values
         for fact in meta["facts"]:
             assert fact["sentence"] in text.loc[0, "text"]
             stated = float(re.search(r"=(-?\d+(?:\.\d+)?)", fact["sentence"]).group(1))
@@ -387,8 +388,7 @@ def test_participant_level_reproduces_the_group_outputs(group, dataset, tmp_path
     bids, _, work = dataset
     copy = fresh_derivatives(dataset, tmp_path / "out")
     model_dir = Path(shutil.copytree(result.model.directory, copy / "models" / "fmrilm"))
-    applied = apply_stage1(selection_of(bids, work, ["02", "04"]), copy, bids, model_dir,
-                           device="cpu")
+    applied = apply_stage1(selection_of(bids, work, ["02", "04"]), copy, bids, model_dir)
     by_key = {r.run.key: r for r in result.runs}
     assert sorted(r.run.key for r in applied) == [
         "sub-02_task-faces", "sub-02_task-rest", "sub-04_task-rest"]
@@ -462,8 +462,7 @@ def test_one_participant_trains_without_validation(dataset, tmp_path, caplog) ->
         steps=5, batch_size=4, sequence_windows=8, warmup_steps=1))
     with caplog.at_level(logging.WARNING, logger="fmrilm_bids"):
         result = run_stage1_group(selection_of(bids, work, ["06"]), copy, bids,
-                                  copy / "models" / "fmrilm", atlas=ATLAS, settings=single,
-                                  device="cpu")
+                                  copy / "models" / "fmrilm", atlas=ATLAS, settings=single)
     assert "single participant" in caplog.text
     assert result.test_subjects == [] and result.training.metrics == {}
     assert "No validation participant" in (result.model.directory / "README.md").read_text()
@@ -519,7 +518,7 @@ def test_data_driven_networks_cluster_the_parcels(dataset, tmp_path) -> None:
     result = run_stage1_group(selection_of(bids, work), copy, bids, copy / "models" / "fmrilm",
                               atlas=ATLAS, settings=settings,
                               text_embedder=word_piece_embedder,
-                              text_embedder_name="MiniLM word pieces", seed=3, device="cpu")
+                              text_embedder_name="MiniLM word pieces", seed=3)
     info = result.model.info
     assert info["NetworkSource"] == "data-driven"
     assert set(info["Networks"]) == {f"cluster {k}" for k in range(1, 8)}
@@ -528,8 +527,30 @@ def test_data_driven_networks_cluster_the_parcels(dataset, tmp_path) -> None:
     assert "cluster" in texts and "default mode" not in texts
     written = {kind: path.read_text() for kind, path in result.runs[0].files.items()}
     again = apply_stage1(selection_of(bids, work, [result.runs[0].run.bold.subject]), copy,
-                         bids, result.model.directory, device="cpu")
+                         bids, result.model.directory)
     assert {kind: path.read_text() for kind, path in again[0].files.items()} == written
+
+
+def test_one_seed_reaches_every_random_choice(dataset, tmp_path) -> None:
+    """Two group runs with the same seed write byte-identical descriptors and tokens, with
+    every random choice seeded by it: paraphrases, held-out split, Louvain and ICA
+    (``FeatureSettings.seed``), data-driven networks, tokenizer training."""
+    bids, _, work = dataset
+    settings = replace(SETTINGS, networks="data-driven",
+                       training=replace(SETTINGS.training, steps=5))
+    results = []
+    for name in ("first", "second"):
+        copy = fresh_derivatives(dataset, tmp_path / name)
+        results.append(run_stage1_group(
+            selection_of(bids, work), copy, bids, copy / "models" / "fmrilm", atlas=ATLAS,
+            settings=settings, text_embedder=word_piece_embedder, seed=11))
+    first, second = results
+    assert first.model.info["DescriptorSettings"]["features"]["seed"] == 11
+    assert first.model.info["Training"]["seed"] == 11 and first.model.seed == 11
+    assert first.model.info["Networks"] == second.model.info["Networks"]
+    for one, other in zip(first.runs, second.runs, strict=True):
+        for kind in ("descriptors", "tokens"):
+            assert one.files[kind].read_bytes() == other.files[kind].read_bytes()
 
 
 def test_data_driven_networks_fit_the_tokenizer_slots() -> None:

@@ -53,7 +53,7 @@ CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=8, n_queries=
                          codebook_size=32, n_basis=8, llm_hidden=48, text_dim=EMBEDDING_DIM)
 TRAIN = TrainConfig(steps=80, batch_size=8, sequence_windows=8, learning_rate=1e-2,
                     min_learning_rate=1e-3, warmup_steps=10, eval_interval=40,
-                    checkpoint_interval=40, alignment_weight=0.5, device="cpu")
+                    checkpoint_interval=40, alignment_weight=0.5)
 
 
 def embed_texts(texts: list[str]) -> torch.Tensor:
@@ -247,7 +247,6 @@ def test_training_learns_without_codebook_collapse(trained) -> None:
     assert metrics["reconstruction_r2"] > 0.0
     assert metrics["usage"] >= 0.5
     assert metrics["perplexity"] >= 8.0
-    assert 0.0 <= metrics["retrieval_top1"] <= 1.0
     assert metrics["retrieval_chance"] == pytest.approx(1 / 60)  # 2 runs x 30 windows
     assert "alignment" in trained.history[0]
     card = (trained.out_dir / MODEL_CARD).read_text()

@@ -13,7 +13,9 @@ import uuid
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from fmrilm_bids.dataset.layout import BoldRun, Selection
 from fmrilm_bids.dataset.validator import validate_dataset
@@ -81,12 +83,12 @@ def check_output_dir(output_dir: Path) -> None:
         ) from err
 
 
-def _expected_nifti_bytes(img: object) -> int:
+def _expected_nifti_bytes(img: nib.Nifti1Image) -> int:
     header = img.header
     return int(header["vox_offset"]) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
 
 
-def check_nifti_complete(path: Path) -> object:
+def check_nifti_complete(path: Path) -> nib.Nifti1Image:
     """Load the header and make sure all the data are there (not truncated, not corrupt).
 
     Returns
@@ -94,7 +96,6 @@ def check_nifti_complete(path: Path) -> object:
     nibabel.Nifti1Image
         The (lazily loaded) image.
     """
-    import nibabel as nib
 
     path = Path(path)
     fix = "re-convert it from the scanner data (e.g. dcm2niix) or copy it again"
@@ -146,7 +147,6 @@ def check_bold_run(run: BoldRun) -> None:
 
 def check_events(path: Path) -> None:
     """An ``events.tsv`` has numeric ``onset`` and ``duration`` columns."""
-    import pandas as pd
 
     try:
         events = pd.read_csv(path, sep="\t", na_values=["n/a"])

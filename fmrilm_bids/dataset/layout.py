@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids.layout import BIDSLayout, BIDSLayoutIndexer
+from filelock import FileLock
+
 from fmrilm_bids.errors import MissingInputError
 
 #: Folders pybids does not index (BIDS says they hold no raw data).
@@ -124,8 +127,6 @@ def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
     database_dir : Path
         Folder holding cached indexes (one sub-folder per dataset fingerprint).
     """
-    from bids.layout import BIDSLayout, BIDSLayoutIndexer
-    from filelock import FileLock
 
     bids_dir = Path(bids_dir).absolute()
     database_dir = Path(database_dir).absolute()

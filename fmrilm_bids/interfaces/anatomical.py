@@ -16,6 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from fmrilm_bids.errors import InputDataError
 from fmrilm_bids.preproc import registration
 
 
@@ -39,7 +40,6 @@ class ConformT1w(SimpleInterface):
     def _run_interface(self, runtime):
         img = nib.load(self.inputs.in_files[0])
         if img.ndim != 3:
-            from fmrilm_bids.errors import InputDataError
 
             raise InputDataError(f"{self.inputs.in_files[0]}: a T1w must be 3-D, not "
                                  f"{img.shape}.")

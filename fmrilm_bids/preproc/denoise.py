@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from nilearn.signal import clean
 
 from fmrilm_bids.preproc.confounds import cosine_basis
 from fmrilm_bids.preproc.motion import MOTION_COLUMNS
@@ -161,7 +162,6 @@ def clean_signals(
     -------
     numpy.ndarray of shape (len(keep), P)
     """
-    from nilearn.signal import clean
 
     if len(keep) < 2:
         raise ValueError(

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from fmrilm_bids.preproc.resampling import resample_series
+
 #: Confound column names of the six rigid-body parameters, in order.
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
@@ -194,7 +196,6 @@ def reference_volume(data: np.ndarray, affine: np.ndarray, start: int = 0,
     The volumes from ``start`` on (past the non-steady-state ones) are realigned to their
     median, resampled once (cubic) and averaged, as fMRIPrep's BOLD reference.
     """
-    from fmrilm_bids.preproc.resampling import resample_series
 
     start = min(start, data.shape[-1] - 1)
     subset = np.asarray(data[..., start:start + n_volumes], dtype=np.float32)

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import ants
+import nibabel as nib
 import numpy as np
 
 #: ITK uses LPS+ world coordinates, NIfTI/nibabel RAS+: flip the first two axes.
@@ -35,7 +37,6 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def ants_session(seed: int):
     """Make antspyx deterministic (seeded, and single-threaded: ITK's multi-threaded
     metrics are not reproducible) for the enclosed calls."""
-    import ants
 
     ants.config.set_ants_deterministic(True, seed_value=int(seed))
     yield ants
@@ -152,7 +153,6 @@ def coregister(moving: Path, fixed: Path, fixed_mask: Path, out_dir: Path,
 
 def itk_affine_to_ras(path: Path) -> np.ndarray:
     """4x4 RAS+ matrix of an ITK/ANTs linear transform file (fixed point -> moving point)."""
-    import ants
 
     transform = ants.read_transform(str(path))
     corners = np.vstack([np.zeros(3), np.eye(3) * 100.0])
@@ -170,8 +170,6 @@ def points_field(reference: Path, transforms: list[str], out_dir: Path) -> np.nd
     ``reference`` (e.g. a registration's ``fwdtransforms``); the result, of shape
     ``reference.shape + (3,)``, holds the matching world points of the moving image.
     """
-    import ants
-    import nibabel as nib
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

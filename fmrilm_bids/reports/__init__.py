@@ -1,0 +1,2 @@
+"""The HTML reports: figures (:mod:`.figures`) and pages (:mod:`.html`).
+"""

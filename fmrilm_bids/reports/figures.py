@@ -1,8 +1,4 @@
-"""The per-subject HTML report: figures (PNG, embedded) and the methods in words.
-
-Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, figures as
-data URIs); :func:`render_report` assembles the sections of one subject into one
-self-contained HTML file (no external resources: it opens offline).
+"""Report figures: matplotlib / nilearn figures as PNG data URIs (embedded in the HTML).
 """
 
 from __future__ import annotations
@@ -11,12 +7,15 @@ import base64
 import io
 from collections.abc import Sequence
 
+import matplotlib.pyplot as plt
+import nibabel as nib
 import numpy as np
+from matplotlib.figure import Figure
+from nilearn import plotting
 
 
-def figure_uri(figure: object) -> str:
+def figure_uri(figure: Figure) -> str:
     """A matplotlib figure as a PNG data URI (the figure is closed)."""
-    import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
@@ -27,10 +26,6 @@ def figure_uri(figure: object) -> str:
 def overlay_figure(background: str, contours: Sequence[tuple[str, str]], title: str) -> str:
     """``background`` with the outlines of masks ``[(path, colour), ...]`` (registration
     and mask checks)."""
-    import matplotlib.pyplot as plt
-    import nibabel as nib
-    import numpy as np
-    from nilearn import plotting
 
     values = np.asarray(nib.load(background).dataobj, dtype=np.float64)
     values = values[np.isfinite(values) & (values != 0)]
@@ -46,8 +41,6 @@ def overlay_figure(background: str, contours: Sequence[tuple[str, str]], title: 
 
 def parcellation_figure(atlas: str, background: str, title: str) -> str:
     """The atlas labels over the mean BOLD image."""
-    import matplotlib.pyplot as plt
-    from nilearn import plotting
 
     figure = plt.figure(figsize=(10, 3))
     plotting.plot_roi(atlas, bg_img=background, display_mode="z", cut_coords=6,
@@ -67,7 +60,6 @@ def carpet_figure(series: np.ndarray, confounds: dict[str, np.ndarray], n_dummy:
     confounds : dict
         Name -> series of length T (e.g. FD, std DVARS).
     """
-    import matplotlib.pyplot as plt
 
     step = max(1, len(series) // max_voxels)
     carpet = np.asarray(series[::step], dtype=np.float64)

@@ -1,8 +1,8 @@
-"""The per-subject HTML report: figures (PNG, embedded) and the methods in words.
+"""The HTML reports (``sub-<label>.html``, ``group.html``): self-contained, they open offline.
 
-Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, figures as
-data URIs); :func:`render_report` assembles the sections of one subject into one
-self-contained HTML file (no external resources: it opens offline).
+Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, tables,
+figures as data URIs, :func:`section`); :func:`render_report` assembles the sections of one
+report into one HTML file with the software versions at the end.
 """
 
 from __future__ import annotations

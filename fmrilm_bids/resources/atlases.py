@@ -11,7 +11,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nilearn import image
 
 BUNDLED_ATLASES = ("AAL3", "AAL", "HCPEx")
 DEFAULT_ATLAS = "AAL3"
@@ -33,7 +35,7 @@ class Atlas:
     """
 
     name: str
-    image: object = field(repr=False)
+    image: nib.Nifti1Image = field(repr=False)
     labels: dict[int, str] = field(repr=False)
 
     @property
@@ -109,7 +111,7 @@ def _atlas_files(name_or_path: str | Path) -> tuple[str, Path, Path]:
     return name, path, table
 
 
-def load_atlas(name_or_path: str | Path, reference: object | None = None) -> Atlas:
+def load_atlas(name_or_path: str | Path, reference: nib.Nifti1Image | None = None) -> Atlas:
     """Load a bundled or user atlas, resampled (nearest neighbour) onto ``reference``.
 
     Parameters
@@ -119,8 +121,6 @@ def load_atlas(name_or_path: str | Path, reference: object | None = None) -> Atl
     reference : nibabel image or path, optional
         The grid to resample onto (e.g. the 2 mm template). Left as is when omitted.
     """
-    import nibabel as nib
-    from nilearn import image
 
     name, img_path, table = _atlas_files(name_or_path)
     img = nib.load(img_path)

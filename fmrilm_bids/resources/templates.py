@@ -17,7 +17,9 @@ import json
 import os
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nilearn import datasets
 
 from fmrilm_bids.utils.files import atomic_write
 
@@ -32,14 +34,13 @@ def _template_dir() -> Path:
     home = os.environ.get("TEMPLATEFLOW_HOME")
     if not home:
         raise RuntimeError(
-            "TEMPLATEFLOW_HOME is not set: call fmrilm_bids.utils.environment.configure_environment() "
-            "before using templates."
+            "TEMPLATEFLOW_HOME is not set: call "
+            "fmrilm_bids.utils.environment.configure_environment() before using templates."
         )
     return Path(home) / f"tpl-{TEMPLATE}"
 
 
 def _nilearn_images(resolution: int) -> dict[str, object]:
-    from nilearn import datasets
 
     res = None if resolution == 1 else resolution
     return {
@@ -50,8 +51,7 @@ def _nilearn_images(resolution: int) -> dict[str, object]:
     }
 
 
-def _write_float(img: object, path: Path, dtype: type = np.float32) -> None:
-    import nibabel as nib
+def _write_float(img: nib.Nifti1Image, path: Path, dtype: type = np.float32) -> None:
 
     data = np.asarray(img.get_fdata(), dtype=dtype)
     out = nib.Nifti1Image(data, img.affine)
@@ -106,7 +106,6 @@ def ensure_template() -> Path:
                     _write_float(img, path, dtype)
             csf = wanted["label-CSF_probseg"]
             if not csf.is_file() or csf.stat().st_size == 0:
-                import nibabel as nib
 
                 mask = images["desc-brain_mask"].get_fdata() > 0
                 tissue = images["label-GM_probseg"].get_fdata() + images[
@@ -114,7 +113,6 @@ def ensure_template() -> Path:
                 ].get_fdata()
                 prob = np.clip(1.0 - tissue, 0, 1) * mask
                 _write_float(nib.Nifti1Image(prob, images["T1w"].affine), csf)
-        import nibabel as nib
 
         ref = nib.load(wanted["T1w"])
         resolutions[str(resolution)] = {

@@ -18,11 +18,15 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 #: Width of an embedding.
 EMBEDDING_DIM = 384
@@ -48,8 +52,21 @@ def model_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Keep transformers' "Loading weights" progress bars off while loading models."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 @functools.lru_cache(maxsize=2)
-def load_text_encoder(device: str = "cpu") -> tuple[object, object]:
+def load_text_encoder(device: str | torch.device = "cpu") -> tuple[PreTrainedTokenizerBase,
+                                                                  PreTrainedModel]:
     """Load (once per process and device) the tokenizer and model, in eval mode.
 
     Parameters
@@ -62,18 +79,10 @@ def load_text_encoder(device: str = "cpu") -> tuple[object, object]:
     tuple
         ``(tokenizer, model)``, a ``transformers`` tokenizer and ``BertModel``.
     """
-    from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     path = model_path()
-    progress_bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every start
-    try:
+    with quiet_loading():  # no "Loading weights" bar on every start
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModel.from_pretrained(path, local_files_only=True).to(device)
-    finally:
-        if progress_bars:
-            hf_logging.enable_progress_bar()
     model.eval()
     return tokenizer, model
 
@@ -121,7 +130,6 @@ def encode_sentences(sentences: Sequence[str], batch_size: int = 64,
     sentences = list(sentences)
     if not sentences:
         return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-    import torch
 
     tokenizer, model = load_text_encoder(device)
     pooled = []

@@ -12,9 +12,11 @@ import functools
 import os
 from dataclasses import dataclass, field
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from fmrilm_bids.resources.templates import get_template
 from fmrilm_bids.simulate.geometry import affine_matrix, apply_affine, bounding_grid, grid_centre
 
 #: T2*-weighted EPI baseline intensity of each tissue (arbitrary scanner units).
@@ -52,9 +54,7 @@ class Template:
 
 @functools.lru_cache(maxsize=4)
 def _read_template(resolution: int, templateflow_home: str) -> Template:
-    import nibabel as nib
 
-    from fmrilm_bids.resources.templates import get_template
 
     def read(**entities: object) -> tuple[np.ndarray, np.ndarray]:
         img = nib.load(get_template(resolution, **entities))

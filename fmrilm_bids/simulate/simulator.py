@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fmrilm_bids import __version__
+from fmrilm_bids import __version__, simulate
 from fmrilm_bids.errors import OutputError
+from fmrilm_bids.resources.atlases import load_atlas
+from fmrilm_bids.resources.templates import get_template
+from fmrilm_bids.resources.text_encoder import encode_sentences
 from fmrilm_bids.simulate import events as task_events
 from fmrilm_bids.simulate.anatomy import (
     BOLD_TISSUE_INTENSITY,
@@ -90,8 +93,6 @@ def _rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
 
 @functools.lru_cache(maxsize=2)
 def _atlas_labels(templateflow_home: str) -> tuple[np.ndarray, dict[int, str]]:
-    from fmrilm_bids.resources.atlases import load_atlas
-    from fmrilm_bids.resources.templates import get_template
 
     atlas = load_atlas(ATLAS, get_template(BOLD_SOURCE_RESOLUTION, suffix="T1w"))
     return np.asarray(atlas.image.dataobj, dtype=np.int32), dict(atlas.labels)
@@ -100,7 +101,6 @@ def _atlas_labels(templateflow_home: str) -> tuple[np.ndarray, dict[int, str]]:
 @functools.lru_cache(maxsize=1)
 def caption_embeddings() -> np.ndarray:
     """Embeddings of :func:`~fmrilm_bids.simulate.events.caption_pool`, in its order."""
-    from fmrilm_bids.resources.text_encoder import encode_sentences
 
     vectors = encode_sentences([caption for _, caption in task_events.caption_pool()])
     vectors = np.round(vectors, EMBEDDING_DECIMALS).astype(np.float32)
@@ -450,7 +450,6 @@ def _dataset_readme(config: SimulationConfig) -> str:
 
 
 def _truth_readme(config: SimulationConfig) -> str:
-    from fmrilm_bids import simulate
 
     settings = "\n".join(f"- `{k}`: {v}" for k, v in config.to_dict().items())
     return f"{simulate.__doc__.strip()}\n\n## Settings of this dataset\n\n{settings}\n"

@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -37,7 +38,6 @@ def to_int16(data: np.ndarray) -> np.ndarray:
 
 def write_anatomical(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     """Write a 3-D int16 image with scanner-space qform and sform and mm units."""
-    import nibabel as nib
 
     img = nib.Nifti1Image(to_int16(data), affine)
     img.set_qform(affine, code=1)
@@ -55,7 +55,6 @@ def write_bold(path: Path, data: np.ndarray, affine: np.ndarray, repetition_time
     (``dim_info``), and ``slice_duration``/``slice_code`` describe the slice timing, whose
     times must be multiples of ``TR / n_slices`` (one slice after another over the TR).
     """
-    import nibabel as nib
 
     img = nib.Nifti1Image(to_int16(data), affine)
     img.set_qform(affine, code=1)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fmrilm_bids.errors import InputDataError, MissingInputError
+from fmrilm_bids.fmrilm.card import render_card
 from fmrilm_bids.fmrilm.descriptors.corpus import DescriptorSettings
 from fmrilm_bids.fmrilm.descriptors.networks import NETWORKS
 from fmrilm_bids.fmrilm.descriptors.reference import DescriptorReference
@@ -38,6 +39,7 @@ from fmrilm_bids.fmrilm.tokenizer.model import (
 )
 from fmrilm_bids.fmrilm.tokenizer.train import MODEL_CARD
 from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM
+from fmrilm_bids.utils.devices import CPU
 
 #: Where the networks of the parcels come from (:attr:`Stage1Settings.networks`).
 NETWORK_SOURCES = ("atlas", "data-driven")
@@ -59,7 +61,7 @@ class Stage1Settings:
         Architecture and window format; ``text_dim`` must match the text embedder (384 for
         the default all-MiniLM-L6-v2).
     training : TrainConfig
-        Optimisation (its ``seed`` and ``device`` are replaced by those of the run).
+        Optimisation (its ``seed`` is replaced by the run's).
     descriptors : DescriptorSettings or None
         How runs are described; None: the defaults with windows as long as the tokenizer's.
     n_paraphrases : int
@@ -185,48 +187,39 @@ class Stage1Model:
         """Name -> path of everything in the folder (to publish it with later stages)."""
         return {path.name: path for path in sorted(self.directory.iterdir())}
 
-    def tokenizer(self, device: str | torch.device = "cpu") -> NeuralTokenizer:
+    def tokenizer(self, device: torch.device = CPU) -> NeuralTokenizer:
         """The trained tokenizer, in evaluation mode on ``device``."""
         return NeuralTokenizer.from_pretrained(self.directory / TOKENIZER_FOLDER,
                                                device).eval()
 
 
-def _table(values: dict[str, object]) -> str:
-    return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in values.items()])
+
 
 
 def model_card(info: dict) -> str:
     """Markdown card of a Stage-1 model (``README.md`` of the model folder)."""
     metrics = {key: f"{value:.4f}" for key, value in info["Metrics"].items()}
-    excluded = info["ExcludedParcels"]
-    return f"""# fMRI-LM Stage 1 (fmrilm-bids)
-
+    tokenizer = info["Tokenizer"]
+    return render_card("fMRI-LM Stage 1 (fmrilm-bids)", f"""
 Descriptor reference and neural tokenizer trained by `fmrilm-bids ... group` on the
 `seg-{info["Atlas"]}` denoised parcel series of {len(info["TrainSubjects"])} training
 participants. Apply it with `fmrilm-bids BIDS_DIR OUTPUT_DIR participant --model {{this
 folder}}`: every run gets `_desc-descriptors_text.tsv` (described against this reference) and
-`_desc-fmrilm_tokens.tsv` (one token per {info["Tokenizer"]["patch_length"]} samples at TR
-{info["Tokenizer"]["target_tr"]:g} s).
-
-## Data
-{_table({"atlas": info["Atlas"], "parcels": len(info["Parcels"]),
-         "parcels left out (no signal in some runs)": len(excluded),
-         "training participants": ", ".join(info["TrainSubjects"]),
-         "held-out (validation) participants": ", ".join(info["TestSubjects"]) or "none",
-         "descriptor reference": info["Reference"]})}
-
-## Held-out metrics (validation participants)
-{_table(metrics) if metrics else "No validation participant (a single participant)."}
-
-## Text alignment
-Window descriptors are embedded with **{info["TextEmbedder"]}** (width
-{info["Tokenizer"]["text_dim"]}) for the tokenizer's contrastive alignment loss.
-
-## Files
-`{STAGE1_FILE}` (settings, parcels and networks, parcels left out with the reason),
-`{REFERENCE_FILE}`, `{TOKENIZER_FOLDER}/` (`{WEIGHTS_FILE}`, `{CONFIG_FILE}`, its own
-`{MODEL_CARD}`). Tokenizer weights: `{info["TokenizerHash"]}`.
-"""
+`_desc-fmrilm_tokens.tsv` (one token per {tokenizer["patch_length"]} samples at TR
+{tokenizer["target_tr"]:g} s).""", {
+        "Data": {"atlas": info["Atlas"], "parcels": len(info["Parcels"]),
+                 "parcels left out (no signal in some runs)": len(info["ExcludedParcels"]),
+                 "training participants": ", ".join(info["TrainSubjects"]),
+                 "held-out (validation) participants": ", ".join(info["TestSubjects"])
+                 or "none",
+                 "descriptor reference": info["Reference"]},
+        "Held-out metrics (validation participants)":
+            metrics or "No validation participant (a single participant).",
+        "Text alignment": f"""Window descriptors are embedded with **{info["TextEmbedder"]}**
+(width {tokenizer["text_dim"]}) for the tokenizer's contrastive alignment loss.""",
+        "Files": f"""`{STAGE1_FILE}` (settings, parcels and networks, parcels left out with the
+reason), `{REFERENCE_FILE}`, `{TOKENIZER_FOLDER}/` (`{WEIGHTS_FILE}`, `{CONFIG_FILE}`, its own
+`{MODEL_CARD}`). Tokenizer weights: `{info["TokenizerHash"]}`."""})
 
 
 def save_stage1_model(folder: Path, checkpoint: Path, reference: DescriptorReference,

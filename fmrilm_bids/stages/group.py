@@ -1,13 +1,12 @@
-"""fMRI-LM on a derivatives tree: ``group`` trains the three stages, ``participant --model``
-applies a trained model.
+"""``group``: fMRI-LM trained on the participant level's outputs of the selected runs.
 
-Both start from the participant level's denoised parcel series. Stage 1 (descriptors and
-tokenizer, :mod:`fmrilm_bids.stages.stage1`) writes every run's descriptors and tokens and
-publishes its model folder; Stages 2-3 (:mod:`fmrilm_bids.fmrilm.llm`) then train the language
-model and every run gets its captions, embeddings and answers
-(:mod:`fmrilm_bids.stages.outputs`). Training state (checkpoints) lives in
-``WORK_DIR/fmrilm_training`` so a killed ``group`` resumes; the trained model is published
-whole into ``OUTPUT_DIR/models/fmrilm``:
+Stage 1 (descriptors and tokenizer, :mod:`fmrilm_bids.stages.stage1`) writes every run's
+descriptors and tokens and publishes its model folder; Stages 2-3
+(:mod:`fmrilm_bids.fmrilm.llm`) then train the language model, every run gets its captions,
+embeddings and answers (:mod:`fmrilm_bids.stages.language`), and ``group.html`` shows the
+held-out results. Training state (checkpoints) lives in ``WORK_DIR/fmrilm_training`` so a
+killed ``group`` resumes; the trained model is published whole into
+``OUTPUT_DIR/models/fmrilm``:
 
 ```
 models/fmrilm/stage1.json                 atlas, parcels and networks, settings, split
@@ -21,9 +20,11 @@ models/fmrilm/README.md                   the model card
 
 Launched by ``torchrun`` (or ``accelerate launch``) the group level is data parallel: the
 main process trains Stage 1 and writes its files, every process trains Stages 2-3 on its
-share of each batch (:mod:`fmrilm_bids.utils.devices`), the runs' captions, embeddings and
-answers are shared out between the processes, and the main process alone publishes the model
-and the report.
+share of each batch (:class:`~fmrilm_bids.utils.devices.DistributedContext`), the runs'
+captions, embeddings and answers are shared out between the processes, and the main process
+alone publishes the model and the report.
+
+The device and the seed are resolved here, once (:func:`run_group_level`), and passed down.
 """
 
 from __future__ import annotations
@@ -33,10 +34,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from fmrilm_bids.config import Config, WorkflowConfig
 from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.errors import InputDataError
-from fmrilm_bids.stages.bundle import Stage1Model
+from fmrilm_bids.fmrilm.llm.config import DecodingConfig, FmriLMConfig, LMTrainConfig
+from fmrilm_bids.fmrilm.llm.pipeline import fit_fmrilm
+from fmrilm_bids.fmrilm.llm.runs import LMRun
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks
+from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
+from fmrilm_bids.reports.html import render_report, section
+from fmrilm_bids.stages.bundle import Stage1Model, Stage1Settings
 from fmrilm_bids.stages.inputs import atlas_name, read_participants
 from fmrilm_bids.stages.language import (
     LM_FOLDER,
@@ -48,21 +57,21 @@ from fmrilm_bids.stages.language import (
 from fmrilm_bids.stages.outputs import (
     CORPUS_FILE,
 )
-from fmrilm_bids.stages.stage1 import Stage1Run
+from fmrilm_bids.stages.stage1 import Stage1Run, describe_and_tokenize, run_stage1_group
+from fmrilm_bids.utils.devices import distributed_context
 from fmrilm_bids.utils.files import atomic_write_text
 
-LOGGER = logging.getLogger("fmrilm_bids")
+LOGGER = logging.getLogger(__name__)
 
 MODEL_FOLDER = Path("models") / "fmrilm"
 
 
-def train_stage1(selection: Selection, config: object, atlas: str, device: str) -> list[Stage1Run]:
+def train_stage1(selection: Selection, config: Config, atlas: str,
+                 device: torch.device) -> list[Stage1Run]:
     """Stage 1 on the selected runs: model published into ``OUTPUT_DIR/models/fmrilm``,
-    every run's descriptors and tokens written (:func:`~fmrilm_bids.stages.stage1.run_stage1_group`).
+    every run's descriptors and tokens written
+    (:func:`~fmrilm_bids.stages.stage1.run_stage1_group`).
     """
-    from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
-    from fmrilm_bids.stages.bundle import Stage1Settings
-    from fmrilm_bids.stages.stage1 import run_stage1_group
 
     execution, workflow = config.execution, config.workflow
     embedder, hidden, name = llm_embedder(workflow.llm_dir, device)
@@ -83,7 +92,7 @@ def train_stage1(selection: Selection, config: object, atlas: str, device: str) 
 RUN_QUESTIONS = ("condition", "stimulus", "rest_vs_task")
 
 
-def check_questions(workflow: object, participants: pd.DataFrame | None,
+def check_questions(workflow: WorkflowConfig, participants: pd.DataFrame | None,
                     bids_dir: Path) -> None:
     """Fail early on ``--questions`` columns that ``participants.tsv`` lacks, and on
     ``--zero-shot`` names that cannot be questions.
@@ -108,8 +117,8 @@ def check_questions(workflow: object, participants: pd.DataFrame | None,
                              f"columns of {path}).")
 
 
-def stage3_questions(runs: Sequence[object], participants: pd.DataFrame | None,
-                     test_subjects: Sequence[str], workflow: object) -> list[object]:
+def stage3_questions(runs: Sequence[LMRun], participants: pd.DataFrame | None,
+                     test_subjects: Sequence[str], workflow: WorkflowConfig) -> list[TaskSpec]:
     """The questions the training runs can answer (:func:`~fmrilm_bids.fmrilm.llm.default_tasks`),
     the ``--zero-shot`` ones among them.
 
@@ -118,7 +127,6 @@ def stage3_questions(runs: Sequence[object], participants: pd.DataFrame | None,
     InputDataError
         For a ``--zero-shot`` question these runs cannot answer (no events, one kind of run).
     """
-    from fmrilm_bids.fmrilm.llm.tasks import default_tasks
 
     tasks = default_tasks([run for run in runs if run.subject not in test_subjects],
                           participants, workflow.questions)
@@ -131,7 +139,7 @@ def stage3_questions(runs: Sequence[object], participants: pd.DataFrame | None,
     return tasks
 
 
-def run_group_level(selection: Selection, config: object) -> Path:
+def run_group_level(selection: Selection, config: Config) -> Path:
     """Train fMRI-LM on the selected runs, write every run's outputs, publish the model.
 
     Returns
@@ -139,15 +147,12 @@ def run_group_level(selection: Selection, config: object) -> Path:
     Path
         The model folder (``OUTPUT_DIR/models/fmrilm``).
     """
-    from fmrilm_bids.fmrilm.llm.config import FmriLMConfig, LMTrainConfig
-    from fmrilm_bids.fmrilm.llm.pipeline import fit_fmrilm
-    from fmrilm_bids.stages.stage1 import describe_and_tokenize
-    from fmrilm_bids.utils.devices import distributed_context
 
     execution, workflow = config.execution, config.workflow
     output_dir, bids_dir = execution.output_dir, execution.bids_dir
     context = distributed_context()
-    seed, device = config.seeds.master, str(context.device(workflow.device))
+    # The edge: --device resolved once (this process's GPU in a parallel run), passed down.
+    seed, device = config.seeds.master, context.device(workflow.device)
     atlas = atlas_name(workflow.atlases[0])
     model_dir = output_dir / MODEL_FOLDER
     participants = read_participants(bids_dir)
@@ -163,11 +168,12 @@ def run_group_level(selection: Selection, config: object) -> Path:
 
     LOGGER.info("Stages 2-3: language model (%d steps per stage)", workflow.lm_steps)
     # Warm-up: a tenth of a short stage (the default 20 steps of 200 otherwise).
-    stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed, device=device,
+    stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed,
                                  warmup_steps=max(1, min(LMTrainConfig.warmup_steps,
                                                          workflow.lm_steps // 10)),
                                  gradient_checkpointing=workflow.gradient_checkpointing)
     test_subjects = stage1.info["TestSubjects"]
+    decoding = DecodingConfig(seed=seed)
     lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs]
     fit = fit_fmrilm(
         lm_runs, participants, execution.work_dir / "fmrilm_training" / LM_FOLDER,
@@ -179,8 +185,8 @@ def run_group_level(selection: Selection, config: object) -> Path:
         held_out_tasks=workflow.zero_shot, test_subjects=test_subjects,
         few_shot_k=workflow.few_shot_k,
         corpus_texts=corpus.loc[corpus["split"] == "train", "text"].tolist(),
-        evaluate=bool(test_subjects), resume=True)
-    apply_language_model(fit.model, stage1_runs, output_dir, bids_dir, atlas, device,
+        decoding=decoding, evaluate=bool(test_subjects), resume=True, device=device)
+    apply_language_model(fit.model, stage1_runs, output_dir, bids_dir, atlas, device, decoding,
                          rank=context.rank, world_size=context.world_size)
     context.barrier()
     if context.is_main:
@@ -192,7 +198,6 @@ def run_group_level(selection: Selection, config: object) -> Path:
 
 def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Path:
     """``group.html``: the model's held-out results, as tables."""
-    from fmrilm_bids.reports.html import render_report, section
 
     rows = [[task, setting, metric, value]
             for task, settings in (metrics.get("tasks") or {}).items()

@@ -3,11 +3,8 @@
 The model stages (descriptors, tokenizer, language model) start from the denoised parcel
 time series that ``participant`` wrote (``..._seg-<atlas>_desc-denoised_timeseries.tsv``),
 the confounds beside them, and the raw dataset's ``events.tsv`` and ``participants.tsv``.
-
-The participant level's parcel series, made ready for Stage 1.
-
-A run is read by :func:`fmrilm_bids.stages.inputs.read_derivative_run` (the denoised series,
-its sidecar, the confounds beside it, the raw run's events). Stage 1 then needs, per run:
+A run is read by :func:`read_derivative_run` (the denoised series, its sidecar, the
+confounds beside it, the raw run's events); Stage 1 then needs, per run:
 
 * **The parcels with signal.** A parcel is missing from a run when the sidecar lists it in
   ``MissingParcels`` (no column; the reason from ``MissingParcelReasons``), when its column
@@ -41,6 +38,7 @@ import pandas as pd
 from fmrilm_bids.dataset.layout import BoldRun, Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.networks import ATLAS_RULES, NETWORKS, load_network_table
+from fmrilm_bids.resources.atlases import load_atlas
 
 
 @dataclass
@@ -152,7 +150,7 @@ def read_participants(bids_dir: Path) -> pd.DataFrame | None:
     return pd.read_csv(path, sep="\t", na_values="n/a", dtype={"participant_id": str})
 
 
-LOGGER = logging.getLogger("fmrilm_bids")
+LOGGER = logging.getLogger(__name__)
 
 
 def missing_parcels(run: DerivativeRun) -> dict[str, str]:
@@ -333,6 +331,5 @@ def network_table(atlas: str, runs: Sequence[DerivativeRun]) -> pd.DataFrame:
 
 def atlas_name(atlas: str) -> str:
     """The ``seg-`` label the participant level used for ``atlas`` (name or file)."""
-    from fmrilm_bids.resources.atlases import load_atlas
 
     return load_atlas(atlas).name

@@ -1,29 +1,15 @@
-"""fMRI-LM on a derivatives tree: ``group`` trains the three stages, ``participant --model``
-applies a trained model.
+"""Stages 2-3 on a derivatives tree: a run as the language model reads it, the run's captions,
+embeddings and answers written beside it, and the whole model published.
 
-Both start from the participant level's denoised parcel series. Stage 1 (descriptors and
-tokenizer, :mod:`fmrilm_bids.stages.stage1`) writes every run's descriptors and tokens and
-publishes its model folder; Stages 2-3 (:mod:`fmrilm_bids.fmrilm.llm`) then train the language
-model and every run gets its captions, embeddings and answers
-(:mod:`fmrilm_bids.stages.outputs`). Training state (checkpoints) lives in
-``WORK_DIR/fmrilm_training`` so a killed ``group`` resumes; the trained model is published
-whole into ``OUTPUT_DIR/models/fmrilm``:
-
-```
-models/fmrilm/stage1.json                 atlas, parcels and networks, settings, split
-models/fmrilm/descriptor_reference.json   cohort reference of the descriptors (z-scores)
-models/fmrilm/tokenizer/                  Stage 1 (safetensors + config + model card)
-models/fmrilm/lm/                         Stages 2-3 (LoRA adapters, fMRI-token embeddings,
-                                          tokenizer, config, model card)
-models/fmrilm/metrics.json                held-out-subject evaluation
-models/fmrilm/README.md                   the model card
-```
-
-Launched by ``torchrun`` (or ``accelerate launch``) the group level is data parallel: the
-main process trains Stage 1 and writes its files, every process trains Stages 2-3 on its
-share of each batch (:mod:`fmrilm_bids.utils.devices`), the runs' captions, embeddings and
-answers are shared out between the processes, and the main process alone publishes the model
-and the report.
+=====================================================  ==========================================
+file (beside the run's ``desc-denoised_timeseries``)   written by
+=====================================================  ==========================================
+``_seg-<atlas>_desc-fmrilm_captions.tsv``              :func:`write_lm_outputs`
+``_seg-<atlas>_desc-fmrilm_embeddings.npy``            :func:`write_lm_outputs`
+``_seg-<atlas>_desc-fmrilmrun_embeddings.npy``         :func:`write_lm_outputs`
+``_seg-<atlas>_desc-answers_text.tsv``                 :func:`write_lm_outputs`
+``models/fmrilm/`` (Stage 1 + ``lm/`` + card)          :func:`publish_model`
+=====================================================  ==========================================
 """
 
 from __future__ import annotations
@@ -34,8 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from fmrilm_bids.fmrilm.card import render_card
 from fmrilm_bids.fmrilm.descriptors.corpus import RunDescriptors
+from fmrilm_bids.fmrilm.llm.backbone import backbone_source, llm_text_embedder
+from fmrilm_bids.fmrilm.llm.config import DecodingConfig
+from fmrilm_bids.fmrilm.llm.model import FmriLM
+from fmrilm_bids.fmrilm.llm.pipeline import RunOutputs, apply_fmrilm
+from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.tokenizer.data import TokenizedRun
 from fmrilm_bids.stages.bundle import Stage1Model
 from fmrilm_bids.stages.inputs import DerivativeRun
@@ -47,6 +40,7 @@ from fmrilm_bids.stages.outputs import (
     write_run_table,
 )
 from fmrilm_bids.stages.stage1 import Stage1Run
+from fmrilm_bids.utils.files import publish_directory
 
 LM_FOLDER = "lm"
 
@@ -54,31 +48,19 @@ LM_FOLDER = "lm"
 METRICS_FILE = "metrics.json"
 
 
-def window_texts(descriptors: RunDescriptors) -> list[str]:
-    """The descriptor sentence of every window of a run."""
-    records = descriptors.records
-    return records.loc[records["scope"] == "window", "text"].tolist()
-
-
-def run_text(descriptors: RunDescriptors) -> str:
-    records = descriptors.records
-    return " ".join(records.loc[records["scope"] == "run", "text"])
-
-
-def lm_run(run: DerivativeRun, tokenized: TokenizedRun, descriptors: RunDescriptors) -> object:
+def lm_run(run: DerivativeRun, tokenized: TokenizedRun, descriptors: RunDescriptors) -> LMRun:
     """The language model's view of a run."""
-    from fmrilm_bids.fmrilm.llm.runs import LMRun
 
-    texts = window_texts(descriptors)
+    texts = descriptors.window_texts
     return LMRun.from_tokenized(
         tokenized, subject=run.bold.subject, task=run.bold.task, session=run.bold.session,
-        run=run.bold.run, events=run.events, run_text=run_text(descriptors),
+        run=run.bold.run, events=run.events, run_text=descriptors.run_text,
         window_texts=texts[:len(tokenized.token_ids)]
         if len(texts) >= len(tokenized.token_ids) else None,
         timeseries=run.timeseries.to_numpy(dtype=float), tr=run.tr)
 
 
-def write_lm_outputs(run: DerivativeRun, outputs: object, atlas: str, output_dir: Path,
+def write_lm_outputs(run: DerivativeRun, outputs: RunOutputs, atlas: str, output_dir: Path,
                      bids_dir: Path, windows: tuple[np.ndarray, np.ndarray]) -> None:
     """The run's captions, embeddings and answers (:class:`~fmrilm_bids.fmrilm.llm.RunOutputs`)."""
     sources = run_sources(output_dir, run.bold, bids_dir, run.timeseries_file)
@@ -104,9 +86,9 @@ def write_lm_outputs(run: DerivativeRun, outputs: object, atlas: str, output_dir
                     sources)
 
 
-def apply_language_model(model: object, stage1_runs: Sequence[Stage1Run], output_dir: Path,
-                         bids_dir: Path, atlas: str, device: str,
-                         llm_dir: Path | None = None, rank: int = 0,
+def apply_language_model(model: FmriLM | Path, stage1_runs: Sequence[Stage1Run],
+                         output_dir: Path, bids_dir: Path, atlas: str, device: torch.device,
+                         decoding: DecodingConfig, llm_dir: Path | None = None, rank: int = 0,
                          world_size: int = 1) -> None:
     """Captions, embeddings and answers of this process's share of the runs, written.
 
@@ -116,12 +98,15 @@ def apply_language_model(model: object, stage1_runs: Sequence[Stage1Run], output
         The trained language model, or its folder.
     stage1_runs : sequence of Stage1Run
         Every run (this process takes ``stage1_runs[rank::world_size]``).
+    device : torch.device
+        Where the model runs.
+    decoding : DecodingConfig
+        How captions are generated (its seed is the run's).
     """
-    from fmrilm_bids.fmrilm.llm.pipeline import apply_fmrilm
 
     mine = list(stage1_runs)[rank::world_size]
     lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in mine]
-    outputs = apply_fmrilm(model, lm_runs, llm_dir=llm_dir, device=device)
+    outputs = apply_fmrilm(model, lm_runs, decoding, llm_dir=llm_dir, device=device)
     for result, lm in zip(mine, lm_runs, strict=True):
         write_lm_outputs(result.run, outputs[lm.key], atlas, output_dir, bids_dir,
                          (lm.onsets, lm.durations))
@@ -132,22 +117,18 @@ def model_card(stage1: Stage1Model, metrics: dict) -> str:
     stage1_card = (stage1.directory / "README.md").read_text()
     evaluated = (f"held-out participants {', '.join(metrics['test_subjects'])}"
                  if metrics.get("test_subjects") else "no held-out participant")
-    return (stage1_card.replace("# fMRI-LM Stage 1 (fmrilm-bids)", "# fMRI-LM (fmrilm-bids)",
-                                1)
-            + f"""
-## Stages 2-3: language model
-`{LM_FOLDER}/` holds the language model that reads the tokens (LoRA adapters, fMRI-token
-embeddings, tokenizer, its own model card with the training data and metrics);
-`{METRICS_FILE}` its evaluation ({evaluated}). Applied with `participant --model`, every run
-also gets `_desc-fmrilm_captions.tsv`, `_desc-fmrilm_embeddings.npy`,
-`_desc-fmrilmrun_embeddings.npy` and `_desc-answers_text.tsv`.
-""")
+    _, summary = stage1_card.split("\n\n", 1)  # the Stage-1 title gives way
+    return render_card("fMRI-LM (fmrilm-bids)", summary.rstrip(), {
+        "Stages 2-3: language model": f"""`{LM_FOLDER}/` holds the language model that reads the
+tokens (LoRA adapters, fMRI-token embeddings, tokenizer, its own model card with the training
+data and metrics); `{METRICS_FILE}` its evaluation ({evaluated}). Applied with `participant
+--model`, every run also gets `_desc-fmrilm_captions.tsv`, `_desc-fmrilm_embeddings.npy`,
+`_desc-fmrilmrun_embeddings.npy` and `_desc-answers_text.tsv`."""})
 
 
 def publish_model(model_dir: Path, lm_dir: Path, metrics: dict) -> None:
     """Replace ``model_dir`` (holding Stage 1) by the whole model: Stage 1, ``lm/``,
     ``metrics.json`` and the model card."""
-    from fmrilm_bids.utils.files import publish_directory
 
     stage1 = Stage1Model.load(model_dir)
 
@@ -165,9 +146,8 @@ def publish_model(model_dir: Path, lm_dir: Path, metrics: dict) -> None:
     publish_directory(model_dir, write)
 
 
-def llm_embedder(llm_dir: Path | None, device: str) -> tuple[Callable, int, str]:
+def llm_embedder(llm_dir: Path | None, device: torch.device) -> tuple[Callable, int, str]:
     """The language model's own text embedder (Stage 1 aligns to it), its width and name."""
-    from fmrilm_bids.fmrilm.llm.backbone import backbone_source, llm_text_embedder
 
     embedder = llm_text_embedder(llm_dir, device=device)
     return (embedder, int(embedder(["fMRI"]).shape[1]),

@@ -19,12 +19,7 @@ file (beside the run's ``desc-denoised_timeseries``)   content
                                                        ``answer``, ``p_<answer>`` columns
 =====================================================  ==========================================
 
-Onsets are in seconds from the run's first volume, as in ``events.tsv``.
-
-The Stage-1 derivatives of a run, and the group corpus.
-
-Per run, beside its ``_seg-<atlas>_desc-denoised_timeseries.tsv`` (written through
-:class:`~fmrilm_bids.interfaces.bids.DerivativesDataSink`):
+The Stage-1 files in detail:
 
 ``_seg-<atlas>_desc-descriptors_text.tsv``
     ``scope`` (``run``: the run paragraph; ``window``: one row per window), ``onset``,
@@ -38,6 +33,7 @@ Per run, beside its ``_seg-<atlas>_desc-denoised_timeseries.tsv`` (written throu
 
 Onsets are seconds from the run's first volume, as in ``events.tsv`` (row 0 of the denoised
 series lies at its ``StartTime``). Every sidecar lists its ``Sources`` as BIDS URIs.
+Stages 2-3's files are written by :func:`fmrilm_bids.stages.language.write_lm_outputs`.
 
 Group level: ``group/desc-descriptors_corpus.tsv`` (``group/`` is in ``.bidsignore``): every
 description in ``n_paraphrases`` wordings, one row per text, columns ``run``, the BIDS

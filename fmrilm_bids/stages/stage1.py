@@ -24,9 +24,11 @@ import torch
 from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.corpus import RunDescriptors, RunInput, describe_dataset
+from fmrilm_bids.fmrilm.splits import subject_split
 from fmrilm_bids.fmrilm.tokenizer.data import ParcelRun, TokenizedRun
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
 from fmrilm_bids.fmrilm.tokenizer.train import TextEmbedder, TrainingResult, train_tokenizer
+from fmrilm_bids.resources.text_encoder import MODEL_NAME, encode_sentences
 from fmrilm_bids.stages.bundle import Stage1Model, Stage1Settings, save_stage1_model, stage1_info
 from fmrilm_bids.stages.inputs import (
     DerivativeRun,
@@ -38,9 +40,10 @@ from fmrilm_bids.stages.inputs import (
     stage1_view,
 )
 from fmrilm_bids.stages.outputs import write_corpus, write_stage1_run
-from fmrilm_bids.utils.devices import resolve_device
+from fmrilm_bids.utils.devices import CPU
+from fmrilm_bids.utils.files import publish_directory
 
-LOGGER = logging.getLogger("fmrilm_bids")
+LOGGER = logging.getLogger(__name__)
 
 #: Written beside the tokenizer checkpoint: what it is trained on (a changed input restarts).
 INPUTS_FILE = "stage1_inputs.json"
@@ -96,12 +99,6 @@ class Stage1Result:
 def run_input(run: DerivativeRun) -> RunInput:
     """The descriptors' view of a run (events on the series' clock)."""
     return RunInput(run.timeseries, run.tr, run.confounds, run.events_in_series_time())
-
-
-def window_texts(descriptors: RunDescriptors) -> list[str]:
-    """The descriptor text of every window of a run (the tokenizer's alignment targets)."""
-    records = descriptors.records
-    return records.loc[records["scope"] == "window", "text"].tolist()
 
 
 def check_lengths(runs: Sequence[DerivativeRun], window_seconds: float) -> None:
@@ -162,7 +159,6 @@ def reference_runs(runs: Sequence[DerivativeRun], bids_dir: Path,
 def split_subjects(subjects: Sequence[str], fraction: float,
                    seed: int) -> tuple[list[str], list[str]]:
     """Training and held-out participants (seeded; none held out of one participant)."""
-    from fmrilm_bids.fmrilm.splits import subject_split
 
     if len(set(subjects)) < 2:
         LOGGER.warning("Stage 1 trains on a single participant: no held-out validation, the "
@@ -173,10 +169,9 @@ def split_subjects(subjects: Sequence[str], fraction: float,
 
 def default_embedder(device: torch.device) -> tuple[TextEmbedder, str]:
     """all-MiniLM-L6-v2 sentence embeddings (384 wide) and its name."""
-    from fmrilm_bids.resources.text_encoder import MODEL_NAME, encode_sentences
 
     def embed(texts: list[str]) -> np.ndarray:
-        return encode_sentences(texts, device=str(device))
+        return encode_sentences(texts, device=device)
 
     return embed, MODEL_NAME
 
@@ -210,7 +205,8 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
                      settings: Stage1Settings | None = None,
                      text_embedder: TextEmbedder | None = None,
                      text_embedder_name: str | None = None, work_dir: Path | None = None,
-                     seed: int = 0, device: str = "auto", resume: bool = False) -> Stage1Result:
+                     seed: int = 0, device: torch.device = CPU,
+                     resume: bool = False) -> Stage1Result:
     """Train Stage 1 on the selected runs; write their descriptors and tokens; publish it.
 
     Parameters
@@ -240,8 +236,10 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
         hidden folder beside ``model_dir``, left after a failure (so that a rerun with
         ``resume`` continues) and removed once the model is published.
     seed : int, default=0
-        Paraphrases, subject split and training.
-    device : str, default="auto"
+        The run's one seed: paraphrases, subject split, connectivity features (Louvain,
+        ICA), data-driven networks and tokenizer training all take it.
+    device : torch.device, default=CPU
+        Where the tokenizer trains and runs (resolved by the caller).
     resume : bool, default=False
         Continue training from the checkpoint when it was made on the same inputs.
 
@@ -250,10 +248,12 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
     Stage1Result
     """
     settings = settings or Stage1Settings()
+    seeded = settings.descriptor_settings()
+    settings = replace(settings, training=replace(settings.training, seed=seed),
+                       descriptors=replace(seeded, features=replace(seeded.features, seed=seed)))
     derivatives_dir, bids_dir = Path(derivatives_dir).absolute(), Path(bids_dir).absolute()
     model_dir = Path(model_dir).absolute()
     descriptor_settings = settings.descriptor_settings()
-    torch_device = resolve_device(device)
 
     # Inputs: the denoised series, restricted to the parcels every run has.
     runs = collect_runs(selection, derivatives_dir, atlas)
@@ -279,12 +279,12 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
     train_subjects, test_subjects = split_subjects(
         [run.bold.subject for run in runs], settings.test_fraction, seed)
     if text_embedder is None:
-        text_embedder, text_embedder_name = default_embedder(torch_device)
+        text_embedder, text_embedder_name = default_embedder(device)
     name = text_embedder_name or getattr(text_embedder, "__name__", "custom text embedder")
     parcel_runs = {run.key: ParcelRun(run.timeseries.to_numpy(dtype=float), run.tr, networks,
-                                      run.bold.subject, window_texts(described[run.key]))
+                                      run.bold.subject, described[run.key].window_texts)
                    for run in runs}
-    training_config = replace(settings.training, seed=seed, device=str(torch_device))
+    training_config = settings.training
     checkpoint = (Path(work_dir) if work_dir else
                   model_dir.with_name(f".{model_dir.name}.training")) / "tokenizer"
     prepare_checkpoint(checkpoint, {
@@ -297,18 +297,16 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
         [parcel_runs[run.key] for run in runs if run.bold.subject in train_subjects],
         [parcel_runs[run.key] for run in runs if run.bold.subject in test_subjects],
         checkpoint, settings.tokenizer, training_config, text_embedder, resume=resume,
-        text_embedder_name=name)
+        text_embedder_name=name, device=device)
 
     # The model folder appears whole; every output is made with the published model.
-    from fmrilm_bids.utils.files import publish_directory
 
-    info = stage1_info(atlas, parcels, networks, excluded,
-                       replace(settings, training=training_config), seed, name,
+    info = stage1_info(atlas, parcels, networks, excluded, settings, seed, name,
                        train_subjects, test_subjects, training.metrics, reference)
     publish_directory(model_dir, lambda folder: save_stage1_model(folder, checkpoint,
                                                                   reference, info))
     model = Stage1Model.load(model_dir)
-    tokens = tokenize(model.tokenizer(torch_device), runs, networks)
+    tokens = tokenize(model.tokenizer(device), runs, networks)
     results = [Stage1Run(run=run, descriptors=described[run.key], tokens=run_tokens,
                          files=write_stage1_run(run, described[run.key], run_tokens, model,
                                                 derivatives_dir, bids_dir))
@@ -326,7 +324,7 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
 
 
 def describe_and_tokenize(selection: Selection, derivatives_dir: Path, model: Stage1Model,
-                          device: str = "auto") -> list[Stage1Run]:
+                          device: torch.device = CPU) -> list[Stage1Run]:
     """Descriptors and tokens of the selected runs from a published model, in memory.
 
     Nothing is written (the runs' ``files`` are empty): :func:`apply_stage1` writes them.
@@ -345,13 +343,13 @@ def describe_and_tokenize(selection: Selection, derivatives_dir: Path, model: St
     check_lengths(runs, model.info["Tokenizer"]["patch_length"]
                   * model.info["Tokenizer"]["target_tr"])
     described = describe_with_model(runs, model)
-    tokens = tokenize(model.tokenizer(resolve_device(device)), runs, model.networks)
+    tokens = tokenize(model.tokenizer(device), runs, model.networks)
     return [Stage1Run(run=run, descriptors=described[run.key], tokens=run_tokens)
             for run, run_tokens in zip(runs, tokens, strict=True)]
 
 
 def apply_stage1(selection: Selection, derivatives_dir: Path, bids_dir: Path,
-                 model_dir: Path, *, device: str = "auto") -> list[Stage1Run]:
+                 model_dir: Path, *, device: torch.device = CPU) -> list[Stage1Run]:
     """Describe and tokenise the selected runs with a published Stage-1 model; write them.
 
     Parameters
@@ -361,7 +359,7 @@ def apply_stage1(selection: Selection, derivatives_dir: Path, bids_dir: Path,
     derivatives_dir, bids_dir : Path
     model_dir : Path
         A folder published by :func:`run_stage1_group`.
-    device : str, default="auto"
+    device : torch.device, default=CPU
 
     Returns
     -------

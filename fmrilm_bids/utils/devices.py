@@ -1,13 +1,14 @@
 """The one place that knows about devices: CPU and GPU share every other line of code.
 
-Model code asks for a device with :func:`resolve_device` and wraps forward passes in
-:func:`autocast`; nothing else checks ``torch.cuda``. On a GPU forward passes run in
-bfloat16 autocast (parameters, optimiser state and losses stay float32); on the CPU they run
-in float32.
+The device is resolved once, at the edge: the stage that a command runs turns ``--device``
+into a :class:`torch.device` with :func:`resolve_device` (or, in a parallel run,
+:meth:`DistributedContext.device`) and passes that object down; model code places tensors
+on it and wraps forward passes in :func:`autocast`; nothing else checks ``torch.cuda``. On a
+GPU forward passes run in bfloat16 autocast (parameters, optimiser state and losses stay
+float32); on the CPU they run in float32.
 
-Data-parallel training across processes (``torchrun`` / ``accelerate launch``).
-
-The launcher's environment is read by :mod:`fmrilm_bids.utils.launch`. Launched that way, every
+**Data-parallel training** across processes (``torchrun`` / ``accelerate launch``): the
+launcher's environment is read by :mod:`fmrilm_bids.utils.launch`. Launched that way, every
 process trains the same model on its own share of each batch; after the backward passes the
 trainable gradients are averaged across processes (one all-reduce of a flat buffer: the
 gradient synchronisation of DDP, done explicitly so the model's forward can stay as it is),
@@ -24,9 +25,11 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.distributed as dist
 
+from fmrilm_bids.config import DEVICES
 from fmrilm_bids.utils.launch import LaunchedProcess, launched_process
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: The default device of library functions: callers pass the one resolved at the edge.
+CPU = torch.device("cpu")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -43,8 +46,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.split(":")[0] not in DEVICE_CHOICES[1:]:
-        raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICE_CHOICES)}.")
+    if device.split(":")[0] not in DEVICES[1:]:
+        raise ValueError(f"Unknown device {device!r}; use one of {', '.join(DEVICES)}.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"Device {device!r} was requested but torch sees no GPU; use 'cpu' "
                          "or install the CUDA build of torch.")

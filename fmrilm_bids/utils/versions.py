@@ -1,8 +1,4 @@
-"""The per-subject HTML report: figures (PNG, embedded) and the methods in words.
-
-Each step contributes a *section* (a JSON-serialisable dict: title, paragraphs, figures as
-data URIs); :func:`render_report` assembles the sections of one subject into one
-self-contained HTML file (no external resources: it opens offline).
+"""Versions of the software that ran: what reports and model cards record.
 """
 
 from __future__ import annotations

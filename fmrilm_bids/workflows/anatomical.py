@@ -8,6 +8,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from fmrilm_bids.config import Config
 from fmrilm_bids.interfaces.anatomical import (
     ConformT1w,
     N4BiasFieldCorrection,
@@ -16,10 +17,10 @@ from fmrilm_bids.interfaces.anatomical import (
 from fmrilm_bids.interfaces.reports import AnatReport
 from fmrilm_bids.resources.templates import get_template
 
-LOGGER = logging.getLogger("fmrilm_bids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
-def init_anat_preproc_wf(t1w: tuple[Path, ...], config: object,
+def init_anat_preproc_wf(t1w: tuple[Path, ...], config: Config,
                          name: str = "anat_preproc_wf") -> pe.Workflow:
     """Build the anatomical workflow of one participant.
 

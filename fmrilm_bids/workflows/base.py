@@ -13,6 +13,7 @@ import logging
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.layout import Selection, SubjectSelection
 from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.interfaces.reports import SubjectReport
@@ -22,10 +23,10 @@ from fmrilm_bids.workflows.bold import init_bold_wf
 from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
 from fmrilm_bids.workflows.utils import node_name
 
-LOGGER = logging.getLogger("fmrilm_bids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
-def init_fmrilm_wf(selection: Selection, config: object) -> pe.Workflow:
+def init_fmrilm_wf(selection: Selection, config: Config) -> pe.Workflow:
     """One workflow for every selected participant.
 
     Parameters
@@ -45,7 +46,7 @@ def init_fmrilm_wf(selection: Selection, config: object) -> pe.Workflow:
     return workflow
 
 
-def init_single_subject_wf(subject: SubjectSelection, config: object) -> pe.Workflow:
+def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Workflow:
     """Anatomical + BOLD workflows of one participant, and the report.
 
     Raises

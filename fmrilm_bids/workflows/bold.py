@@ -10,6 +10,7 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.errors import InputDataError
@@ -28,7 +29,7 @@ from fmrilm_bids.preproc.slice_timing import slice_axis, slice_time_reference
 from fmrilm_bids.resources.templates import get_template
 from fmrilm_bids.workflows.utils import node_name
 
-LOGGER = logging.getLogger("fmrilm_bids.workflows")
+LOGGER = logging.getLogger(__name__)
 
 
 def _bold_gb(run: BoldRun, shape: tuple[int, ...]) -> float:
@@ -59,7 +60,7 @@ def slice_timing_inputs(run: BoldRun) -> dict[str, object] | None:
             "slice_encoding_direction": direction}
 
 
-def init_bold_preproc_wf(run: BoldRun, config: object,
+def init_bold_preproc_wf(run: BoldRun, config: Config,
                          name: str = "bold_preproc_wf") -> pe.Workflow:
     """Preprocess one BOLD run into template space and compute its confounds.
 
@@ -167,7 +168,7 @@ def init_bold_preproc_wf(run: BoldRun, config: object,
     return workflow
 
 
-def init_bold_denoise_wf(run: BoldRun, config: object, sources: list[str],
+def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
                          start_time: float = 0.0,
                          name: str = "bold_denoise_wf") -> pe.Workflow:
     """Denoise and parcellate one template-space run, for every atlas of the config.
@@ -224,7 +225,7 @@ def init_bold_denoise_wf(run: BoldRun, config: object, sources: list[str],
     return workflow
 
 
-def init_bold_wf(run: BoldRun, config: object, name: str | None = None) -> pe.Workflow:
+def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Workflow:
     """Preprocess, denoise and parcellate one BOLD run; make its report section.
 
     Returns

@@ -14,6 +14,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.errors import MissingInputError
@@ -73,7 +74,7 @@ def find_fmriprep_run(fmriprep_dir: Path, run: BoldRun) -> FmriprepRun:
                        space=_PREPROC.match(bold.name[len(run.name):])["space"])
 
 
-def init_fmriprep_bold_wf(run: BoldRun, config: object,
+def init_fmriprep_bold_wf(run: BoldRun, config: Config,
                           name: str | None = None) -> pe.Workflow:
     """Denoise and parcellate the fMRIPrep outputs of one run.
 

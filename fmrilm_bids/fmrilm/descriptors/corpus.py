@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.descriptors.features import (
     FeatureSettings,
     RunFeatures,
@@ -78,7 +79,8 @@ class DescriptorSettings:
     def from_dict(cls, values: Mapping[str, object]) -> DescriptorSettings:
         """Settings written by :meth:`to_dict` (e.g. read back from a model folder)."""
         values = dict(values)
-        return cls(features=FeatureSettings.from_dict(values.pop("features")), **values)
+        features = FeatureSettings.from_dict(values.pop("features"))
+        return settings_from_dict(cls, {**values, "features": features}, "descriptor")
 
 
 @dataclass
@@ -120,6 +122,17 @@ class RunDescriptors:
     records: pd.DataFrame
     metadata: dict[str, object]
     features: RunFeatures = field(repr=False)
+
+    @property
+    def window_texts(self) -> list[str]:
+        """The descriptor sentence of every window (the tokenizer's alignment targets, the
+        language model's description targets)."""
+        return self.records.loc[self.records["scope"] == "window", "text"].tolist()
+
+    @property
+    def run_text(self) -> str:
+        """The run paragraph."""
+        return " ".join(self.records.loc[self.records["scope"] == "run", "text"])
 
 
 def run_seed(key: str, seed: int, paraphrase: int = 0) -> list[int]:

@@ -36,11 +36,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import networkx as nx
 import numpy as np
 import pandas as pd
 from scipy.linalg import orthogonal_procrustes
 from scipy.sparse.csgraph import shortest_path
+from sklearn.decomposition import FastICA
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
 
+from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.descriptors.networks import NETWORKS
 
 #: Band of the low-frequency fluctuations (Hz), for fALFF and the ICA spectral ratio.
@@ -79,8 +84,8 @@ class FeatureSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> FeatureSettings:
-        """Settings written by :meth:`to_dict`."""
-        return cls(**values)
+        """Settings written by :meth:`to_dict` (unknown keys refused)."""
+        return settings_from_dict(cls, values, "feature")
 
 
 @dataclass
@@ -177,7 +182,6 @@ def weighted_clustering(adjacency: np.ndarray) -> np.ndarray:
 def graph_metrics(fc: np.ndarray, networks: Sequence[str], density: float,
                   seed: int) -> dict[str, float]:
     """Global efficiency, modularity, clustering and per-network strength of the graph."""
-    import networkx as nx
 
     adjacency = threshold_graph(fc, density)
     n = adjacency.shape[0]
@@ -286,9 +290,6 @@ def lag1_autocorrelation(signals: np.ndarray) -> np.ndarray:
 def ica_features(timeseries: np.ndarray, tr: float, networks: Sequence[str],
                  n_components: int, seed: int) -> tuple[dict[str, float], dict[str, str]]:
     """Summary of a FastICA decomposition (see the module docstring)."""
-    from sklearn.decomposition import FastICA
-    from sklearn.exceptions import ConvergenceWarning
-    from threadpoolctl import threadpool_limits
 
     n_components = max(1, min(n_components, timeseries.shape[1], timeseries.shape[0] // 4))
     ica = FastICA(n_components=n_components, whiten="unit-variance", max_iter=400, tol=1e-3,

@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.cluster import KMeans
+
+from fmrilm_bids.resources.atlases import bundled_atlas_dir, read_label_table
 
 #: Canonical network identifiers, in the order used for features and parcel identities.
 NETWORKS: tuple[str, ...] = (
@@ -146,7 +149,7 @@ _HEMISPHERE = re.compile(r"_[LR]$")
 
 def network_table_dir() -> Path:
     """Folder of the shipped network tables (package data)."""
-    return Path(str(resources.files("fmrilm_bids") / "data" / "networks"))
+    return Path(str(resources.files("fmrilm_bids.resources") / "data" / "networks"))
 
 
 def network_table_path(atlas: str) -> Path:
@@ -203,7 +206,6 @@ def write_network_tables(out_dir: Path | None = None) -> list[Path]:
     list of Path
         The files written.
     """
-    from fmrilm_bids.resources.atlases import bundled_atlas_dir, read_label_table
 
     out_dir = Path(out_dir) if out_dir is not None else network_table_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,6 @@ def cluster_networks(group_connectivity: np.ndarray, n_networks: int = 7,
     list of str
         ``"cluster <k>"`` for each parcel.
     """
-    from sklearn.cluster import KMeans
 
     fc = np.asarray(group_connectivity, dtype=float)
     if fc.ndim != 2 or fc.shape[0] != fc.shape[1]:

@@ -1,12 +1,14 @@
 """fMRI-LM Stages 2 and 3: a language model that reads fMRI tokens.
 
 Modules: :mod:`.backbone` (offline causal LM, SmolLM2 by default; the LLM's own text
-embedder for Stage 1), :mod:`.vocabulary` (fMRI tokens in the vocabulary), :mod:`.data`
-(runs, questions, examples, prompts), :mod:`.model` (:class:`FmriLM`: LoRA + new token rows,
-save/load), :mod:`.train` (the training loop), :mod:`.distributed` (multi-process training),
-:mod:`.inference` (captions, constrained answers, embeddings), :mod:`.metrics`,
-:mod:`.evaluate` (protocol and baselines), :mod:`.pipeline` (:func:`fit_fmrilm`,
-:func:`apply_fmrilm`: what the app calls).
+embedder for Stage 1), :mod:`.vocabulary` (fMRI tokens in the vocabulary), :mod:`.config`
+(settings), :mod:`.runs` (a run and its windows), :mod:`.tasks` (questions),
+:mod:`.prompts` (prompt formatting), :mod:`.examples` (training sequences), :mod:`.model`
+(:class:`FmriLM`: LoRA + new token rows, save/load), :mod:`.train` (the training loop; the
+multi-process part lives in :mod:`fmrilm_bids.utils.devices`), :mod:`.inference`
+(captions, constrained answers, embeddings), :mod:`.metrics`, :mod:`.evaluate` (protocol
+and baselines), :mod:`.pipeline` (:func:`fit_fmrilm`, :func:`apply_fmrilm`: what the app
+calls).
 """
 
 from fmrilm_bids.fmrilm.llm.backbone import llm_text_embedder, load_backbone

@@ -24,8 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from fmrilm_bids.utils.devices import autocast, resolve_device
+from fmrilm_bids.resources.text_encoder import quiet_loading
+from fmrilm_bids.utils.devices import CPU, autocast
+from fmrilm_bids.utils.environment import default_cache_dir
 from fmrilm_bids.utils.files import publish_directory
 
 #: Distribution and import name of the package that ships the default backbone.
@@ -44,7 +53,6 @@ def models_dir(cache_dir: str | Path | None = None) -> Path:
         return Path(cache_dir).expanduser().absolute()
     if os.environ.get("FMRILM_MODELS_DIR"):
         return Path(os.environ["FMRILM_MODELS_DIR"]).expanduser().absolute()
-    from fmrilm_bids.utils.environment import default_cache_dir
 
     return default_cache_dir() / "models"
 
@@ -73,15 +81,6 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def _quiet_loading() -> Callable[[], None]:
-    """Switch off transformers' progress bars; returns the function that restores them."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    return hf_logging.enable_progress_bar if enabled else (lambda: None)
-
-
 def convert_smollm2(target: Path) -> Path:
     """De-quantise the SmolLM2 GGUF into a safetensors model folder ``target``.
 
@@ -93,8 +92,6 @@ def convert_smollm2(target: Path) -> Path:
     Path
         ``target``.
     """
-    from filelock import FileLock
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -113,11 +110,8 @@ def convert_smollm2(target: Path) -> Path:
 
     with FileLock(str(target.parent / f".{target.name}.lock")):
         if not (target / "config.json").is_file():  # else another process just made it
-            restore = _quiet_loading()
-            try:
+            with quiet_loading():
                 publish_directory(target, write)
-            finally:
-                restore()
     return target
 
 
@@ -127,7 +121,8 @@ def backbone_source(llm_dir: str | Path | None) -> str:
 
 
 def load_backbone(llm_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                  device: str | torch.device = "cpu") -> tuple[object, torch.nn.Module]:
+                  device: torch.device = CPU) -> tuple[PreTrainedTokenizerBase,
+                                                       PreTrainedModel]:
     """Load a causal language model and its tokenizer, offline.
 
     Parameters
@@ -153,7 +148,6 @@ def load_backbone(llm_dir: str | Path | None = None, cache_dir: str | Path | Non
     OSError
         When the default backbone is not converted yet and its cache cannot be written.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if llm_dir is None:
         folder = models_dir(cache_dir) / SMOLLM2_CACHE_NAME
@@ -173,21 +167,18 @@ def load_backbone(llm_dir: str | Path | None = None, cache_dir: str | Path | Non
             raise FileNotFoundError(
                 f"{folder}: no config.json; --llm must point at a local Hugging Face causal "
                 "language model folder (config.json, *.safetensors, tokenizer files).")
-    restore = _quiet_loading()
-    try:
+    with quiet_loading():
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
                                                      dtype=torch.float32)
-    finally:
-        restore()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, model.to(resolve_device(device)).eval()
+    return tokenizer, model.to(device).eval()
 
 
 def llm_text_embedder(llm_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                       pooling: str = "hidden", batch_size: int = 32,
-                      device: str | torch.device = "cpu",
+                      device: torch.device = CPU,
                       max_length: int = 256) -> Callable[[list[str]], np.ndarray]:
     """A text embedder made of the backbone itself (for Stage 1's alignment loss).
 

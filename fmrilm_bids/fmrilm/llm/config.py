@@ -1,30 +1,16 @@
-"""fMRI-LM: a causal language model that reads fMRI tokens (Stages 2 and 3).
+"""Settings of Stages 2 and 3, apart from the code that uses them.
 
-:class:`FmriLM` wraps a backbone (:func:`~.backbone.load_backbone`) whose vocabulary was
-extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What trains:
-
-* **LoRA** (default; ``peft``): low-rank adapters on ``lora_target_modules`` of every
-  layer, and the **new embedding rows only**, through peft's trainable tokens
-  (``LoraConfig.trainable_token_indices``): a small ``(K + 2, hidden)`` parameter that is
-  written over the frozen embedding matrix in the forward pass. With tied embeddings
-  (SmolLM2) the output layer reads the same rows; an untied output layer gets its own
-  trainable rows. The original vocabulary never changes, and only these rows are saved.
-* **Full fine-tuning** (``full_finetune=True``): every weight trains; the whole model is
-  saved.
-
-The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
-where labels are set, so prompt tokens cost no vocabulary projection.
-
-A saved model (:meth:`FmriLM.save_pretrained`) is a folder: ``adapter_model.safetensors`` +
-``adapter_config.json`` (LoRA and the new rows; or ``model.safetensors`` + ``config.json``
-for full fine-tuning), ``fmrilm.json`` (this config, the vocabulary ids, the backbone, the
-tuned questions), the extended tokenizer, and a model card ``README.md``.
+:class:`FmriLMConfig` (architecture, prompt format, loss weights of an
+:class:`~.model.FmriLM`), :class:`LMTrainConfig` (optimisation of one training stage) and
+:class:`DecodingConfig` (how text is generated). Each is saved with the model or its outputs
+and read back strictly (:func:`~fmrilm_bids.config.settings_from_dict`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.training import warmup_cosine
 
 #: Llama-style projections (SmolLM2's): the modules that get LoRA adapters by default.
@@ -86,15 +72,8 @@ class FmriLMConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> FmriLMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown fMRI-LM settings {unknown}; this fmrilm-bids knows "
-                             f"{sorted(known)}.")
-        values = dict(values)
-        if "lora_target_modules" in values:
-            values["lora_target_modules"] = tuple(values["lora_target_modules"])
-        return cls(**values)
+        """Settings written by :meth:`to_dict` (unknown keys refused)."""
+        return settings_from_dict(cls, values, "fMRI-LM")
 
 
 @dataclass
@@ -121,8 +100,6 @@ class LMTrainConfig:
     gradient_checkpointing : bool
         Recompute activations in the backward pass (GPU memory saver).
     seed : int
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
     progress : bool, optional
         Progress bar: None shows it on a terminal only.
     """
@@ -138,7 +115,6 @@ class LMTrainConfig:
     checkpoint_interval: int = 100
     gradient_checkpointing: bool = False
     seed: int = 0
-    device: str = "auto"
     progress: bool | None = None
 
     def learning_rate_at(self, step: int) -> float:

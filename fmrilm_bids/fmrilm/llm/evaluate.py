@@ -27,6 +27,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.inference import generate, parse_number, score_candidates, task_prompts
@@ -35,6 +38,7 @@ from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE
 from fmrilm_bids.fmrilm.llm.runs import LMRun, window_segment
 from fmrilm_bids.fmrilm.llm.tasks import TaskItem, TaskSpec, task_items
+from fmrilm_bids.resources.text_encoder import encode_sentences
 
 
 def connectivity_features(run: LMRun, start: int, stop: int) -> np.ndarray:
@@ -84,9 +88,6 @@ def baseline_predictions(task: TaskSpec, train_x: np.ndarray, train_answers: Seq
     ndarray of shape (n_test, n_classes) or (n_test,), or list of str
         Class probabilities (columns in ``task.classes`` order), numbers, or captions.
     """
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     if task.kind == "class":
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
@@ -100,7 +101,6 @@ def baseline_predictions(task: TaskSpec, train_x: np.ndarray, train_answers: Seq
     if task.kind == "number":
         model = make_pipeline(StandardScaler(), Ridge(alpha=10.0))
         return model.fit(train_x, [float(a) for a in train_answers]).predict(test_x)
-    from fmrilm_bids.resources.text_encoder import encode_sentences
 
     captions = sorted(set(train_answers))
     embedded = encode_sentences(captions)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import torch
+from transformers import DynamicCache
 
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.metrics import softmax
@@ -41,7 +42,7 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 @torch.inference_mode()
 def generate(model: FmriLM, prompts: Sequence[list[int]],
              decoding: DecodingConfig | None = None) -> list[str]:
-    """Generate the answer to each prompt (ids from :class:`~.data.Formatter`).
+    """Generate the answer to each prompt (ids from :class:`~.prompts.Formatter`).
 
     Without sampling, identical prompts are answered once.
 
@@ -99,7 +100,6 @@ def _read(model: FmriLM, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor
 
 def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     """A new cache holding ``rows`` of ``cache`` (which is left as it is)."""
-    from transformers import DynamicCache
 
     return DynamicCache([(keys[rows], values[rows]) for keys, values, _ in cache])
 
@@ -119,7 +119,7 @@ def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Se
     ----------
     model : FmriLM
     prompts : sequence of list of int
-        Prompt ids (:class:`~.data.Formatter`), none empty.
+        Prompt ids (:class:`~.prompts.Formatter`), none empty.
     candidates : sequence of str
         Allowed answers.
     batch_size : int, default=32
@@ -130,7 +130,6 @@ def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Se
     ndarray of shape (n_prompts, n_candidates)
         Sum over each answer's tokens (stop token included) of their log-probabilities.
     """
-    from transformers import DynamicCache
 
     model.eval()
     device = model.device

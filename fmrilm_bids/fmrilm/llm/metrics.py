@@ -12,6 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from fmrilm_bids.resources.text_encoder import encode_sentences
 
 WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -129,7 +132,6 @@ def auroc(labels: Sequence[str], probabilities: np.ndarray,
         Columns in the order of ``classes``.
     classes : sequence of str
     """
-    from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=float)
@@ -171,7 +173,6 @@ def caption_similarity(predicted: Sequence[str], references: Sequence[str],
         ``minilm_cosine`` (mean cosine of the all-MiniLM-L6-v2 embeddings of each pair),
         ``bleu`` (corpus BLEU-4, smoothed), ``rouge_l`` (mean ROUGE-L F), ``n``.
     """
-    from fmrilm_bids.resources.text_encoder import encode_sentences
 
     if len(predicted) != len(references) or not predicted:
         raise ValueError(f"Need as many captions as references (and at least one): "

@@ -33,15 +33,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from fmrilm_bids.fmrilm.card import render_card
 from fmrilm_bids.fmrilm.llm.backbone import DEFAULT_BACKBONE, load_backbone
 from fmrilm_bids.fmrilm.llm.config import FmriLMConfig
 from fmrilm_bids.fmrilm.llm.examples import IGNORE_INDEX
 from fmrilm_bids.fmrilm.llm.prompts import Formatter
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec
 from fmrilm_bids.fmrilm.llm.vocabulary import FmriVocabulary, extend_vocabulary
-from fmrilm_bids.utils.devices import resolve_device
+from fmrilm_bids.utils.devices import CPU
 from fmrilm_bids.utils.files import atomic_write_text, publish_directory
 from fmrilm_bids.utils.versions import software_versions
 
@@ -58,9 +61,8 @@ def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
-def lora_config(config: FmriLMConfig, backbone: nn.Module, vocab: FmriVocabulary) -> object:
+def lora_config(config: FmriLMConfig, backbone: nn.Module, vocab: FmriVocabulary) -> LoraConfig:
     """The peft ``LoraConfig``: adapters, plus the new embedding rows as trainable tokens."""
-    from peft import LoraConfig
 
     input_embeddings = backbone.get_input_embeddings()
     output = backbone.get_output_embeddings()
@@ -104,7 +106,7 @@ class FmriLM(nn.Module):
         Sections of the model card (data used, metrics, training settings).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: object, vocab: FmriVocabulary,
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, vocab: FmriVocabulary,
                  config: FmriLMConfig, backbone: str) -> None:
         super().__init__()
         self.model = model
@@ -115,7 +117,8 @@ class FmriLM(nn.Module):
         self.card: dict[str, dict[str, object]] = {}
 
     @classmethod
-    def build(cls, tokenizer: object, backbone_model: nn.Module, config: FmriLMConfig,
+    def build(cls, tokenizer: PreTrainedTokenizerBase, backbone_model: nn.Module,
+              config: FmriLMConfig,
               token_embeddings: torch.Tensor | np.ndarray | None = None,
               backbone: str = DEFAULT_BACKBONE) -> FmriLM:
         """Extend the vocabulary of a loaded backbone and add what trains.
@@ -130,7 +133,6 @@ class FmriLM(nn.Module):
         backbone : str
             Recorded source of the backbone (reloaded by :meth:`from_pretrained`).
         """
-        from peft import get_peft_model
 
         torch.manual_seed(config.seed)
         vocab = extend_vocabulary(tokenizer, backbone_model, config.codebook_size,
@@ -192,8 +194,8 @@ class FmriLM(nn.Module):
         Parameters
         ----------
         input_ids, attention_mask, labels : LongTensor (B, T)
-            ``labels`` as :class:`~.data.Example` (position ``t`` is predicted from the
-            tokens before it; :data:`~.data.IGNORE_INDEX` where no loss applies).
+            ``labels`` as :class:`~.examples.Example` (position ``t`` is predicted from the
+            tokens before it; :data:`~.examples.IGNORE_INDEX` where no loss applies).
 
         Returns
         -------
@@ -214,7 +216,7 @@ class FmriLM(nn.Module):
         hidden : Tensor (B, T, hidden)
             Position ``t`` predicts ``targets[:, t]``.
         targets : LongTensor (B, T)
-            Token ids; :data:`~.data.IGNORE_INDEX` where no loss applies (the output layer
+            Token ids; :data:`~.examples.IGNORE_INDEX` where no loss applies (the output layer
             runs only where one does).
 
         Returns
@@ -265,7 +267,7 @@ class FmriLM(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, llm_dir: str | Path | None = None,
                         cache_dir: str | Path | None = None,
-                        device: str | torch.device = "cpu") -> FmriLM:
+                        device: torch.device = CPU) -> FmriLM:
         """Load a folder written by :meth:`save_pretrained` (in eval mode).
 
         Parameters
@@ -277,8 +279,6 @@ class FmriLM(nn.Module):
             Models cache of the default backbone.
         device : str or torch.device, default="cpu"
         """
-        from peft import PeftModel
-        from transformers import AutoTokenizer
 
         directory = Path(directory)
         if not (directory / METADATA_FILE).is_file():
@@ -306,7 +306,7 @@ class FmriLM(nn.Module):
             extend_vocabulary(tokenizer, base, config.codebook_size, seed=config.seed)
             with _quiet_peft():
                 model = PeftModel.from_pretrained(base, directory)
-            model.to(resolve_device(device))
+            model.to(device)
             backbone = metadata["backbone"] if llm_dir is None else str(llm_dir)
         lm = cls(model, tokenizer, saved_vocab, config, backbone)
         lm.tasks = [TaskSpec.from_dict(task) for task in metadata["tasks"]]
@@ -316,38 +316,20 @@ class FmriLM(nn.Module):
 
 def model_card(metadata: dict[str, object]) -> str:
     """Markdown model card: what it is, data used, metrics, settings, software."""
-
-    def table(values: dict[str, object]) -> str:
-        rows = [f"| {key} | {value} |" for key, value in values.items()]
-        return "\n".join(["| | |", "|---|---|", *rows]) if rows else "(none)"
-
     config = metadata["config"]
-    card = metadata.get("card", {})
     mode = ("full fine-tuning" if config["full_finetune"] else
             f"LoRA (r={config['lora_r']}, alpha={config['lora_alpha']}) on "
             f"{', '.join(config['lora_target_modules'])}, plus the new token embeddings")
     tasks = ", ".join(f"{task['name']} ({task['kind']}, {task['level']})"
                       for task in metadata["tasks"]) or "none"
-    sections = "\n\n".join(f"## {title.capitalize()}\n{table(values)}"
-                           for title, values in card.items())
-    return f"""# fMRI-LM (fmrilm-bids)
-
+    sections = {title.capitalize(): values for title, values in metadata.get("card", {}).items()}
+    return render_card("fMRI-LM (fmrilm-bids)", f"""
 A causal language model that reads fMRI tokens (fMRI-LM Stages 2 and 3, Wei et al., 2025,
 arXiv:2511.21760). Backbone: {metadata['backbone']}; {config['codebook_size']} fMRI tokens
 `<fmri_0>`..`<fmri_{config['codebook_size'] - 1}>` between `<fmri>` and `</fmri>`; trained
 with {mode}. Tuned questions: {tasks}.
-Load with `FmriLM.from_pretrained(folder)`.
-
-{sections}
-
-## Model
-{table(config)}
-
-## Software
-{table(metadata['software'])}
-
-## Limitations
-Descriptions are learned from the descriptor corpus (texts computed from imaging features),
-and answers from the labels of the training dataset: outputs are as good as those texts and
-labels, and say nothing about people beyond them.
-"""
+Load with `FmriLM.from_pretrained(folder)`.""", {
+        **sections, "Model": config, "Software": metadata["software"],
+        "Limitations": """Descriptions are learned from the descriptor corpus (texts computed
+from imaging features), and answers from the labels of the training dataset: outputs are as
+good as those texts and labels, and say nothing about people beyond them."""})

@@ -1,6 +1,6 @@
 """Entry points of Stages 2 and 3 for the BIDS-App: :func:`fit_fmrilm`, :func:`apply_fmrilm`.
 
-Both take plain in-memory inputs (:class:`~.data.LMRun` per run, the ``participants.tsv``
+Both take plain in-memory inputs (:class:`~.runs.LMRun` per run, the ``participants.tsv``
 table) and return plain outputs (DataFrames, arrays, dicts); they write no BIDS file.
 :func:`fit_fmrilm` writes its model folder and checkpoints under ``out_dir``:
 
@@ -36,10 +36,10 @@ from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
 from fmrilm_bids.fmrilm.llm.train import train_fmrilm
 from fmrilm_bids.fmrilm.splits import subject_split
-from fmrilm_bids.utils.devices import distributed_context
+from fmrilm_bids.utils.devices import CPU, distributed_context
 from fmrilm_bids.utils.files import atomic_write_text
 
-log = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
@@ -112,7 +112,8 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
                test_subjects: Sequence[str] | None = None, few_shot_k: int = 2,
                corpus_texts: Sequence[str] | None = None, replay: Sequence[str] = ("describe",),
                decoding: DecodingConfig | None = None, evaluate: bool = True,
-               max_describe: int | None = 32, resume: bool = False) -> FitResult:
+               max_describe: int | None = 32, resume: bool = False,
+               device: torch.device = CPU) -> FitResult:
     """Train fMRI-LM Stages 2 and 3 on a group of runs; evaluate on held-out subjects.
 
     Parameters
@@ -132,7 +133,7 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     llm_dir, cache_dir : str or Path, optional
         Backbone folder (default SmolLM2) and models cache (:func:`~.backbone.load_backbone`).
     tasks : sequence of TaskSpec, optional
-        Questions (default: :func:`~.data.default_tasks` of the training runs).
+        Questions (default: :func:`~.tasks.default_tasks` of the training runs).
     held_out_tasks : sequence of str
         Task names kept out of tuning and evaluated zero-shot and few-shot.
     test_subjects : sequence of str, optional
@@ -151,6 +152,8 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
         Held-out windows whose generated description is scored (None: all).
     resume : bool, default=False
         Continue both stages from their checkpoints in ``out_dir``.
+    device : torch.device, default=CPU
+        Where the model trains (resolved by the caller; a parallel run's process GPU).
 
     Returns
     -------
@@ -174,7 +177,7 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     context = distributed_context()
 
     # Backbone with fMRI tokens, adapters; the questions.
-    tokenizer, backbone = load_backbone(llm_dir, cache_dir)
+    tokenizer, backbone = load_backbone(llm_dir, cache_dir, device)
     model = FmriLM.build(tokenizer, backbone, config, token_embeddings,
                          backbone_source(llm_dir))
     tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
@@ -188,7 +191,7 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     held_out, skipped_held = resolve_tasks([t for t in tasks if t.name in held_out_tasks],
                                            train_runs, participants, *segment)
     if skipped + skipped_held:
-        log.info("Tasks without two answers in the training runs, left out: %s",
+        LOGGER.info("Tasks without two answers in the training runs, left out: %s",
                  ", ".join(skipped + skipped_held))
 
     # Stage 2: joint fMRI-text modelling.
@@ -266,7 +269,7 @@ class RunOutputs:
 
 def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
                  decoding: DecodingConfig | None = None, llm_dir: str | Path | None = None,
-                 cache_dir: str | Path | None = None, device: str = "auto",
+                 cache_dir: str | Path | None = None, device: torch.device = CPU,
                  captions: bool = True) -> dict[str, RunOutputs]:
     """Captions, embeddings and answers of each run from a trained model.
 
@@ -280,7 +283,8 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
         Caption generation settings (greedy by default); recorded in each output.
     llm_dir, cache_dir : str or Path, optional
         Backbone folder (when it moved since training) and models cache.
-    device : str, default="auto"
+    device : torch.device, default=CPU
+        Where the model runs (resolved by the caller).
     captions : bool, default=True
         Generate captions (the slow part); False gives embeddings and answers only.
 
@@ -289,15 +293,14 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
     dict of str to RunOutputs
         Keyed by run (:attr:`LMRun.key`).
     """
-    from fmrilm_bids.utils.devices import resolve_device
 
     decoding = decoding or DecodingConfig()
     if not isinstance(model, FmriLM):
         source = str(model)
-        model = FmriLM.from_pretrained(model, llm_dir, cache_dir, resolve_device(device))
+        model = FmriLM.from_pretrained(model, llm_dir, cache_dir, device)
     else:
         source = "in memory"
-        model.to(resolve_device(device)).eval()
+        model.to(device).eval()
     outputs = {}
     with model.merged():
         for number, run in enumerate(runs, start=1):
@@ -312,6 +315,6 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
                 run_embedding=vector, answers=answer_tasks(model, run, decoding),
                 settings={"model": source, "backbone": model.backbone,
                           "decoding": decoding.to_dict(), "captions_per_second": rate})
-            log.info("[%d/%d] %s: %d captions, embeddings and answers in %.0f s", number,
+            LOGGER.info("[%d/%d] %s: %d captions, embeddings and answers in %.0f s", number,
                      len(runs), run.key, n_captions, time.perf_counter() - started)
     return outputs

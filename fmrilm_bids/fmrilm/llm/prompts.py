@@ -1,35 +1,15 @@
-"""Stage-2 and Stage-3 data: runs in, token-id sequences with loss masks out.
+"""Prompts: messages, answers, texts and fMRI segments turned into model ids (:class:`Formatter`).
 
-A run (:class:`LMRun`) is its fMRI tokens, one per window, with what is known about it:
-descriptor texts, events, its subject. A prompt shows the model an fMRI **segment**
-``<fmri> t_a ... t_b </fmri>``: for a window ``i``, the window and the ``window_context``
-windows before it (the question is about the *last* window of the segment); for a whole
-run, up to ``run_segment_windows`` consecutive windows (long runs give several segments).
-
-Stage 2 (joint modelling), one :class:`Example` kind each:
-
-* ``fmri``: next-token prediction over a run's tokens, ``<fmri> t1 t2 ... </fmri>``;
-* ``describe``: a segment and a request for a description -> the descriptor sentence of the
-  window (or the run's paragraph);
-* ``text``: the descriptor corpus alone (plain language modelling), so the backbone keeps
-  its language.
-
-Stage 3 (instruction tuning): questions about the data themselves (:class:`TaskSpec`): the
-condition (``trial_type``) or stimulus caption of a window, rest versus task, and columns of
-``participants.tsv`` (sex, age as a number or in bins, group or diagnosis); each has several
-phrasings, and classification questions list their answers. Events are assigned to windows
-by their haemodynamic response: an event belongs to the window holding its midpoint shifted
-by :data:`~fmrilm_bids.fmrilm.descriptors.windows.HRF_DELAY` (the event nearest the window centre
-when several do).
-
-Prompts use the backbone's chat template when it has one (a plain ``User:/Assistant:`` layout
-otherwise); the loss falls on the target tokens only (labels are -100 elsewhere).
+Prompts use the backbone's chat template when it has one (a plain ``User:/Assistant:``
+layout otherwise), with a short system prompt so that the template adds no long default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from transformers import PreTrainedTokenizerBase
 
 from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.vocabulary import FmriVocabulary
@@ -63,7 +43,7 @@ class Formatter:
 
     SENTINEL = "\u2063ANSWER\u2063"
 
-    def __init__(self, tokenizer: object, vocab: FmriVocabulary,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab: FmriVocabulary,
                  system_prompt: str | None = None) -> None:
         self.tokenizer, self.vocab, self.system_prompt = tokenizer, vocab, system_prompt
         self.chat = bool(getattr(tokenizer, "chat_template", None))

@@ -1,40 +1,22 @@
-"""Stage-2 and Stage-3 data: runs in, token-id sequences with loss masks out.
+"""Stage-3 questions: what the data themselves can answer (:class:`TaskSpec`).
 
-A run (:class:`LMRun`) is its fMRI tokens, one per window, with what is known about it:
-descriptor texts, events, its subject. A prompt shows the model an fMRI **segment**
-``<fmri> t_a ... t_b </fmri>``: for a window ``i``, the window and the ``window_context``
-windows before it (the question is about the *last* window of the segment); for a whole
-run, up to ``run_segment_windows`` consecutive windows (long runs give several segments).
-
-Stage 2 (joint modelling), one :class:`Example` kind each:
-
-* ``fmri``: next-token prediction over a run's tokens, ``<fmri> t1 t2 ... </fmri>``;
-* ``describe``: a segment and a request for a description -> the descriptor sentence of the
-  window (or the run's paragraph);
-* ``text``: the descriptor corpus alone (plain language modelling), so the backbone keeps
-  its language.
-
-Stage 3 (instruction tuning): questions about the data themselves (:class:`TaskSpec`): the
-condition (``trial_type``) or stimulus caption of a window, rest versus task, and columns of
-``participants.tsv`` (sex, age as a number or in bins, group or diagnosis); each has several
-phrasings, and classification questions list their answers. Events are assigned to windows
-by their haemodynamic response: an event belongs to the window holding its midpoint shifted
-by :data:`~fmrilm_bids.fmrilm.descriptors.windows.HRF_DELAY` (the event nearest the window centre
-when several do).
-
-Prompts use the backbone's chat template when it has one (a plain ``User:/Assistant:`` layout
-otherwise); the loss falls on the target tokens only (labels are -100 elsewhere).
+The condition (``trial_type``) or stimulus caption of a window, rest versus task, and
+columns of ``participants.tsv`` (sex, age as a number or in bins, group or diagnosis); each
+has several phrasings, and classification questions list their answers
+(:func:`resolve_tasks` fixes them from the training runs). :func:`task_items` gives every
+labelled question of a task in a set of runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.llm.runs import (
     LMRun,
     is_present,
@@ -108,9 +90,8 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> TaskSpec:
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: tuple(value) if isinstance(value, list) else value
-                      for key, value in values.items() if key in known})
+        """A question written by :meth:`to_dict` (unknown keys refused)."""
+        return settings_from_dict(cls, values, "question")
 
 
 def participant_task(column: str, bins: Sequence[float] | None = None,

@@ -4,7 +4,7 @@
 of several under ``torchrun``; :mod:`.distributed`), move the model to its device, build
 AdamW over the trainable parameters (or resume model, optimiser and random states from the
 stage's checkpoint), then the loop: per step, ``grad_accum`` micro-batches are drawn
-(:func:`~.data.sample_examples`: one example group each), run under the device's autocast
+(:func:`~.examples.sample_examples`: one example group each), run under the device's autocast
 (bfloat16 on GPUs), and their weighted losses back-propagated; gradients are averaged
 across processes, clipped, and AdamW steps on a warm-up + cosine schedule. Every
 ``checkpoint_interval`` steps (and at the end) the main process writes
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from fmrilm_bids.fmrilm.llm.config import LMTrainConfig
 from fmrilm_bids.fmrilm.llm.examples import Example, collate, sample_examples
@@ -32,7 +33,7 @@ from fmrilm_bids.fmrilm.training import TrainingProgress, optimizer_tensors, res
 from fmrilm_bids.utils.devices import DistributedContext, autocast, distributed_context
 from fmrilm_bids.utils.files import atomic_write_text, publish_directory
 
-log = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 WEIGHTS_FILE = "trainable.safetensors"
@@ -107,7 +108,6 @@ def save_checkpoint(out_dir: Path, model: FmriLM, optimizer: torch.optim.AdamW,
                     state: dict[str, object], context: DistributedContext,
                     device: torch.device) -> None:
     """Write ``<out_dir>/checkpoint`` (module docstring); every process must call it."""
-    from safetensors.torch import save_file
 
     rng = context.gather({k: v.cpu() for k, v in _rng_states(device).items()})
     if not context.is_main:
@@ -134,7 +134,6 @@ def save_checkpoint(out_dir: Path, model: FmriLM, optimizer: torch.optim.AdamW,
 def load_checkpoint(out_dir: Path, model: FmriLM, optimizer: torch.optim.AdamW,
                     context: DistributedContext, device: torch.device) -> dict[str, object]:
     """Restore trainable weights, optimiser and RNG states; return the JSON trainer state."""
-    from safetensors.torch import load_file
 
     folder = out_dir / CHECKPOINT_DIR
     content = json.loads((folder / STATE_FILE).read_text())
@@ -167,7 +166,7 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
     ----------
     model : FmriLM
     examples : sequence of Example
-        Stage-2 or Stage-3 examples (:mod:`.data`).
+        Stage-2 or Stage-3 examples (:mod:`.examples`).
     out_dir : str or Path
         Folder of this stage's checkpoint.
     config : LMTrainConfig, optional
@@ -187,8 +186,8 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         raise ValueError("train_fmrilm needs at least one example.")
     out_dir = Path(out_dir)
     context = distributed_context()
-    device = context.device(config.device)
-    model.to(device).train()
+    device = model.device  # where the caller put it
+    model.train()
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     torch.manual_seed(config.seed + context.rank)
@@ -202,7 +201,7 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         state = load_checkpoint(out_dir, model, optimizer, context, device)
         start, history = int(state["step"]), list(state["history"])
         rng.bit_generator.state = state["numpy_rng"]
-        log.info("Resumed %s from %s at step %d.", description, out_dir, start)
+        LOGGER.info("Resumed %s from %s at step %d.", description, out_dir, start)
     context.broadcast_parameters(parameters)
     last = config.steps if until_step is None else min(until_step, config.steps)
     pad_id = model.tokenizer.pad_token_id

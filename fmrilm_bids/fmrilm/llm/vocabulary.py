@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from transformers import AddedToken, PreTrainedTokenizerBase
 
 FMRI_OPEN = "<fmri>"
 FMRI_CLOSE = "</fmri>"
@@ -89,7 +90,8 @@ def _scaled(rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return rows * scale
 
 
-def extend_vocabulary(tokenizer: object, model: torch.nn.Module, codebook_size: int,
+def extend_vocabulary(tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module,
+                      codebook_size: int,
                       token_embeddings: torch.Tensor | np.ndarray | None = None,
                       seed: int = 0) -> FmriVocabulary:
     """Add the fMRI tokens to a tokenizer and its model, initialised as the module says.
@@ -110,7 +112,6 @@ def extend_vocabulary(tokenizer: object, model: torch.nn.Module, codebook_size: 
     -------
     FmriVocabulary
     """
-    from transformers import AddedToken
 
     if codebook_size < 1:
         raise ValueError(f"codebook_size must be at least 1, not {codebook_size}.")

@@ -1,35 +1,15 @@
-"""The neural fMRI tokenizer: parcel patches -> encoder -> vector quantiser -> decoder.
+"""Settings of the Stage-1 tokenizer, apart from the code that uses them.
 
-One token per window (``patch_length`` samples at ``target_tr``, all parcels):
-
-1. **Parcel-set encoder** (:class:`ParcelSetEncoder`). A small network maps each parcel's
-   identity (network one-hot and connectivity fingerprint, :func:`~.data.parcel_identity`)
-   to attention scores for ``n_queries`` groups; a softmax across parcels turns them into
-   pooling weights, and each group's weighted mean patch (learned, soft "networks") goes
-   through a linear layer into one window vector. Nothing depends on the parcel count or
-   order, so a model trained on one atlas tokenises another; the weights are computed once
-   per run, so a window costs ``n_queries x n_parcels x patch_length`` multiply-adds.
-2. **Time transformer**: ``n_layers`` pre-norm transformer blocks (nanoGPT style,
-   bidirectional) over up to ``context_windows`` consecutive windows of a run, then a linear
-   map to a unit-norm latent of width ``code_dim``: the pre-quantisation feature.
-3. **Quantiser** (:class:`~.quantizer.VectorQuantizer`): the latent's nearest code is the
-   token.
-4. **Decoder** (:class:`PatchDecoder`): the code becomes ``n_basis`` time courses; each
-   parcel's loadings on them come from its identity, so the patch of every parcel is
-   reconstructed for any atlas.
-5. **Alignment to language**: the latent is projected to the LLM's hidden size
-   (``to_llm``) and pulled towards the text embedding of its window's descriptor with a
-   sigmoid contrastive loss (SigLIP, Zhai et al., 2023; windows with the same text are all
-   positives). Applied to the codebook, the same projection gives the initial embedding of
-   each fMRI token in the LLM (:meth:`NeuralTokenizer.token_embeddings_for_llm`). When the
-   text encoder is not the LLM (``text_dim != llm_hidden``) a learned linear map brings the
-   text embeddings to the LLM width.
+:class:`TokenizerConfig` (architecture and window format of a
+:class:`~.model.NeuralTokenizer`, saved with its weights) and :class:`TrainConfig`
+(optimisation, :func:`~.train.train_tokenizer`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.training import warmup_cosine
 
 
@@ -98,12 +78,8 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, object]) -> TokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown tokenizer settings {unknown}; this fmrilm-bids knows "
-                             f"{sorted(known)}.")
-        return cls(**values)
+        """Settings written by :meth:`to_dict` (unknown keys refused)."""
+        return settings_from_dict(cls, values, "tokenizer")
 
 
 @dataclass
@@ -131,8 +107,6 @@ class TrainConfig:
     eval_interval, checkpoint_interval : int
         Steps between evaluations / checkpoints (and always at the end).
     seed : int
-    device : str
-        ``"auto"``, ``"cpu"`` or ``"cuda"``.
     progress : bool, optional
         Show a progress bar (steps/s, ETA, loss); default: when stderr is a terminal.
     """
@@ -151,7 +125,6 @@ class TrainConfig:
     eval_interval: int = 250
     checkpoint_interval: int = 500
     seed: int = 0
-    device: str = "auto"
     progress: bool | None = None
 
     def learning_rate_at(self, step: int) -> float:

@@ -28,6 +28,7 @@ One token per window (``patch_length`` samples at ``target_tr``, all parcels):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig
@@ -48,7 +50,7 @@ from fmrilm_bids.fmrilm.tokenizer.data import (
     prepare_runs,
 )
 from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
-from fmrilm_bids.utils.devices import autocast, resolve_device
+from fmrilm_bids.utils.devices import CPU, autocast
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -56,7 +58,6 @@ CONFIG_FILE = "config.json"
 
 def weights_hash(directory: str | Path) -> str:
     """``sha256:<hex>`` of the weights file of a saved tokenizer (identifies the model)."""
-    import hashlib
 
     digest = hashlib.sha256()
     with open(Path(directory) / WEIGHTS_FILE, "rb") as stream:
@@ -409,7 +410,6 @@ class NeuralTokenizer(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -421,9 +421,8 @@ class NeuralTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path,
-                        device: str | torch.device = "cpu") -> NeuralTokenizer:
+                        device: torch.device = CPU) -> NeuralTokenizer:
         """Load a tokenizer written by :meth:`save_pretrained` (or a training checkpoint)."""
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -433,4 +432,4 @@ class NeuralTokenizer(nn.Module):
         config = TokenizerConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
         model = cls(config)
         model.load_state_dict(load_file(directory / WEIGHTS_FILE))
-        return model.to(resolve_device(device))
+        return model.to(device)

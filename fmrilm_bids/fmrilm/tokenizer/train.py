@@ -21,16 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
+from fmrilm_bids.fmrilm.card import render_card
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
 from fmrilm_bids.fmrilm.tokenizer.data import ParcelRun, PreparedRun, prepare_runs
 from fmrilm_bids.fmrilm.tokenizer.metrics import codebook_usage, reconstruction_r2, retrieval_top1
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
 from fmrilm_bids.fmrilm.training import TrainingProgress, optimizer_tensors, restore_optimizer
-from fmrilm_bids.utils.devices import autocast, resolve_device
+from fmrilm_bids.utils.devices import CPU, autocast
 from fmrilm_bids.utils.files import atomic_write, atomic_write_text
+from fmrilm_bids.utils.versions import software_versions
 
-log = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
@@ -150,7 +153,6 @@ def build_optimizer(model: NeuralTokenizer, config: TrainConfig) -> torch.optim.
 def save_checkpoint(out_dir: Path, model: NeuralTokenizer, optimizer: torch.optim.AdamW,
                     state: dict[str, object]) -> None:
     """Write the tokenizer and the trainer state (see the module docstring)."""
-    from safetensors.torch import save_file
 
     model.save_pretrained(out_dir)
     moments, param_groups = optimizer_tensors(optimizer)
@@ -164,7 +166,6 @@ def save_checkpoint(out_dir: Path, model: NeuralTokenizer, optimizer: torch.opti
 def load_checkpoint(out_dir: Path, model: NeuralTokenizer,
                     optimizer: torch.optim.AdamW) -> dict[str, object]:
     """Restore model, optimiser and torch RNG; return the JSON trainer state."""
-    from safetensors.torch import load_file
 
     restored = NeuralTokenizer.from_pretrained(out_dir)
     if restored.config != model.config:
@@ -196,39 +197,19 @@ def data_summary(train: Sequence[PreparedRun], validation: Sequence[PreparedRun]
 def write_model_card(out_dir: Path, config: TokenizerConfig, train_config: TrainConfig,
                      summary: dict[str, object], metrics: dict[str, float], step: int) -> None:
     """Markdown model card: data used, held-out metrics, settings, software versions."""
-    from fmrilm_bids.utils.versions import software_versions
-
-    def table(values: dict[str, object]) -> str:
-        return "\n".join(["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in values.items()])
-
-    versions = software_versions(("fmrilm-bids", "torch", "numpy"))
-    metric_rows = {k: f"{v:.4f}" for k, v in metrics.items()}
-    text = f"""# fMRI tokenizer (fmrilm-bids)
-
+    text = render_card("fMRI tokenizer (fmrilm-bids)", f"""
 Neural tokenizer of fMRI-LM: one token per {config.window_seconds:g} s window of parcel time
 series (resampled to TR {config.target_tr:g} s), {config.codebook_size} tokens, features
 aligned to a language model of hidden size {config.llm_hidden}. Trained for {step} steps.
-Load with `NeuralTokenizer.from_pretrained(folder)`.
-
-## Data
-{table(summary)}
-
-## Held-out metrics (validation subjects)
-{table(metric_rows) if metrics else "No validation runs."}
-
-## Model
-{table(config.to_dict())}
-
-## Training
-{table(asdict(train_config))}
-
-## Software
-{table(versions)}
-
-## Limitations
-Windows are described by the descriptor corpus, not by people: the alignment to language is
-only as good as those texts. Parcel identity comes from the network table of the atlas.
-"""
+Load with `NeuralTokenizer.from_pretrained(folder)`.""", {
+        "Data": summary,
+        "Held-out metrics (validation subjects)":
+            {k: f"{v:.4f}" for k, v in metrics.items()} or "No validation runs.",
+        "Model": config.to_dict(), "Training": asdict(train_config),
+        "Software": software_versions(("fmrilm-bids", "torch", "numpy")),
+        "Limitations": """Windows are described by the descriptor corpus, not by people: the
+alignment to language is only as good as those texts. Parcel identity comes from the network
+table of the atlas."""})
     atomic_write_text(out_dir / MODEL_CARD, text)
 
 
@@ -237,7 +218,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
                     train_config: TrainConfig | None = None,
                     text_embedder: TextEmbedder | None = None, resume: bool = False,
                     until_step: int | None = None,
-                    text_embedder_name: str | None = None) -> TrainingResult:
+                    text_embedder_name: str | None = None,
+                    device: torch.device = CPU) -> TrainingResult:
     """Train a :class:`NeuralTokenizer` (group level).
 
     Parameters
@@ -258,6 +240,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         Stop (with a checkpoint) after this many steps in all, to split training over jobs.
     text_embedder_name : str, optional
         What ``text_embedder`` is (e.g. the sentence encoder's name), for the model card.
+    device : torch.device, default=CPU
+        Where the tokenizer trains (resolved by the caller).
 
     Returns
     -------
@@ -271,7 +255,6 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
     if overlap:
         raise ValueError(f"Subjects {sorted(overlap)} are in both the training and the "
                          "validation runs; hold out whole subjects.")
-    device = resolve_device(train_config.device)
     torch.manual_seed(train_config.seed)
     rng = np.random.default_rng(train_config.seed)
 
@@ -302,7 +285,7 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         state = load_checkpoint(out_dir, model, optimizer)
         start, history = int(state["step"]), list(state["history"])
         rng.bit_generator.state = state["numpy_rng"]
-        log.info("Resumed from %s at step %d.", out_dir, start)
+        LOGGER.info("Resumed from %s at step %d.", out_dir, start)
     last = train_config.steps if until_step is None else min(until_step, train_config.steps)
     weights = {"reconstruction": train_config.reconstruction_weight,
                "commitment": train_config.commitment_weight,
@@ -333,7 +316,7 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         if validation and ((step + 1) % train_config.eval_interval == 0 or done):
             metrics = evaluate(model, validation, text_table)
             history.append({"step": step + 1, "eval": metrics})
-            log.info("step %d: loss %.4f, held-out %s", step + 1, loss.item(), metrics)
+            LOGGER.info("step %d: loss %.4f, held-out %s", step + 1, loss.item(), metrics)
         if (step + 1) % train_config.checkpoint_interval == 0 or done:
             save_checkpoint(out_dir, model, optimizer, {
                 "step": step + 1, "numpy_rng": rng.bit_generator.state, "history": history,
