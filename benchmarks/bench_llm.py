@@ -22,7 +22,8 @@ zero-shot task (its few-shot score, ``k`` examples per class, beside it), ``age`
 absolute error), ``stimulus caption`` (generated caption of a window vs the true event
 caption: all-MiniLM-L6-v2 cosine, BLEU-4, ROUGE-L) and ``window description`` (vs the
 descriptor text). Columns: fMRI-LM, few-shot, logistic/ridge baselines on functional
-connectivity (``FC``) and on the Stage-1 token features (``tokens``), and chance (the
+connectivity (``FC``), on each window's parcel amplitudes (``amplitude``: window questions)
+and on the Stage-1 token features (``tokens``), and chance (the
 majority answer's accuracy, AUROC 0.5, the MAE of the training mean). Then throughput:
 training tokens/s per stage, captions/s, peak memory (CPU RSS; GPU when CUDA is used).
 
@@ -103,8 +104,20 @@ def cell(value: object, digits: int = 3) -> str:
         else str(value)
 
 
+METHODS = ("fmrilm", "few_shot", "baseline_amplitude", "baseline_fc", "baseline_tokens")
+
+
+def with_interval(values: dict, metric: str, digits: int = 3) -> str:
+    """``value [low, high]`` (the bootstrap interval over held-out subjects, when there)."""
+    value = values.get(metric)
+    low, high = values.get(f"{metric}_ci_low"), values.get(f"{metric}_ci_high")
+    if value is None or low is None:
+        return cell(value, digits)
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def task_rows(metrics: dict) -> list[list[str]]:
-    """Table rows of the held-out evaluation."""
+    """Table rows of the held-out evaluation (95 % intervals over held-out subjects)."""
     rows = []
     for name, task in metrics["tasks"].items():
         if "fmrilm" not in task:
@@ -113,24 +126,23 @@ def task_rows(metrics: dict) -> list[list[str]]:
         if task["kind"] == "class":
             chance = {"accuracy": task["fmrilm"]["chance_accuracy"], "auroc": 0.5}
             for metric in ("accuracy", "auroc"):
-                rows.append([label, metric, *(cell(task.get(s, {}).get(metric)) for s in
-                                              ("fmrilm", "few_shot", "baseline_fc",
-                                               "baseline_tokens")), cell(chance[metric])])
+                rows.append([label, metric, *(with_interval(task.get(s, {}), metric)
+                                              for s in METHODS), cell(chance[metric])])
+            rows.append([label, "p vs chance", *(cell(task.get(s, {}).get("p_vs_chance"), 4)
+                                                 for s in METHODS), "—"])
         elif task["kind"] == "number":
-            rows.append([label, "MAE", *(cell(task.get(s, {}).get("mae"), 1) for s in
-                                         ("fmrilm", "few_shot", "baseline_fc",
-                                          "baseline_tokens")), cell(task["chance_mae"], 1)])
+            rows.append([label, "MAE", *(with_interval(task.get(s, {}), "mae", 1)
+                                         for s in METHODS), cell(task["chance_mae"], 1)])
         else:
             for metric in ("minilm_cosine", "bleu", "rouge_l"):
                 rows.append([f"stimulus caption (n={task['n_test']})", metric,
-                             *(cell(task.get(s, {}).get(metric)) for s in
-                               ("fmrilm", "few_shot", "baseline_fc", "baseline_tokens")),
+                             *(with_interval(task.get(s, {}), metric) for s in METHODS),
                              "—"])
     described = metrics.get("descriptions", {}).get("fmrilm")
     if described:
         for metric in ("minilm_cosine", "bleu", "rouge_l"):
             rows.append([f"window description (n={described['n']})", metric,
-                         cell(described[metric]), "—", "—", "—", "—"])
+                         cell(described[metric]), "—", "—", "—", "—", "—"])
     return rows
 
 
@@ -199,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         TrainConfig,
         train_tokenizer,
     )
+    from fmrilm_bids.fmrilm.training import matmul_peak_flops, training_flops_per_token
     from fmrilm_bids.utils.devices import resolve_device
 
     torch.set_num_threads(args.threads)
@@ -297,12 +310,18 @@ def main(argv: list[str] | None = None) -> None:
           f"(evaluation {metrics.get('evaluation_seconds', 0):.0f} s); device {device}, "
           f"{args.threads} threads. Greedy decoding, {args.max_new_tokens} new tokens.\n")
     print_table(["task (setting, n)", "metric", "fMRI-LM", f"few-shot k={args.few_shot_k}",
-                 "FC baseline", "tokens baseline", "chance"], task_rows(metrics))
+                 "amplitude baseline", "FC baseline", "tokens baseline", "chance"],
+                task_rows(metrics))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    header = ["train tok/s stage 2", "train tok/s stage 3", "captions/s", "peak RSS (GiB)"]
-    values = [f"{result.throughput['stage2']:,.0f}",
-              f"{result.throughput.get('stage3', 0):,.0f}",
-              f"{sum(n_captions) / caption_seconds:.2f}", f"{rss:.2f}"]
+    # MFU: training tokens/s x FLOPs per token over this machine's own matmul peak.
+    flops = training_flops_per_token(result.model)
+    peak = matmul_peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    mfu = {stage: rate * flops / peak for stage, rate in result.throughput.items()}
+    header = ["train tok/s stage 2", "MFU stage 2", "train tok/s stage 3", "MFU stage 3",
+              "matmul peak (GFLOP/s)", "captions/s", "peak RSS (GiB)"]
+    values = [f"{result.throughput['stage2']:,.0f}", f"{mfu['stage2']:.2f}",
+              f"{result.throughput.get('stage3', 0):,.0f}", f"{mfu.get('stage3', 0):.2f}",
+              f"{peak / 1e9:,.0f}", f"{sum(n_captions) / caption_seconds:.2f}", f"{rss:.2f}"]
     if device.type == "cuda":
         header.append("peak GPU (GiB)")
         values.append(f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}")
@@ -311,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     condition = metrics["tasks"].get("condition", {})
     if "fmrilm" in condition:
         base = max(condition.get(f"baseline_{k}", {}).get("accuracy") or 0.0
-                   for k in ("fc", "tokens"))
+                   for k in ("amplitude", "fc", "tokens"))
         accuracy = condition["fmrilm"]["accuracy"]
         print(f"\nCondition accuracy {accuracy:.3f}: "
               f"{'above' if accuracy > condition['fmrilm']['chance_accuracy'] else 'NOT above'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -120,3 +121,67 @@ def test_baselines_separate_a_separable_problem() -> None:
     predicted = baseline_predictions(number, features[0], [str(a) for a in ages[:8]],
                                      features[1])
     assert np.abs(predicted - np.array(ages[8:])).max() < 10.0
+
+
+def picture_runs(n_subjects: int = 6, n_windows: int = 24, tr: float = 2.0,
+                 effect: float = 1.0) -> list[LMRun]:
+    """Picture runs whose condition lives in the amplitude of parcel 0 (faces up, places
+    down) in the event's window, and not in the connectivity."""
+    rng = np.random.default_rng(3)
+    runs = []
+    per_window = int(12.0 / tr)
+    for index in range(n_subjects):
+        kinds = rng.choice(["faces", "places"], n_windows)
+        onsets = np.arange(n_windows) * 12.0
+        events = pd.DataFrame({"onset": onsets + 1.0, "duration": 2.0, "trial_type": kinds})
+        series = rng.standard_normal((n_windows * per_window, 8))
+        series[:, 0] += np.repeat(np.where(kinds == "faces", effect, -effect), per_window)
+        runs.append(LMRun(f"{index + 1:02d}", "images", np.zeros(n_windows), onsets, 12.0,
+                          events=events, timeseries=series, tr=tr))
+    return runs
+
+
+def test_amplitude_baseline_reads_the_condition_of_each_window() -> None:
+    """The strongest simple baseline for window questions: each window's parcel amplitudes
+    (its events' responses, after the haemodynamic delay) decode the condition; the same
+    items' connectivity does not."""
+    from fmrilm_bids.fmrilm.llm.evaluate import amplitude_features, baseline_kinds
+    from fmrilm_bids.fmrilm.llm.tasks import task_items
+
+    runs = picture_runs()
+    task = TaskSpec("condition", "trial_type", "window", "class", ("Which?",),
+                    classes=("faces", "places"))
+    train, test = runs[:4], runs[4:]
+    items = [task_items(task, split, None, 1, 6) for split in (train, test)]
+    truth = [item.answer for item in items[1]]
+    accuracy = {}
+    for kind in ("amplitude", "fc"):
+        x = [item_features(i, r, kind, "window", 1, 4) for i, r in zip(items, (train, test),
+                                                                       strict=True)]
+        predicted = baseline_predictions(task, x[0], [i.answer for i in items[0]], x[1])
+        accuracy[kind] = classification_metrics(truth, predicted, task.classes)["accuracy"]
+    assert accuracy["amplitude"] >= 0.9
+    assert accuracy["fc"] < 0.75
+    # Two windows of context: the question's window comes last, earlier ones before it.
+    run = runs[0]
+    features = amplitude_features(run, 0, 1, 1).reshape(2, 8)
+    assert np.all(features[0] == 0)  # nothing before the first window
+    np.testing.assert_allclose(features[1], run.timeseries[:6].mean(axis=0))
+    assert baseline_kinds("window", runs) == ["amplitude", "fc", "tokens"]
+    assert baseline_kinds("run", runs) == ["fc", "tokens"]
+
+
+def test_subject_bootstrap_resamples_participants() -> None:
+    from fmrilm_bids.fmrilm.llm.metrics import subject_bootstrap
+
+    # Every participant scores the same: no spread between resamples.
+    assert subject_bootstrap(np.ones(12), ["a"] * 4 + ["b"] * 8) == (1.0, 1.0)
+    # Two participants, one always right, one always wrong: the interval spans (almost) all
+    # the way, although the 40 items alone would suggest a narrow one.
+    low, high = subject_bootstrap(np.r_[np.ones(20), np.zeros(20)], ["a"] * 20 + ["b"] * 20)
+    assert low == 0.0 and high == 1.0
+    rng = np.random.default_rng(0)
+    values = rng.random(200)
+    subjects = [f"{i % 20:02d}" for i in range(200)]
+    low, high = subject_bootstrap(values, subjects)
+    assert low < values.mean() < high and high - low < 0.2

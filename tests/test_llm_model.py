@@ -590,8 +590,15 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     for name in ("condition", "rest_vs_task", "group"):
         assert {"fmrilm", "baseline_fc", "baseline_tokens"} <= set(tasks[name]), name
     assert tasks["condition"]["fmrilm"]["accuracy"] >= 0.9
+    # The amplitude baseline for window questions, chance, intervals over held-out subjects.
+    assert {"baseline_amplitude", "chance"} <= set(tasks["condition"])
+    assert "baseline_amplitude" not in tasks["rest_vs_task"]
+    fmrilm = tasks["condition"]["fmrilm"]
+    assert fmrilm["accuracy_ci_low"] <= fmrilm["accuracy"] <= fmrilm["accuracy_ci_high"]
+    assert fmrilm["p_vs_chance"] < 0.05
     assert tasks["condition"]["baseline_tokens"]["accuracy"] >= 0.75
-    assert set(tasks["stimulus"]["fmrilm"]) == {"minilm_cosine", "bleu", "rouge_l", "n"}
+    assert set(tasks["stimulus"]["fmrilm"]) == {"minilm_cosine", "bleu", "rouge_l", "n",
+                                                "minilm_cosine_ci_low", "minilm_cosine_ci_high"}
     assert "mae" in tasks["age"]["fmrilm"] and "chance_mae" in tasks["age"]
     assert set(result.throughput) == {"stage2", "stage3"}
 

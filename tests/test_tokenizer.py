@@ -395,3 +395,15 @@ def test_backend_resolves_devices_and_autocasts_only_on_gpus() -> None:
     layer = torch.nn.Linear(3, 3)
     with autocast(torch.device("cpu")):
         assert layer(torch.ones(1, 3)).dtype == torch.float32
+
+
+def test_mfu_parts_count_the_matrix_products() -> None:
+    """FLOPs per training token: 4 N for the frozen weights, 6 N for what trains, embedding
+    tables left out (the numerator of MFU)."""
+    from fmrilm_bids.fmrilm.training import training_flops_per_token
+
+    model = torch.nn.Sequential(torch.nn.Embedding(100, 8), torch.nn.Linear(8, 8),
+                                torch.nn.Linear(8, 4, bias=False))
+    model[1].requires_grad_(False)
+    frozen, trainable = 8 * 8 + 8, 8 * 4
+    assert training_flops_per_token(model) == 4 * (frozen + trainable) + 2 * trainable

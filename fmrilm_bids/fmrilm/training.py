@@ -118,3 +118,38 @@ class TrainingProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
+                      size: int = 1024, seconds: float = 0.5) -> float:
+    """The machine's own dense matrix-multiply rate (FLOP/s): the denominator of MFU.
+
+    Times ``size x size`` products on ``device`` in ``dtype`` (after a warm-up) for about
+    ``seconds``, with as many threads as torch uses.
+    """
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    for _ in range(3):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return 2.0 * size**3 * count / (time.perf_counter() - started)
+
+
+def training_flops_per_token(model: torch.nn.Module) -> float:
+    """Floating-point operations one training token costs: the forward pass (``2 N``), the
+    backward pass through the activations (``2 N``) and the weight gradients of what trains
+    (``2 N_trainable``), ``N`` the weights of the matrix products (embedding tables, read
+    not multiplied, left out). The numerator of MFU (tokens/s times this)."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                  for p in m.parameters(recurse=False)}
+    weights = [p for p in model.parameters() if id(p) not in embeddings]
+    total = sum(p.numel() for p in weights)
+    trainable = sum(p.numel() for p in weights if p.requires_grad)
+    return 4.0 * total + 2.0 * trainable

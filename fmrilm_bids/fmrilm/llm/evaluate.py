@@ -10,14 +10,21 @@
   conversation turns.
 * **Baselines**: scikit-learn on the same items: logistic regression (classes), ridge
   regression (numbers), or ridge regression to the MiniLM embedding of the caption and the
-  nearest training caption (text), on two feature sets: functional connectivity of the
-  parcel signals over the prompt's time span (Fisher-z correlations) and the Stage-1 token
-  features of the prompt's windows (concatenated for a window question, averaged for a run
-  question; one-hot tokens when the runs carry no features).
+  nearest training caption (text), on three feature sets: the **amplitude** of every parcel
+  in each window of the prompt (the mean signal over the window, which holds the response
+  to the window's events since events are assigned to windows after the haemodynamic
+  delay; window questions only: the strongest simple baseline there), the functional
+  **connectivity** of the parcel signals over the prompt's time span (Fisher-z
+  correlations; for run and participant questions), and the Stage-1 **token features** of
+  the prompt's windows (concatenated for a window question, averaged for a run question;
+  one-hot tokens when the runs carry no features).
 
-Metrics: accuracy, AUROC from answer probabilities and the chance accuracy (classes); mean
+Metrics: accuracy, AUROC from answer probabilities and the chance accuracy (classes), with
+a one-sided binomial p-value of the accuracy against chance (``p_vs_chance``); mean
 absolute error (numbers); MiniLM cosine, BLEU and ROUGE-L to the true texts (captions and
-window descriptions). :func:`evaluate_fmrilm` returns them as a JSON-ready dict.
+window descriptions). Each method's main figure (accuracy, MAE, MiniLM cosine) has a 95 %
+bootstrap interval over held-out subjects (``<metric>_ci_low``, ``<metric>_ci_high``).
+:func:`evaluate_fmrilm` returns them as a JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -27,13 +34,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.inference import generate, parse_number, score_candidates, task_prompts
-from fmrilm_bids.fmrilm.llm.metrics import caption_similarity, classification_metrics, softmax
+from fmrilm_bids.fmrilm.llm.metrics import (
+    caption_similarity,
+    classification_metrics,
+    pairwise_cosines,
+    softmax,
+    subject_bootstrap,
+)
 from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE
 from fmrilm_bids.fmrilm.llm.runs import LMRun, window_segment
@@ -58,6 +72,22 @@ def connectivity_features(run: LMRun, start: int, stop: int) -> np.ndarray:
     return np.arctanh(np.clip(correlation[upper], -0.999, 0.999))
 
 
+def amplitude_features(run: LMRun, start: int, stop: int, context: int) -> np.ndarray:
+    """Mean signal of every parcel in each window ``[start, stop)``, zero-padded in front to
+    ``context + 1`` windows (module docstring)."""
+    if run.timeseries is None:
+        raise ValueError(f"Run {run.key} has no parcel signals; the amplitude baseline "
+                         "needs LMRun.timeseries and tr.")
+    times = np.arange(len(run.timeseries)) * run.tr
+    features = np.zeros((context + 1, run.timeseries.shape[1]))
+    for row, window in enumerate(range(start, stop), start=context + 1 - (stop - start)):
+        inside = (times >= run.onsets[window]) & (
+            times < run.onsets[window] + run.durations[window])
+        if inside.any():
+            features[row] = run.timeseries[inside].mean(axis=0)
+    return features.reshape(-1)
+
+
 def token_features(run: LMRun, start: int, stop: int, level: str, context: int,
                    codebook_size: int) -> np.ndarray:
     """Stage-1 features of windows ``[start, stop)`` (module docstring)."""
@@ -72,11 +102,24 @@ def token_features(run: LMRun, start: int, stop: int, level: str, context: int,
 
 def item_features(items: Sequence[TaskItem], runs: Sequence[LMRun], kind: str, level: str,
                   context: int, codebook_size: int) -> np.ndarray:
-    """Baseline features (``kind`` "fc" or "tokens") of each item."""
-    rows = [connectivity_features(runs[item.run_index], item.start, item.stop) if kind == "fc"
-            else token_features(runs[item.run_index], item.start, item.stop, level, context,
-                                codebook_size) for item in items]
-    return np.stack(rows)
+    """Baseline features (``kind`` "amplitude", "fc" or "tokens") of each item."""
+    def features(item: TaskItem) -> np.ndarray:
+        run = runs[item.run_index]
+        if kind == "amplitude":
+            return amplitude_features(run, item.start, item.stop, context)
+        if kind == "fc":
+            return connectivity_features(run, item.start, item.stop)
+        return token_features(run, item.start, item.stop, level, context, codebook_size)
+
+    return np.stack([features(item) for item in items])
+
+
+def baseline_kinds(level: str, runs: Sequence[LMRun]) -> list[str]:
+    """The baselines of a question: amplitude (window questions) and connectivity when the
+    runs carry parcel signals, and always the token features."""
+    if any(run.timeseries is None for run in runs):
+        return ["tokens"]
+    return ["amplitude", "fc", "tokens"] if level == "window" else ["fc", "tokens"]
 
 
 def baseline_predictions(task: TaskSpec, train_x: np.ndarray, train_answers: Sequence[str],
@@ -140,18 +183,33 @@ def model_answers(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
     return np.array([parse_number(t) for t in texts]) if task.kind == "number" else texts
 
 
-def score(task: TaskSpec, truth: Sequence[str],
-          predicted: np.ndarray | list[str]) -> dict[str, float | int | None]:
-    """Metrics of one set of answers (module docstring)."""
+def score(task: TaskSpec, truth: Sequence[str], predicted: np.ndarray | list[str],
+          subjects: Sequence[str], seed: int = 0) -> dict[str, float | int | None]:
+    """Metrics of one set of answers, with a bootstrap interval over ``subjects`` (the
+    participant of each item) and, for classes, the p-value against chance."""
     if task.kind == "class":
-        return classification_metrics(truth, predicted, task.classes)
-    if task.kind == "number":
+        metrics = classification_metrics(truth, predicted, task.classes)
+        correct = np.asarray(predicted).argmax(axis=1) == np.array(
+            [task.classes.index(t) if t in task.classes else -1 for t in truth])
+        metrics["p_vs_chance"] = float(binomtest(int(correct.sum()), len(correct),
+                                                 metrics["chance_accuracy"],
+                                                 alternative="greater").pvalue)
+        main, per_item = "accuracy", correct
+    elif task.kind == "number":
         values = np.asarray(predicted, dtype=float)
         truth_values = np.array([float(t) for t in truth])
         valid = np.isfinite(values)
-        return {"mae": float(np.abs(values[valid] - truth_values[valid]).mean())
-                if valid.any() else None, "answered": float(valid.mean()), "n": len(truth)}
-    return caption_similarity(list(predicted), list(truth))
+        metrics = {"mae": float(np.abs(values[valid] - truth_values[valid]).mean())
+                   if valid.any() else None, "answered": float(valid.mean()), "n": len(truth)}
+        if not valid.any():
+            return metrics
+        main, per_item = "mae", np.abs(values - truth_values)[valid]
+        subjects = [s for s, v in zip(subjects, valid, strict=True) if v]
+    else:
+        metrics = caption_similarity(list(predicted), list(truth))
+        main, per_item = "minilm_cosine", pairwise_cosines(list(predicted), list(truth))
+    low, high = subject_bootstrap(per_item, subjects, seed=seed)
+    return metrics | {f"{main}_ci_low": low, f"{main}_ci_high": high}
 
 
 def evaluate_task(model: FmriLM, task: TaskSpec, train_runs: Sequence[LMRun],
@@ -168,26 +226,34 @@ def evaluate_task(model: FmriLM, task: TaskSpec, train_runs: Sequence[LMRun],
     if not test_items:
         return result | {"skipped": "no labelled test item"}
     truth = [item.answer for item in test_items]
-    result["fmrilm"] = score(task, truth, model_answers(model, task, test_runs, test_items,
-                                                        decoding))
+    subjects = [test_runs[item.run_index].subject for item in test_items]
+    seed = int(rng.integers(2**31))
+
+    def scored(predicted: np.ndarray | list[str]) -> dict[str, float | int | None]:
+        return score(task, truth, predicted, subjects, seed)
+
+    result["fmrilm"] = scored(model_answers(model, task, test_runs, test_items, decoding))
+    if task.kind == "class":
+        result["chance"] = scored(np.tile(
+            [float(c == max(task.classes, key=[i.answer for i in train_items].count))
+             for c in task.classes], (len(test_items), 1)))
     if few_shot_k > 0 and train_items:
         turns = few_shot_turns(model, task, train_runs, train_items, few_shot_k, rng)
-        result["few_shot"] = score(task, truth, model_answers(model, task, test_runs,
-                                                              test_items, decoding, turns))
+        result["few_shot"] = scored(model_answers(model, task, test_runs, test_items,
+                                                  decoding, turns))
         result["few_shot_k"] = few_shot_k
     if task.kind == "number":
         mean = np.mean([float(item.answer) for item in train_items])
         result["chance_mae"] = float(np.mean([abs(float(t) - mean) for t in truth]))
     if baselines and train_items:
         answers = [item.answer for item in train_items]
-        kinds = ["tokens"] if any(run.timeseries is None for run in (*train_runs, *test_runs)) \
-            else ["fc", "tokens"]
+        kinds = baseline_kinds(task.level, [*train_runs, *test_runs])
         for kind in kinds if task.kind != "class" or len(set(answers)) > 1 else ():
             features = [item_features(items, runs, kind, task.level, context,
                                       model.vocab.codebook_size)
                         for items, runs in ((train_items, train_runs),
                                             (test_items, test_runs))]
-            result[f"baseline_{kind}"] = score(task, truth, baseline_predictions(
+            result[f"baseline_{kind}"] = scored(baseline_predictions(
                 task, features[0], answers, features[1]))
     return result
 

@@ -163,6 +163,49 @@ def classification_metrics(labels: Sequence[str], probabilities: np.ndarray,
             "chance_accuracy": max(counts.values()) / len(labels)}
 
 
+def pairwise_cosines(predicted: Sequence[str], references: Sequence[str],
+                     device: str = "cpu") -> np.ndarray:
+    """all-MiniLM-L6-v2 cosine of each (generated, true) caption pair."""
+    a = encode_sentences(list(predicted), device=device)
+    b = encode_sentences(list(references), device=device)
+    return (a * b).sum(axis=1)
+
+
+def subject_bootstrap(values: np.ndarray, subjects: Sequence[str], n_resamples: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Interval of the mean of per-item ``values`` over held-out subjects.
+
+    Subjects (not items) are resampled with replacement, as the held-out unit: items of
+    one participant are not independent.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_items,)
+        One score per item (1/0 correct, absolute error, cosine).
+    subjects : sequence of str
+        The participant of each item.
+    n_resamples : int, default=2000
+    seed : int, default=0
+    level : float, default=0.95
+
+    Returns
+    -------
+    tuple of float
+        Lower and upper percentile bounds.
+    """
+    values = np.asarray(values, dtype=float)
+    labels = np.asarray(subjects)
+    unique = np.unique(labels)
+    sums = np.array([values[labels == s].sum() for s in unique])
+    counts = np.array([(labels == s).sum() for s in unique])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(len(unique), size=(n_resamples, len(unique)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def caption_similarity(predicted: Sequence[str], references: Sequence[str],
                        device: str = "cpu") -> dict[str, float]:
     """Similarity of generated captions to the true ones.
@@ -177,9 +220,7 @@ def caption_similarity(predicted: Sequence[str], references: Sequence[str],
     if len(predicted) != len(references) or not predicted:
         raise ValueError(f"Need as many captions as references (and at least one): "
                          f"{len(predicted)} and {len(references)}.")
-    a = encode_sentences(list(predicted), device=device)
-    b = encode_sentences(list(references), device=device)
-    return {"minilm_cosine": float((a * b).sum(axis=1).mean()),
+    return {"minilm_cosine": float(pairwise_cosines(predicted, references, device).mean()),
             "bleu": bleu(predicted, references),
             "rouge_l": float(np.mean([rouge_l(p, r) for p, r in zip(predicted, references,
                                                                     strict=True)])),
