@@ -27,9 +27,9 @@ from fmrilm_bids.fmrilm.tokenizer import (
     token_text_means,
     train_tokenizer,
 )
-from fmrilm_bids.fmrilm.tokenizer import data as data_module
-from fmrilm_bids.fmrilm.tokenizer.data import parcel_identity, resample_to_tr, robust_normalise
+from fmrilm_bids.fmrilm.tokenizer import runs as runs_module
 from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
+from fmrilm_bids.fmrilm.tokenizer.runs import parcel_identity, resample_to_tr, robust_normalise
 from fmrilm_bids.fmrilm.tokenizer.train import MODEL_CARD, STATE_JSON
 from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM, load_text_encoder
 from fmrilm_bids.simulate.signals import (
@@ -174,14 +174,14 @@ def reference_preparation(run: ParcelRun, target_tr: float, patch_length: int,
 
 
 @pytest.mark.parametrize(("chunk_values", "threads"),
-                         [(data_module.CHUNK_VALUES, 1), (data_module.CHUNK_VALUES, 2),
+                         [(runs_module.CHUNK_VALUES, 1), (runs_module.CHUNK_VALUES, 2),
                           (3000, 1), (3000, 3)])
 def test_prepare_runs_matches_a_per_run_reference(aal: pd.DataFrame, chunk_values: int,
                                                   threads: int,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Batched preparation (runs grouped, a few at a time, rows sorted or partitioned, in
     threads) gives each run the patches and identity of the straightforward computation."""
-    monkeypatch.setattr(data_module, "CHUNK_VALUES", chunk_values)
+    monkeypatch.setattr(runs_module, "CHUNK_VALUES", chunk_values)
     networks = aal["network"].tolist()
     rng = np.random.default_rng(3)
     runs = []

@@ -29,7 +29,7 @@ from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.pipeline import RunOutputs, apply_fmrilm
 from fmrilm_bids.fmrilm.llm.runs import LMRun
-from fmrilm_bids.fmrilm.tokenizer.data import TokenizedRun
+from fmrilm_bids.fmrilm.tokenizer.runs import TokenizedRun
 from fmrilm_bids.stages.bundle import Stage1Model
 from fmrilm_bids.stages.inputs import DerivativeRun
 from fmrilm_bids.stages.outputs import (

@@ -56,7 +56,7 @@ import pandas as pd
 from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.fmrilm.descriptors.corpus import RunDescriptors, build_corpus
-from fmrilm_bids.fmrilm.tokenizer.data import TokenizedRun
+from fmrilm_bids.fmrilm.tokenizer.runs import TokenizedRun
 from fmrilm_bids.interfaces.bids import DerivativesDataSink
 from fmrilm_bids.stages.bundle import REFERENCE_FILE, TOKENIZER_FOLDER, Stage1Model
 from fmrilm_bids.stages.inputs import DerivativeRun

@@ -25,8 +25,8 @@ from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.corpus import RunDescriptors, RunInput, describe_dataset
 from fmrilm_bids.fmrilm.splits import subject_split
-from fmrilm_bids.fmrilm.tokenizer.data import ParcelRun, TokenizedRun
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
+from fmrilm_bids.fmrilm.tokenizer.runs import ParcelRun, TokenizedRun
 from fmrilm_bids.fmrilm.tokenizer.train import TextEmbedder, TrainingResult, train_tokenizer
 from fmrilm_bids.resources.text_encoder import MODEL_NAME, encode_sentences
 from fmrilm_bids.stages.bundle import Stage1Model, Stage1Settings, save_stage1_model, stage1_info

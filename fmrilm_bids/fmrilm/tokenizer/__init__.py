@@ -1,6 +1,6 @@
 """fMRI tokenizer (stage 1 of fMRI-LM): parcel time series -> discrete tokens aligned to text.
 
-Modules: :mod:`.data` (common TR, robust normalisation, patches, parcel identity),
+Modules: :mod:`.runs` (common TR, robust normalisation, patches, parcel identity),
 :mod:`.quantizer` (EMA codebook), :mod:`.model` (the neural tokenizer and its config),
 :mod:`.train` (group training, checkpoints, model card), :mod:`.baseline` (PCA + k-means),
 :mod:`.metrics` (reconstruction R², codebook use, fMRI -> text retrieval).
@@ -8,13 +8,6 @@ Modules: :mod:`.data` (common TR, robust normalisation, patches, parcel identity
 
 from fmrilm_bids.fmrilm.tokenizer.baseline import PCAKMeansTokenizer
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
-from fmrilm_bids.fmrilm.tokenizer.data import (
-    ParcelRun,
-    PreparedRun,
-    TokenizedRun,
-    prepare_run,
-    prepare_runs,
-)
 from fmrilm_bids.fmrilm.tokenizer.metrics import (
     codebook_usage,
     reconstruction_r2,
@@ -22,6 +15,13 @@ from fmrilm_bids.fmrilm.tokenizer.metrics import (
     token_text_means,
 )
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
+from fmrilm_bids.fmrilm.tokenizer.runs import (
+    ParcelRun,
+    PreparedRun,
+    TokenizedRun,
+    prepare_run,
+    prepare_runs,
+)
 from fmrilm_bids.fmrilm.tokenizer.train import TrainingResult, evaluate, train_tokenizer
 
 __all__ = [

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from fmrilm_bids.fmrilm.tokenizer.data import ParcelRun, PreparedRun, TokenizedRun, prepare_run
+from fmrilm_bids.fmrilm.tokenizer.runs import ParcelRun, PreparedRun, TokenizedRun, prepare_run
 
 
 class PCAKMeansTokenizer:

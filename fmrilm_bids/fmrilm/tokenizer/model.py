@@ -3,7 +3,7 @@
 One token per window (``patch_length`` samples at ``target_tr``, all parcels):
 
 1. **Parcel-set encoder** (:class:`ParcelSetEncoder`). A small network maps each parcel's
-   identity (network one-hot and connectivity fingerprint, :func:`~.data.parcel_identity`)
+   identity (network one-hot and connectivity fingerprint, :func:`~.runs.parcel_identity`)
    to attention scores for ``n_queries`` groups; a softmax across parcels turns them into
    pooling weights, and each group's weighted mean patch (learned, soft "networks") goes
    through a linear layer into one window vector. Nothing depends on the parcel count or
@@ -42,14 +42,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig
-from fmrilm_bids.fmrilm.tokenizer.data import (
+from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
+from fmrilm_bids.fmrilm.tokenizer.runs import (
     IDENTITY_DIM,
     ParcelRun,
     PreparedRun,
     TokenizedRun,
     prepare_runs,
 )
-from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
 from fmrilm_bids.utils.devices import CPU, autocast
 
 WEIGHTS_FILE = "model.safetensors"
@@ -383,7 +383,7 @@ class NeuralTokenizer(nn.Module):
                       batch_windows: int = 4096) -> list[TokenizedRun]:
         """Token per window of each run, with onsets and pre-quantisation embeddings.
 
-        Runs are prepared (:func:`~.data.prepare_runs`, with as many threads as torch) and
+        Runs are prepared (:func:`~.runs.prepare_runs`, with as many threads as torch) and
         encoded (:meth:`encode_runs`) together.
         """
         config = self.config

@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from fmrilm_bids.fmrilm.card import render_card
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
-from fmrilm_bids.fmrilm.tokenizer.data import ParcelRun, PreparedRun, prepare_runs
 from fmrilm_bids.fmrilm.tokenizer.metrics import codebook_usage, reconstruction_r2, retrieval_top1
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
+from fmrilm_bids.fmrilm.tokenizer.runs import ParcelRun, PreparedRun, prepare_runs
 from fmrilm_bids.fmrilm.training import TrainingProgress, optimizer_tensors, restore_optimizer
 from fmrilm_bids.utils.devices import CPU, autocast
 from fmrilm_bids.utils.files import atomic_write, atomic_write_text
