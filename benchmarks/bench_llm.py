@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
                              warmup_steps=max(1, steps // 10), checkpoint_interval=steps,
                              seed=args.seed)
 
+    # The machine's matmul peak in the training precision (bf16 autocast on GPUs), before
+    # training: the denominator of MFU.
+    peak = matmul_peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens)
@@ -315,7 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     # MFU: training tokens/s x FLOPs per token over this machine's own matmul peak.
     flops = training_flops_per_token(result.model)
-    peak = matmul_peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     mfu = {stage: rate * flops / peak for stage, rate in result.throughput.items()}
     header = ["train tok/s stage 2", "MFU stage 2", "train tok/s stage 3", "MFU stage 3",
               "matmul peak (GFLOP/s)", "captions/s", "peak RSS (GiB)"]
