@@ -190,7 +190,8 @@ def prepare_run(config: Config) -> Any:
     selection = select_runs(layout, execution.participant_label, execution.session_label,
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
-    checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+    checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives,
+                           bids_dir=execution.bids_dir)
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 

@@ -81,6 +81,62 @@ def check_output_dir(output_dir: Path) -> None:
         ) from err
 
 
+def check_present(path: Path) -> None:
+    """``path`` exists; a broken symbolic link (DataLad / git-annex without content) says how
+    to fetch it.
+
+    Raises
+    ------
+    MissingInputError
+        When the file, or the target of its link, is not there.
+    """
+    path = Path(path)
+    if path.exists():
+        return
+    if path.is_symlink():
+        raise MissingInputError(
+            f"{path}: a symbolic link whose content is not here (a DataLad / git-annex dataset "
+            f"without its data); fetch it with 'datalad get {path}' (or 'git annex get "
+            f"{path}'), or leave its participant out with --participant-label."
+        )
+    raise MissingInputError(f"{path}: no such file; restore it or leave its participant out "
+                            "with --participant-label.")
+
+
+def broken_links(folder: Path) -> list[Path]:
+    """The broken symbolic links under ``folder`` (hidden folders left out), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.is_symlink() and not path.exists():
+                found.append(path)
+    return found
+
+
+def check_selected_files_present(bids_dir: Path, selection: Selection) -> None:
+    """Every file the selected participants may read is there: the top-level files (sidecars
+    inherited by every run) and the selected participants' folders; other participants'
+    files are not looked at.
+
+    Raises
+    ------
+    MissingInputError
+        For the first broken symbolic link (with the count of the others).
+    """
+    bids_dir = Path(bids_dir)
+    broken = [p for p in sorted(bids_dir.iterdir()) if p.is_symlink() and not p.exists()]
+    for subject in selection.subjects:
+        broken += broken_links(bids_dir / f"sub-{subject.subject}")
+    if broken:
+        more = f" ({len(broken) - 1} more such file(s))" if len(broken) > 1 else ""
+        try:
+            check_present(broken[0])
+        except MissingInputError as err:
+            raise MissingInputError(f"{err}{more}") from None
+
+
 def _expected_nifti_bytes(img: object) -> int:
     header = img.header
     return int(header["vox_offset"]) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
@@ -97,6 +153,7 @@ def check_nifti_complete(path: Path) -> object:
     import nibabel as nib
 
     path = Path(path)
+    check_present(path)
     fix = "re-convert it from the scanner data (e.g. dcm2niix) or copy it again"
     try:
         img = nib.load(path)
@@ -148,6 +205,7 @@ def check_events(path: Path) -> None:
     """An ``events.tsv`` has numeric ``onset`` and ``duration`` columns."""
     import pandas as pd
 
+    check_present(path)
     try:
         events = pd.read_csv(path, sep="\t", na_values=["n/a"])
     except Exception as err:
@@ -168,8 +226,15 @@ def check_events(path: Path) -> None:
             )
 
 
-def check_selection(selection: Selection, require_t1w: bool = True) -> None:
-    """Check every selected run (and, for our own preprocessing, each participant's T1w)."""
+def check_selection(selection: Selection, require_t1w: bool = True,
+                    bids_dir: Path | None = None) -> None:
+    """Check every selected run (and, for our own preprocessing, each participant's T1w).
+
+    With ``bids_dir``, first make sure no file of the selected participants (nor a top-level
+    file) is a broken symbolic link (:func:`check_selected_files_present`).
+    """
+    if bids_dir is not None:
+        check_selected_files_present(bids_dir, selection)
     for subject in selection.subjects:
         if require_t1w and not subject.t1w:
             raise MissingInputError(

@@ -8,6 +8,7 @@ rename, so two participants started at once on the same work dir share one index
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -101,7 +102,13 @@ class Selection:
 
 
 def dataset_fingerprint(bids_dir: Path) -> str:
-    """Hash of every indexed file's relative path, size and modification time."""
+    """Hash of every indexed file's relative path, size and modification time.
+
+    Symbolic links are not followed: a link is hashed by its target's name (and the target's
+    size and time when it is there), so a DataLad / git-annex dataset without its content
+    (broken links) is indexed without reading anything; the files of the selected
+    participants are checked later (:func:`fmrilm_bids.dataset.checks.check_selection`).
+    """
     digest = hashlib.sha1(str(Path(bids_dir).absolute()).encode())
     for root, dirs, files in os.walk(bids_dir):
         rel_root = Path(root).relative_to(bids_dir)
@@ -109,8 +116,15 @@ def dataset_fingerprint(bids_dir: Path) -> str:
             dirs[:] = [d for d in dirs if d not in IGNORED_FOLDERS]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            stat = (Path(root) / name).stat()
-            digest.update(f"{rel_root / name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            path = Path(root) / name
+            stat = path.lstat()
+            line = f"{rel_root / name}:{stat.st_size}:{stat.st_mtime_ns}"
+            if path.is_symlink():
+                line += f"->{os.readlink(path)}"
+                with contextlib.suppress(OSError):
+                    target = path.stat()
+                    line += f":{target.st_size}:{target.st_mtime_ns}"
+            digest.update(f"{line}\n".encode())
     return digest.hexdigest()[:16]
 
 

@@ -1,0 +1,49 @@
+"""Issue #14: bad input that used to crash (exit 70) or pass silently."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bids_app.run import main
+from fmrilm_bids.dataset.checks import check_selection
+from fmrilm_bids.dataset.layout import index_dataset, select_runs
+from fmrilm_bids.errors import EXIT_NO_INPUT
+
+
+def _break_link(path: Path) -> Path:
+    """Replace ``path`` by a symbolic link to an absent git-annex object (datalad, no get)."""
+    path.unlink(missing_ok=True)
+    os.symlink(f"../../.git/annex/objects/Xx/MD5E-s1--0{path.suffix}/x{path.suffix}", path)
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.strip().splitlines() if line.startswith("fmrilm-bids:")]
+
+
+def test_broken_link_of_a_selected_participant_names_the_file_and_datalad_get(
+        tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = _break_link(tiny_bids / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--participant-label", "01"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_NO_INPUT
+    assert line.startswith("fmrilm-bids: error:") and str(broken) in line
+    assert "datalad get" in line and "git annex get" in line
+    assert not out.exists()
+
+
+def test_broken_links_of_other_participants_are_not_read(tiny_bids: Path,
+                                                          tmp_path: Path) -> None:
+    for name in ("sub-02_task-rest_bold.nii.gz", "sub-02_task-faces_events.tsv"):
+        _break_link(tiny_bids / "sub-02/func" / name)
+    _break_link(tiny_bids / "sub-02/func/sub-02_task-rest_bold.json")
+    _break_link(tiny_bids / "sub-02/anat/sub-02_T1w.nii.gz")
+    layout = index_dataset(tiny_bids, tmp_path / "db")
+    selection = select_runs(layout, ["01"])
+    check_selection(selection, bids_dir=tiny_bids)  # no error: sub-02 is not read
+    assert [s.subject for s in selection.subjects] == ["01"]
