@@ -32,8 +32,8 @@ def _template_dir() -> Path:
     home = os.environ.get("TEMPLATEFLOW_HOME")
     if not home:
         raise RuntimeError(
-            "TEMPLATEFLOW_HOME is not set: call fmrilm_bids.utils.environment.configure_environment() "
-            "before using templates."
+            "TEMPLATEFLOW_HOME is not set: call "
+            "fmrilm_bids.utils.environment.configure_environment() before using templates."
         )
     return Path(home) / f"tpl-{TEMPLATE}"
 

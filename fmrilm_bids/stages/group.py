@@ -58,7 +58,8 @@ MODEL_FOLDER = Path("models") / "fmrilm"
 
 def train_stage1(selection: Selection, config: object, atlas: str, device: str) -> list[Stage1Run]:
     """Stage 1 on the selected runs: model published into ``OUTPUT_DIR/models/fmrilm``,
-    every run's descriptors and tokens written (:func:`~fmrilm_bids.stages.stage1.run_stage1_group`).
+    every run's descriptors and tokens written
+    (:func:`~fmrilm_bids.stages.stage1.run_stage1_group`).
     """
     from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
     from fmrilm_bids.stages.bundle import Stage1Settings
