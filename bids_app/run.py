@@ -19,7 +19,7 @@ from typing import Any
 
 from bids_app.parser import build_parser
 from fmrilm_bids import __version__
-from fmrilm_bids.config import Config, read_config_file
+from fmrilm_bids.config import Config, check_schema, read_config_file
 from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
 from fmrilm_bids.utils.launch import launched_process
 
@@ -80,12 +80,11 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             raise InputDataError(f"{opts.config_file}: no such config file.") from err
         except ValueError as err:
             raise InputDataError(f"{opts.config_file}: not valid TOML ({err}); fix it.") from err
+        try:
+            check_schema(from_file)
+        except ValueError as err:
+            raise InputDataError(f"{opts.config_file}: {err}; fix the config file.") from err
         for section, values in from_file.items():
-            if section not in layered:
-                raise InputDataError(
-                    f"{opts.config_file}: unknown section [{section}]; use "
-                    f"{', '.join('[' + s + ']' for s in layered)}."
-                )
             layered[section].update(
                 {k: v for k, v in values.items() if k not in RUN_SPECIFIC_KEYS}
             )
@@ -99,8 +98,14 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             name: str(path.absolute()) for name, path in given["derivatives"]
         }
     if "bids_filter_file" in given:
-        layered["execution"]["bids_filters"] = _load_json(given["bids_filter_file"],
-                                                          "BIDS filter file")
+        from fmrilm_bids.dataset.layout import check_bids_filters
+
+        filters = _load_json(given["bids_filter_file"], "BIDS filter file")
+        try:
+            check_bids_filters(filters)
+        except ValueError as err:
+            raise InputDataError(f"{given['bids_filter_file']}: {err}.") from err
+        layered["execution"]["bids_filters"] = filters
     if "use_plugin" in given:
         layered["nipype"].update(_load_plugin(given["use_plugin"]))
 

@@ -10,7 +10,7 @@ import pytest
 from bids_app.run import main
 from fmrilm_bids.dataset.checks import check_selection
 from fmrilm_bids.dataset.layout import index_dataset, select_runs
-from fmrilm_bids.errors import EXIT_NO_INPUT
+from fmrilm_bids.errors import EXIT_DATA, EXIT_NO_INPUT
 
 
 def _break_link(path: Path) -> Path:
@@ -47,3 +47,57 @@ def test_broken_links_of_other_participants_are_not_read(tiny_bids: Path,
     selection = select_runs(layout, ["01"])
     check_selection(selection, bids_dir=tiny_bids)  # no error: sub-02 is not read
     assert [s.subject for s in selection.subjects] == ["01"]
+
+
+@pytest.mark.parametrize(("content", "hint"), [
+    ('{"bold": "rest"}', "'bold' must map to an object"),
+    ('["bold"]', "must be a JSON object"),
+    ('{"bold": {"task": {"$in": ["rest"]}}}', "an entity takes a value"),
+])
+def test_filter_file_of_the_wrong_shape(content: str, hint: str, tiny_bids: Path,
+                                        tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    filters = tmp_path / "filters.json"
+    filters.write_text(content)
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--bids-filter-file", str(filters)])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_DATA
+    assert line.startswith("fmrilm-bids: error:") and str(filters) in line and hint in line
+    assert not out.exists()
+
+
+def test_filter_file_with_an_unknown_entity(tiny_bids: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    filters = tmp_path / "filters.json"
+    filters.write_text('{"bold": {"tsk": "rest"}}')
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--bids-filter-file", str(filters)])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_DATA and "tsk" in line and "task" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("content", "hint"), [
+    ("workflow = 3\n", "'workflow' must be a section [workflow]"),
+    ('atlases = ["AAL"]\n', "unknown top-level key 'atlases'; settings go in a section"),
+    ("[flow]\nscrub = true\n", "unknown section [flow]"),
+    ("[workflow]\natlas = ['AAL']\n", "unknown key(s) in [workflow]: atlas"),
+    ('[nipype]\nnprocs = "four"\n', "nprocs = 'four' should be of type int"),
+    ('[workflow]\natlases = "AAL"\n', "atlases = 'AAL' should be of type list[str]"),
+    ("[workflow]\nscrub = 1\n", "should be of type bool"),
+])
+def test_config_file_schema(content: str, hint: str, tiny_bids: Path, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = tmp_path / "settings.toml"
+    config_file.write_text(content)
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--config-file", str(config_file)])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_DATA
+    assert line.startswith("fmrilm-bids: error:") and str(config_file) in line
+    assert hint in line, line
+    assert not out.exists()
