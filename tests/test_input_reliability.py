@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from bids_app.run import main
 from fmrilm_bids.dataset.checks import check_selection
 from fmrilm_bids.dataset.layout import index_dataset, select_runs
-from fmrilm_bids.errors import EXIT_DATA, EXIT_NO_INPUT
+from fmrilm_bids.errors import EXIT_DATA, EXIT_NO_INPUT, InputDataError
 
 
 def _break_link(path: Path) -> Path:
@@ -101,3 +103,39 @@ def test_config_file_schema(content: str, hint: str, tiny_bids: Path, tmp_path: 
     assert line.startswith("fmrilm-bids: error:") and str(config_file) in line
     assert hint in line, line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("compressed", [True, False])
+def test_non_finite_bold_values_are_refused_before_any_work(
+        value: float, compressed: bool, tiny_bids: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    src = tiny_bids / "sub-02/func/sub-02_task-rest_bold.nii.gz"
+    img = nib.load(src)
+    data = np.asarray(img.dataobj).copy()
+    data[2, 3, 1, 7] = value
+    path = src if compressed else src.with_name(src.name[:-3])
+    src.unlink()
+    nib.Nifti1Image(data, img.affine, img.header).to_filename(path)
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_DATA
+    assert str(path) in line and "1 NaN or infinite value(s)" in line
+    assert "(first in volume 7)" in line
+    assert not out.exists()
+
+
+def test_finite_scan_reads_values_across_chunk_boundaries(tmp_path: Path) -> None:
+    from fmrilm_bids.dataset import checks
+
+    data = np.ones((40, 40, 41, 5), dtype=np.float64)  # 2.6 MB: 3 chunks, odd offsets
+    data[-1, -1, -1, -1] = np.nan
+    path = tmp_path / "big_bold.nii.gz"
+    nib.Nifti1Image(data, np.eye(4)).to_filename(path)
+    with pytest.raises(InputDataError, match=r"1 NaN .* \(first in volume 4\)"):
+        checks.check_nifti_complete(path)
+    data[-1, -1, -1, -1] = 1
+    nib.Nifti1Image(data, np.eye(4)).to_filename(path)
+    checks.check_nifti_complete(path)

@@ -1,7 +1,8 @@
 """Checks on the input that run before any work, each failing with one line: file and fix.
 
-They read headers and stream compressed data once (a truncated ``.nii.gz`` is only found by
-reading it to the end), but never load whole images into memory.
+They read headers and stream the data once (a truncated ``.nii.gz`` is only found by
+reading it to the end; floating-point data are scanned for NaN and infinite values on the
+way), but never load whole images into memory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import uuid
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -137,9 +139,14 @@ def check_selected_files_present(bids_dir: Path, selection: Selection) -> None:
             raise MissingInputError(f"{err}{more}") from None
 
 
+def _data_offset(img: object) -> int:
+    """Where the image data start in the (uncompressed) file."""
+    return int(getattr(img.dataobj, "offset", img.header["vox_offset"]))
+
+
 def _expected_nifti_bytes(img: object) -> int:
     header = img.header
-    return int(header["vox_offset"]) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    return _data_offset(img) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
 
 
 def check_nifti_complete(path: Path) -> object:
@@ -160,22 +167,68 @@ def check_nifti_complete(path: Path) -> object:
     except Exception as err:  # nibabel raises several types for broken headers
         raise InputDataError(f"{path}: not a readable NIfTI ({err}); {fix}.") from err
     expected = _expected_nifti_bytes(img)
+    scan = _FiniteScan(img)
     if path.name.endswith(".gz"):
-        size = 0
         try:
             with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(_CHUNK):
-                    size += len(chunk)
+                size = scan.read(stream)
         except (EOFError, OSError, zlib.error) as err:
             raise InputDataError(f"{path}: corrupt or truncated gzip data ({err}); {fix}.") from err
-    else:
+    elif scan.check:
+        with open(path, "rb") as stream:
+            size = scan.read(stream)
+    else:  # integers are always finite: the size is enough
         size = os.path.getsize(path)
     if size < expected:
         raise InputDataError(
             f"{path}: truncated, {size} bytes of image data where the header needs {expected}; "
             f"{fix}."
         )
+    if scan.bad:
+        raise InputDataError(
+            f"{path}: {scan.bad} NaN or infinite value(s) in the image data"
+            + (f" (first in volume {scan.first_volume})" if len(img.shape) > 3 else "")
+            + "; replace them (e.g. by 0 outside the brain, or drop the "
+            "broken volumes) or re-convert the data."
+        )
     return img
+
+
+class _FiniteScan:
+    """Stream a NIfTI file once: count its bytes and, for floating-point data, the NaN and
+    infinite values (in chunks, never the whole image in memory)."""
+
+    def __init__(self, img: object) -> None:
+        header = img.header
+        self.offset = _data_offset(img)
+        self.dtype = header.get_data_dtype()
+        self.check = self.dtype.kind in "fc"
+        shape = img.shape
+        self.volume_size = int(np.prod(shape[:3])) if len(shape) > 3 else int(np.prod(shape))
+        self.n_values = int(np.prod(shape))
+        self.bad = 0
+        self.first_volume: int | None = None
+
+    def read(self, stream: BinaryIO) -> int:
+        """Read ``stream`` to its end; return its size in bytes."""
+        size, seen, pending = 0, 0, b""
+        itemsize = self.dtype.itemsize
+        while chunk := stream.read(_CHUNK):
+            start = max(0, self.offset - size)
+            size += len(chunk)
+            if not self.check or start >= len(chunk):
+                continue
+            data = pending + chunk[start:]
+            usable = len(data) - len(data) % itemsize
+            values = np.frombuffer(data[:usable], dtype=self.dtype)[: self.n_values - seen]
+            pending = data[usable:]
+            finite = np.isfinite(values)
+            if not finite.all():
+                if self.first_volume is None:
+                    self.first_volume = (seen + int(np.argmin(finite))) // self.volume_size
+                self.bad += int(values.size - finite.sum())
+            seen += values.size
+        return size
 
 
 def check_bold_run(run: BoldRun) -> None:
