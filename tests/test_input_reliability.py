@@ -139,3 +139,46 @@ def test_finite_scan_reads_values_across_chunk_boundaries(tmp_path: Path) -> Non
     data[-1, -1, -1, -1] = 1
     nib.Nifti1Image(data, np.eye(4)).to_filename(path)
     checks.check_nifti_complete(path)
+
+
+def _late_events(tiny_bids: Path) -> Path:
+    """sub-01's faces events with two events after the end of the 80 s run (lines 3, 5)."""
+    path = tiny_bids / "sub-01/func/sub-01_task-faces_events.tsv"
+    path.write_text("onset\tduration\ttrial_type\n0\t2\tface\n500\t2\tplace\n10\t2\tface\n"
+                    "80\t2\tplace\n")
+    return path
+
+
+def test_events_after_the_end_of_the_run_are_named_in_a_warning(
+        tiny_bids: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _late_events(tiny_bids)
+    selection = select_runs(index_dataset(tiny_bids, tmp_path / "db"), ["01"])
+    with caplog.at_level("WARNING", logger="fmrilm_bids"):
+        check_selection(selection, bids_dir=tiny_bids)
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(path) in message and "2 event(s) start after the end of the run (80 s)" in message
+    assert "3 (onset 500 s), 5 (onset 80 s)" in message and "left out of every model" in message
+
+
+def test_events_after_the_end_of_the_run_are_left_out_of_the_models(
+        tiny_bids: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    import pandas as pd
+
+    from fmrilm_bids.stages.inputs import read_derivative_run, timeseries_path
+
+    _late_events(tiny_bids)
+    selection = select_runs(index_dataset(tiny_bids, tmp_path / "db"), ["01"], task_id=["faces"])
+    (run,) = selection.bold_runs
+    out = tmp_path / "out"
+    series = timeseries_path(out, run, "AAL3")
+    series.parent.mkdir(parents=True)
+    pd.DataFrame({"a": np.zeros(37), "b": np.ones(37)}).to_csv(series, sep="\t", index=False)
+    series.with_suffix(".json").write_text(json.dumps(
+        {"RepetitionTime": 2.0, "NonSteadyStateVolumes": 2, "CensoredVolumes": [5]}))
+    with caplog.at_level("WARNING", logger="fmrilm_bids"):
+        derived = read_derivative_run(out, run, "AAL3")
+    assert derived.events["onset"].tolist() == [0, 10]
+    assert derived.events["trial_type"].tolist() == ["face", "face"]
+    assert any("left out of every model" in r.getMessage() for r in caplog.records)

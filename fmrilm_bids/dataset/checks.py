@@ -251,12 +251,16 @@ def check_bold_run(run: BoldRun) -> None:
             f"{run.path}: RepetitionTime is {tr!r}; it must be a positive number of seconds."
         )
     if run.events is not None:
-        check_events(run.events)
+        check_events(run.events, img.shape[3] * float(tr))
 
 
-def check_events(path: Path) -> None:
-    """An ``events.tsv`` has numeric ``onset`` and ``duration`` columns."""
+def check_events(path: Path, run_duration: float | None = None) -> None:
+    """An ``events.tsv`` has numeric ``onset`` and ``duration`` columns; events that start
+    after the end of the run (``run_duration`` seconds) are named in a warning (they are left
+    out of every model, see :mod:`fmrilm_bids.dataset.events`)."""
     import pandas as pd
+
+    from fmrilm_bids.dataset.events import rows_beyond_run, warn_beyond_run
 
     check_present(path)
     try:
@@ -277,6 +281,8 @@ def check_events(path: Path) -> None:
             raise InputDataError(
                 f"{path}: column '{column}' has non-numeric values; write seconds (or n/a)."
             )
+    if run_duration is not None:
+        warn_beyond_run(path, events, rows_beyond_run(events, run_duration), run_duration)
 
 
 def check_selection(selection: Selection, require_t1w: bool = True,

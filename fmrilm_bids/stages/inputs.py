@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fmrilm_bids.dataset.events import read_events
 from fmrilm_bids.dataset.layout import BoldRun, Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.networks import ATLAS_RULES, NETWORKS, load_network_table
@@ -130,9 +131,10 @@ def read_derivative_run(output_dir: Path, run: BoldRun, atlas_name: str) -> Deri
                 if i not in censored]
         confounds = table.iloc[kept].reset_index(drop=True)
     events = None
-    if run.events is not None:
-        events = pd.read_csv(run.events, sep="\t", na_values="n/a",
-                             keep_default_na=False)
+    if run.events is not None:  # events after the end of the run are left out (a warning)
+        n_volumes = (int(metadata.get("NonSteadyStateVolumes", 0)) + len(timeseries)
+                     + len(metadata.get("CensoredVolumes", [])))
+        events = read_events(run.events, n_volumes * float(metadata["RepetitionTime"]))
     return DerivativeRun(bold=run, timeseries=timeseries, metadata=metadata,
                          timeseries_file=path, confounds=confounds, events=events)
 
