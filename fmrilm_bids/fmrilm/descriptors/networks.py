@@ -146,7 +146,7 @@ _HEMISPHERE = re.compile(r"_[LR]$")
 
 def network_table_dir() -> Path:
     """Folder of the shipped network tables (package data)."""
-    return Path(str(resources.files("fmrilm_bids") / "data" / "networks"))
+    return Path(str(resources.files("fmrilm_bids") / "resources" / "data" / "networks"))
 
 
 def network_table_path(atlas: str) -> Path:
