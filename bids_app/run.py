@@ -20,14 +20,20 @@ from typing import Any
 from bids_app.parser import build_parser
 from fmrilm_bids import __version__
 from fmrilm_bids.config import Config, check_schema, read_config_file
-from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+from fmrilm_bids.errors import (
+    EXIT_NO_INPUT,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    FmrilmError,
+    InputDataError,
+)
 from fmrilm_bids.utils.launch import launched_process
 
 LOGGER = logging.getLogger("fmrilm_bids")
 
 #: Command-line destinations and the config section each belongs to.
 OPTION_SECTIONS = {
-    "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation",
+    "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation", "strict",
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
     "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
@@ -195,8 +201,11 @@ def prepare_run(config: Config) -> Any:
     selection = select_runs(layout, execution.participant_label, execution.session_label,
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
-    checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives,
-                           bids_dir=execution.bids_dir)
+    selection = checks.check_selection(
+        selection, require_t1w="fmriprep" not in execution.derivatives,
+        bids_dir=execution.bids_dir, strict=execution.strict)
+    for line in selection.refused:
+        LOGGER.warning("Left out: %s", line)
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 
@@ -246,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                      "one process (it uses --nprocs cores)")
     # The other processes of a parallel group run log their warnings only.
     _setup_logging(getattr(opts, "verbosity", 0) if launched.is_main else -1)
+    selection = None
     try:
         config = build_config(opts, parser)
         selection = prepare_run(config)
@@ -254,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_group_level(selection, config)
     except FmrilmError as err:
+        for line in getattr(selection, "refused", ()):
+            print(f"fmrilm-bids: error: {line}", file=sys.stderr)
         print(f"fmrilm-bids: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as err:  # a bug: say so, keep the traceback for the report
@@ -263,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SOFTWARE
     LOGGER.info("%s level done: derivatives in %s", config.execution.analysis_level,
                 config.execution.output_dir)
+    if selection.refused:  # the participants that could not be processed, one line each
+        for line in selection.refused:
+            print(f"fmrilm-bids: error: {line}", file=sys.stderr)
+        return EXIT_NO_INPUT
     return EXIT_OK
 
 

@@ -40,6 +40,7 @@ class ExecutionConfig:
     derivatives: dict[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
     skip_bids_validation: bool = False
+    strict: bool = False
     stop_on_first_crash: bool = False
     clean_workdir: bool = False
     verbosity: int = 0

@@ -182,3 +182,42 @@ def test_events_after_the_end_of_the_run_are_left_out_of_the_models(
     assert derived.events["onset"].tolist() == [0, 10]
     assert derived.events["trial_type"].tolist() == ["face", "face"]
     assert any("left out of every model" in r.getMessage() for r in caplog.records)
+
+
+def test_strict_refuses_the_run_for_a_participant_without_t1w(
+        tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_bids / "sub-02/anat/sub-02_T1w.nii.gz").unlink()
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--strict"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_NO_INPUT and "sub-02/anat: no T1w image" in line
+    assert not out.exists()
+
+
+def test_only_participant_without_t1w_refuses_the_run(
+        tiny_bids: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_bids / "sub-02/anat/sub-02_T1w.nii.gz").unlink()
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--participant-label", "02"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_NO_INPUT and "sub-02/anat: no T1w image" in line
+    assert not out.exists()
+
+
+def test_participant_without_t1w_is_left_out_and_the_others_go_on(
+        tiny_bids: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bids_app.parser import build_parser
+    from bids_app.run import build_config, prepare_run
+
+    (tiny_bids / "sub-02/anat/sub-02_T1w.nii.gz").unlink()
+    parser = build_parser()
+    opts = parser.parse_args([str(tiny_bids), str(tmp_path / "out"), "participant", "-w",
+                              str(tmp_path / "work"), "--skip-bids-validation"])
+    with caplog.at_level("WARNING", logger="fmrilm_bids"):
+        selection = prepare_run(build_config(opts, parser))
+    assert [s.subject for s in selection.subjects] == ["01"]
+    (line,) = selection.refused
+    assert line.startswith("sub-02/anat: no T1w image") and "sub-02 was left out" in line
+    assert any("Left out: sub-02/anat" in r.getMessage() for r in caplog.records)

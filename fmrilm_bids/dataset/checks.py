@@ -286,21 +286,55 @@ def check_events(path: Path, run_duration: float | None = None) -> None:
 
 
 def check_selection(selection: Selection, require_t1w: bool = True,
-                    bids_dir: Path | None = None) -> None:
+                    bids_dir: Path | None = None, strict: bool = True) -> Selection:
     """Check every selected run (and, for our own preprocessing, each participant's T1w).
 
     With ``bids_dir``, first make sure no file of the selected participants (nor a top-level
     file) is a broken symbolic link (:func:`check_selected_files_present`).
+
+    Parameters
+    ----------
+    selection : Selection
+    require_t1w : bool
+        Our own preprocessing needs a T1w per participant (fMRIPrep inputs do not).
+    bids_dir : Path, optional
+    strict : bool
+        Refuse the run when a participant has no T1w; otherwise that participant is left
+        out (one line in :attr:`Selection.refused`) and the others are processed.
+
+    Returns
+    -------
+    Selection
+        The participants to process, with those left out in ``refused``.
+
+    Raises
+    ------
+    MissingInputError
+        Without a T1w when ``strict`` (or when no participant has one).
     """
     if bids_dir is not None:
         check_selected_files_present(bids_dir, selection)
+    kept, refused = [], []
     for subject in selection.subjects:
         if require_t1w and not subject.t1w:
-            raise MissingInputError(
+            error = MissingInputError(
                 f"sub-{subject.subject}/anat: no T1w image; preprocessing needs one per "
                 "participant (or pass --derivatives fmriprep=PATH to use fMRIPrep outputs)."
             )
+            if strict:
+                raise error
+            refused.append((subject.subject, error))
+            continue
+        kept.append(subject)
+    if not kept:
+        raise refused[0][1]
+    for subject in kept:
         for t1w in subject.t1w:
             check_nifti_complete(t1w)
         for run in subject.bold:
             check_bold_run(run)
+    return Selection(
+        subjects=tuple(kept),
+        refused=tuple(f"{error} sub-{label} was left out (--strict refuses the whole run)."
+                      for label, error in refused),
+    )

@@ -84,6 +84,8 @@ class Selection:
     """Every participant selected for this run."""
 
     subjects: tuple[SubjectSelection, ...]
+    #: One line per selected participant left out (what is wrong and the fix).
+    refused: tuple[str, ...] = ()
 
     @property
     def bold_runs(self) -> list[BoldRun]:
