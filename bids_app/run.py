@@ -203,7 +203,8 @@ def prepare_run(config: Config) -> Any:
     LOGGER.info("%s", selection.summary())
     selection = checks.check_selection(
         selection, require_t1w="fmriprep" not in execution.derivatives,
-        bids_dir=execution.bids_dir, strict=execution.strict)
+        bids_dir=execution.bids_dir, strict=execution.strict,
+        fmriprep_dir=execution.derivatives.get("fmriprep"))
     for line in selection.refused:
         LOGGER.warning("Left out: %s", line)
     if config.workflow.model_dir and execution.analysis_level == "participant":

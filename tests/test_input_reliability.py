@@ -221,3 +221,34 @@ def test_participant_without_t1w_is_left_out_and_the_others_go_on(
     (line,) = selection.refused
     assert line.startswith("sub-02/anat: no T1w image") and "sub-02 was left out" in line
     assert any("Left out: sub-02/anat" in r.getMessage() for r in caplog.records)
+
+
+def test_fmriprep_input_needs_only_the_raw_metadata_and_events(
+        tiny_bids: Path, tiny_fmriprep: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Raw images as placeholders (empty files) or absent content (broken links): the run
+    uses fMRIPrep's images and the raw sidecars and events only."""
+    for image in sorted(tiny_bids.glob("sub-01/**/*.nii.gz")):
+        image.write_bytes(b"")
+    for image in sorted(tiny_bids.glob("sub-02/**/*.nii.gz")):
+        _break_link(image)
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--nprocs", "2", "--task-id", "faces",
+                 "--derivatives", f"fmriprep={tiny_fmriprep}"])
+    assert code == 0, capsys.readouterr().err
+    assert {p.name for p in out.glob("sub-*/func/*_desc-denoised_timeseries.tsv")} == {
+        f"sub-{s}_task-faces_seg-AAL3_desc-denoised_timeseries.tsv" for s in ("01", "02")}
+
+
+def test_fmriprep_input_checks_the_fmriprep_images(
+        tiny_bids: Path, tiny_fmriprep: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (bold,) = tiny_fmriprep.glob("sub-02/func/sub-02_task-rest_*_desc-preproc_bold.nii.gz")
+    bold.write_bytes(bold.read_bytes()[:200])
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--derivatives", f"fmriprep={tiny_fmriprep}"])
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert code == EXIT_DATA and str(bold) in line and "truncated" in line
+    assert not out.exists()

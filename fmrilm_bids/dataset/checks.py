@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fmrilm_bids.dataset.layout import BoldRun, Selection
+from fmrilm_bids.dataset.layout import NIFTI_EXTENSIONS, BoldRun, Selection
 from fmrilm_bids.dataset.validator import validate_dataset
 from fmrilm_bids.errors import InputDataError, MissingInputError, OutputError
 
@@ -117,10 +117,11 @@ def broken_links(folder: Path) -> list[Path]:
     return found
 
 
-def check_selected_files_present(bids_dir: Path, selection: Selection) -> None:
+def check_selected_files_present(bids_dir: Path, selection: Selection,
+                                 images: bool = True) -> None:
     """Every file the selected participants may read is there: the top-level files (sidecars
-    inherited by every run) and the selected participants' folders; other participants'
-    files are not looked at.
+    inherited by every run) and the selected participants' folders (without ``images``,
+    their NIfTI files are not needed); other participants' files are not looked at.
 
     Raises
     ------
@@ -131,6 +132,8 @@ def check_selected_files_present(bids_dir: Path, selection: Selection) -> None:
     broken = [p for p in sorted(bids_dir.iterdir()) if p.is_symlink() and not p.exists()]
     for subject in selection.subjects:
         broken += broken_links(bids_dir / f"sub-{subject.subject}")
+    if not images:
+        broken = [p for p in broken if not p.name.endswith(NIFTI_EXTENSIONS)]
     if broken:
         more = f" ({len(broken) - 1} more such file(s))" if len(broken) > 1 else ""
         try:
@@ -231,13 +234,18 @@ class _FiniteScan:
         return size
 
 
-def check_bold_run(run: BoldRun) -> None:
-    """A BOLD run is a complete 4-D NIfTI with a RepetitionTime, and its events are usable."""
-    img = check_nifti_complete(run.path)
+def check_bold_run(run: BoldRun, bold_file: Path | None = None) -> None:
+    """A BOLD run is a complete 4-D NIfTI with a RepetitionTime, and its events are usable.
+
+    ``bold_file`` is the image to check in place of the raw one (fMRIPrep's preprocessed
+    BOLD, when the raw dataset gives only metadata and events).
+    """
+    image_path = Path(bold_file) if bold_file is not None else run.path
+    img = check_nifti_complete(image_path)
     if len(img.shape) != 4 or img.shape[3] < 2:
         raise InputDataError(
-            f"{run.path}: BOLD must be 4-D (x, y, z, time) with several volumes, but its shape "
-            f"is {tuple(img.shape)}; give the full time series, not a single volume."
+            f"{image_path}: BOLD must be 4-D (x, y, z, time) with several volumes, but its "
+            f"shape is {tuple(img.shape)}; give the full time series, not a single volume."
         )
     tr = run.metadata.get("RepetitionTime")
     if tr is None:
@@ -252,6 +260,17 @@ def check_bold_run(run: BoldRun) -> None:
         )
     if run.events is not None:
         check_events(run.events, img.shape[3] * float(tr))
+
+
+def check_fmriprep_run(run: BoldRun, fmriprep_dir: Path) -> None:
+    """fMRIPrep has the run's MNI-space BOLD (complete, 4-D), brain mask and confounds; the
+    raw dataset gives the metadata and events (its images are not read)."""
+    from fmrilm_bids.dataset.fmriprep import find_fmriprep_run
+
+    found = find_fmriprep_run(fmriprep_dir, run)
+    check_nifti_complete(found.mask)
+    check_present(found.confounds)
+    check_bold_run(run, bold_file=found.bold)
 
 
 def check_events(path: Path, run_duration: float | None = None) -> None:
@@ -286,7 +305,8 @@ def check_events(path: Path, run_duration: float | None = None) -> None:
 
 
 def check_selection(selection: Selection, require_t1w: bool = True,
-                    bids_dir: Path | None = None, strict: bool = True) -> Selection:
+                    bids_dir: Path | None = None, strict: bool = True,
+                    fmriprep_dir: Path | None = None) -> Selection:
     """Check every selected run (and, for our own preprocessing, each participant's T1w).
 
     With ``bids_dir``, first make sure no file of the selected participants (nor a top-level
@@ -301,6 +321,9 @@ def check_selection(selection: Selection, require_t1w: bool = True,
     strict : bool
         Refuse the run when a participant has no T1w; otherwise that participant is left
         out (one line in :attr:`Selection.refused`) and the others are processed.
+    fmriprep_dir : Path, optional
+        fMRIPrep derivatives to start from: their images are checked, and the raw dataset
+        needs only metadata and events (its images may be absent or placeholders).
 
     Returns
     -------
@@ -313,7 +336,7 @@ def check_selection(selection: Selection, require_t1w: bool = True,
         Without a T1w when ``strict`` (or when no participant has one).
     """
     if bids_dir is not None:
-        check_selected_files_present(bids_dir, selection)
+        check_selected_files_present(bids_dir, selection, images=fmriprep_dir is None)
     kept, refused = [], []
     for subject in selection.subjects:
         if require_t1w and not subject.t1w:
@@ -329,6 +352,10 @@ def check_selection(selection: Selection, require_t1w: bool = True,
     if not kept:
         raise refused[0][1]
     for subject in kept:
+        if fmriprep_dir is not None:
+            for run in subject.bold:
+                check_fmriprep_run(run, fmriprep_dir)
+            continue
         for t1w in subject.t1w:
             check_nifti_complete(t1w)
         for run in subject.bold:
