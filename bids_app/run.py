@@ -26,6 +26,7 @@ from fmrilm_bids.errors import (
     EXIT_SOFTWARE,
     FmrilmError,
     InputDataError,
+    OutputCheckError,
 )
 from fmrilm_bids.utils.launch import launched_process
 
@@ -219,7 +220,7 @@ def prepare_run(config: Config) -> Any:
 
     if not launched_process().is_main:  # one of several group processes: rank 0 writes
         return selection
-    write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
+    write_derivatives_skeleton(execution.output_dir, execution.bids_dir, execution.derivatives)
     _add_log_file(execution.log_dir)
     config.save(execution.log_dir / "config.toml")
     LOGGER.info("Settings saved to %s", execution.log_dir / "config.toml")
@@ -245,6 +246,30 @@ def run_group_level(selection: Any, config: Config) -> None:
     train_and_apply(selection, config)
 
 
+def check_own_outputs(selection: Any, config: Config) -> None:
+    """Check the outputs the validator cannot (:mod:`fmrilm_bids.dataset.output_checks`).
+
+    Raises
+    ------
+    OutputCheckError
+        Naming the first problem; every problem is logged.
+    """
+    from fmrilm_bids.dataset.output_checks import check_outputs
+
+    folders = [f"sub-{subject.subject}" for subject in selection.subjects]
+    if config.execution.analysis_level == "group":
+        folders.append("group")
+    problems = check_outputs(config.execution.output_dir, folders=folders)
+    for problem in problems:
+        LOGGER.error("Output check: %s", problem)
+    if problems:
+        raise OutputCheckError(
+            f"{problems[0]} ({len(problems)} problem(s) in the outputs, all in the log); "
+            "please report it with the output of -vv")
+    LOGGER.info("Outputs checked (TSV columns, n/a, rows per run, sidecar keys) in %s",
+                ", ".join(folders))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``fmrilm-bids``; returns the exit code (see the README)."""
     parser = build_parser()
@@ -264,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             run_participant_level(selection, config)
         else:
             run_group_level(selection, config)
+        if launched.is_main:
+            check_own_outputs(selection, config)
     except FmrilmError as err:
         for line in getattr(selection, "refused", ()):
             print(f"fmrilm-bids: error: {line}", file=sys.stderr)

@@ -43,3 +43,9 @@ class RunFailedError(FmrilmError):
     """The workflow ran and at least one step failed (details in the crash files)."""
 
     exit_code = EXIT_RUN_FAILED
+
+
+class OutputCheckError(FmrilmError):
+    """The outputs fail fmrilm-bids' own checks (a bug: the files are listed in the log)."""
+
+    exit_code = EXIT_SOFTWARE
