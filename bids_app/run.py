@@ -208,6 +208,11 @@ def prepare_run(config: Config) -> Any:
         fmriprep_dir=execution.derivatives.get("fmriprep"))
     for line in selection.refused:
         LOGGER.warning("Left out: %s", line)
+    if launched_process().is_main:  # one run at a time per participant (or group) and work dir
+        from fmrilm_bids.utils.locks import acquire_run_locks
+
+        acquire_run_locks(execution.work_dir, ["group"] if execution.analysis_level == "group"
+                          else [f"sub-{s.subject}" for s in selection.subjects])
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 
@@ -301,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fmrilm-bids: internal error: {type(err).__name__}: {err} (please report it "
               "with the output of -vv)", file=sys.stderr)
         return EXIT_SOFTWARE
+    finally:
+        from fmrilm_bids.utils.locks import release_run_locks
+
+        release_run_locks()
     LOGGER.info("%s level done: derivatives in %s", config.execution.analysis_level,
                 config.execution.output_dir)
     if selection.refused:  # the participants that could not be processed, one line each
