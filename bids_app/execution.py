@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from nipype import config as nipype_config
 from nipype import logging as nipype_logging
 from nipype.pipeline.engine.utils import generate_expanded_graph
+from nipype.pipeline.plugins.multiproc import MultiProcPlugin
 
 from fmrilm_bids.config import Config
 from fmrilm_bids.errors import RunFailedError
+from fmrilm_bids.utils.locks import die_with_parent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +38,31 @@ class ProgressReporter:
         elif status == "exception":
             self.done += 1
             LOGGER.error("[%d/%d] FAILED: %s", self.done, self.total, node.fullname)
+
+
+def _worker_initializer(cwd: str, parent_pid: int) -> None:
+    """What nipype's MultiProc does in each worker, plus: die with the main process."""
+
+    os.chdir(cwd)
+    os.environ["NIPYPE_NO_ET"] = "1"
+    die_with_parent(parent_pid)
+
+
+def multiproc_plugin(plugin_args: dict[str, Any]) -> Any:
+    """nipype's ``MultiProc`` plugin whose workers are killed when the main process dies.
+
+    After a ``kill -9`` of the main process, nipype's own workers would go on running (and
+    then sit idle), racing a resumed run on the same work dir.
+    """
+
+
+    plugin = MultiProcPlugin(plugin_args=plugin_args)
+    plugin.pool.shutdown(wait=False)  # no worker started yet: they start on first submit
+    plugin.pool = ProcessPoolExecutor(
+        max_workers=plugin.processors, initializer=_worker_initializer,
+        initargs=(plugin._cwd, os.getpid()),
+        mp_context=mp.get_context(plugin.plugin_args.get("mp_context")))
+    return plugin
 
 
 def count_nodes(workflow: Any) -> int:
@@ -81,7 +111,9 @@ def run_workflow(workflow: Any, config: Config) -> None:
     LOGGER.info("Running %s with the %s plugin (work dir %s)", workflow.name,
                 config.nipype.plugin, execution.work_dir)
     try:
-        workflow.run(plugin=config.nipype.plugin, plugin_args=plugin_args)
+        plugin = (multiproc_plugin(plugin_args) if config.nipype.plugin == "MultiProc"
+                  else config.nipype.plugin)
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         crashes = sorted(execution.log_dir.glob("crash-*"))
         raise RunFailedError(

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="existing derivatives to use, e.g. fmriprep=/data/derivatives/fmriprep")
     add(select, "--skip-bids-validation", action="store_true",
         help="do not run the BIDS validator on the input")
+    add(select, "--strict", action="store_true",
+        help="refuse the whole run when a selected participant cannot be processed (e.g. no "
+        "T1w); by default the others are processed and the run exits 66 at the end")
 
     perf = parser.add_argument_group("Performance and execution")
     add(perf, "--nprocs", type=_positive_int, metavar="N",

@@ -30,11 +30,19 @@ import yaml
 
 from bids_app.parser import build_parser
 from fmrilm_bids import __version__
-from fmrilm_bids.config import Config, read_config_file
-from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+from fmrilm_bids.config import Config, check_schema, read_config_file
+from fmrilm_bids.errors import (
+    EXIT_NO_INPUT,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    FmrilmError,
+    InputDataError,
+    OutputCheckError,
+)
 from fmrilm_bids.utils.environment import configure_environment
 from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.launch import launched_process
+from fmrilm_bids.utils.locks import acquire_run_locks, release_run_locks
 
 if TYPE_CHECKING:
     from fmrilm_bids.dataset.layout import Selection
@@ -46,7 +54,7 @@ APP_LOGGERS = ("fmrilm_bids", "bids_app")
 
 #: Command-line destinations and the config section each belongs to.
 OPTION_SECTIONS = {
-    "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation",
+    "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation", "strict",
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
     "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
@@ -97,12 +105,11 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             raise InputDataError(f"{opts.config_file}: no such config file.") from err
         except ValueError as err:
             raise InputDataError(f"{opts.config_file}: not valid TOML ({err}); fix it.") from err
+        try:
+            check_schema(from_file)
+        except ValueError as err:
+            raise InputDataError(f"{opts.config_file}: {err}; fix the config file.") from err
         for section, values in from_file.items():
-            if section not in layered:
-                raise InputDataError(
-                    f"{opts.config_file}: unknown section [{section}]; use "
-                    f"{', '.join('[' + s + ']' for s in layered)}."
-                )
             layered[section].update(
                 {k: v for k, v in values.items() if k not in RUN_SPECIFIC_KEYS}
             )
@@ -116,8 +123,14 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             name: str(path.absolute()) for name, path in given["derivatives"]
         }
     if "bids_filter_file" in given:
-        layered["execution"]["bids_filters"] = _load_json(given["bids_filter_file"],
-                                                          "BIDS filter file")
+        from fmrilm_bids.dataset.layout import check_bids_filters
+
+        filters = _load_json(given["bids_filter_file"], "BIDS filter file")
+        try:
+            check_bids_filters(filters)
+        except ValueError as err:
+            raise InputDataError(f"{given['bids_filter_file']}: {err}.") from err
+        layered["execution"]["bids_filters"] = filters
     if "use_plugin" in given:
         layered["nipype"].update(_load_plugin(given["use_plugin"]))
 
@@ -208,7 +221,16 @@ def prepare_run(config: Config) -> Selection:
     selection = select_runs(layout, execution.participant_label, execution.session_label,
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
-    checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+    selection = checks.check_selection(
+        selection, require_t1w="fmriprep" not in execution.derivatives,
+        bids_dir=execution.bids_dir, strict=execution.strict,
+        fmriprep_dir=execution.derivatives.get("fmriprep"))
+    for line in selection.refused:
+        LOGGER.warning("Left out: %s", line)
+    if launched_process().is_main:  # one run at a time per participant (or group) and work dir
+
+        acquire_run_locks(execution.work_dir, ["group"] if execution.analysis_level == "group"
+                          else [f"sub-{s.subject}" for s in selection.subjects])
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 
@@ -221,7 +243,7 @@ def prepare_run(config: Config) -> Selection:
 
     if not launched_process().is_main:  # one of several group processes: rank 0 writes
         return selection
-    write_derivatives_skeleton(execution.output_dir, execution.bids_dir)
+    write_derivatives_skeleton(execution.output_dir, execution.bids_dir, execution.derivatives)
     _add_log_file(execution.log_dir)
     atomic_write_text(execution.log_dir / "config.toml", config.to_toml())
     LOGGER.info("Settings saved to %s", execution.log_dir / "config.toml")
@@ -247,6 +269,30 @@ def run_group_level(selection: Selection, config: Config) -> None:
     train_and_apply(selection, config)
 
 
+def check_own_outputs(selection: Any, config: Config) -> None:
+    """Check the outputs the validator cannot (:mod:`fmrilm_bids.dataset.output_checks`).
+
+    Raises
+    ------
+    OutputCheckError
+        Naming the first problem; every problem is logged.
+    """
+    from fmrilm_bids.dataset.output_checks import check_outputs
+
+    folders = [f"sub-{subject.subject}" for subject in selection.subjects]
+    if config.execution.analysis_level == "group":
+        folders.append("group")
+    problems = check_outputs(config.execution.output_dir, folders=folders)
+    for problem in problems:
+        LOGGER.error("Output check: %s", problem)
+    if problems:
+        raise OutputCheckError(
+            f"{problems[0]} ({len(problems)} problem(s) in the outputs, all in the log); "
+            "please report it with the output of -vv")
+    LOGGER.info("Outputs checked (TSV columns, n/a, rows per run, sidecar keys) in %s",
+                ", ".join(folders))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``fmrilm-bids``; returns the exit code (see the README)."""
     parser = build_parser()
@@ -258,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                      "one process (it uses --nprocs cores)")
     # The other processes of a parallel group run log their warnings only.
     _setup_logging(getattr(opts, "verbosity", 0) if launched.is_main else -1)
+    selection = None
     try:
         config = build_config(opts, parser)
         selection = prepare_run(config)
@@ -265,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             run_participant_level(selection, config)
         else:
             run_group_level(selection, config)
+        if launched.is_main:
+            check_own_outputs(selection, config)
     except FmrilmError as err:
+        for line in getattr(selection, "refused", ()):
+            print(f"fmrilm-bids: error: {line}", file=sys.stderr)
         print(f"fmrilm-bids: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as err:  # a bug: say so, keep the traceback for the report
@@ -273,8 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fmrilm-bids: internal error: {type(err).__name__}: {err} (please report it "
               "with the output of -vv)", file=sys.stderr)
         return EXIT_SOFTWARE
+    finally:
+
+        release_run_locks()
     LOGGER.info("%s level done: derivatives in %s", config.execution.analysis_level,
                 config.execution.output_dir)
+    if selection.refused:  # the participants that could not be processed, one line each
+        for line in selection.refused:
+            print(f"fmrilm-bids: error: {line}", file=sys.stderr)
+        return EXIT_NO_INPUT
     return EXIT_OK
 
 

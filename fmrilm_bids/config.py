@@ -42,6 +42,7 @@ class ExecutionConfig:
     derivatives: dict[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
     skip_bids_validation: bool = False
+    strict: bool = False
     stop_on_first_crash: bool = False
     clean_workdir: bool = False
     verbosity: int = 0
@@ -133,22 +134,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        sections = {
-            "execution": ExecutionConfig,
-            "nipype": NipypeConfig,
-            "workflow": WorkflowConfig,
-            "seeds": SeedsConfig,
-        }
-        unknown = set(data) - set(sections)
-        if unknown:
-            raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
+        check_schema(data)
         built = {}
-        for name, klass in sections.items():
+        for name, klass in SECTIONS.items():
             values = dict(data.get(name, {}))
             known = {f.name: f for f in fields(klass)}
             built[name] = settings_from_dict(
-                klass, {k: _typed(known[k].type, v) for k, v in values.items() if k in known}
-                | {k: v for k, v in values.items() if k not in known}, f"[{name}]")
+                klass, {k: _typed(known[k].type, v) for k, v in values.items()}, f"[{name}]")
         return cls(**built)
 
     @classmethod
@@ -156,6 +148,73 @@ class Config:
         """Read a ``config.toml`` (:meth:`to_toml`)."""
         with open(path, "rb") as handle:
             return cls.from_dict(tomllib.load(handle))
+
+
+#: The sections of a config file and the settings each holds.
+SECTIONS: dict[str, type] = {
+    "execution": ExecutionConfig,
+    "nipype": NipypeConfig,
+    "workflow": WorkflowConfig,
+    "seeds": SeedsConfig,
+}
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "str": (str,), "bool": (bool,), "int": (int,), "float": (int, float), "Path": (str, Path),
+    "Any": (object,),
+}
+
+
+def _matches(annotation: str, value: Any) -> bool:
+    """Whether ``value`` (as read from TOML) fits the field type ``annotation``."""
+    options = [part.strip() for part in annotation.split("|")]
+    if "None" in options and value is None:
+        return True
+    for option in options:
+        if option.startswith("list[") and isinstance(value, list):
+            if all(_matches(option[5:-1], item) for item in value):
+                return True
+        elif option.startswith("dict[") and isinstance(value, dict):
+            inner = option[5:-1].split(",", 1)[1].strip()
+            if all(isinstance(k, str) and _matches(inner, v) for k, v in value.items()):
+                return True
+        elif option in _SCALARS:
+            kinds = _SCALARS[option]
+            if isinstance(value, kinds) and not (isinstance(value, bool)
+                                                 and bool not in kinds and option != "Any"):
+                return True
+    return False
+
+
+def check_schema(data: Any) -> None:
+    """Check the shape of settings read from a config file: sections are tables, keys are
+    known settings, values have the settings' types.
+
+    Raises
+    ------
+    ValueError
+        With one sentence saying what is wrong and how it should be written.
+    """
+    tables = ", ".join(f"[{name}]" for name in SECTIONS)
+    if not isinstance(data, dict):
+        raise ValueError(f"settings must be tables ({tables})")
+    for name, values in data.items():
+        if name not in SECTIONS:
+            if isinstance(values, dict):
+                raise ValueError(f"unknown section [{name}]; the sections are {tables}")
+            raise ValueError(f"unknown top-level key '{name}'; settings go in a section "
+                             f"({tables}), e.g. [workflow] then atlases = [\"AAL3\"]")
+        if not isinstance(values, dict):
+            raise ValueError(f"'{name}' must be a section [{name}] of settings, not "
+                             f"{type(values).__name__} {values!r}")
+        known = {f.name: f for f in fields(SECTIONS[name])}
+        extra = sorted(set(values) - set(known))
+        if extra:
+            raise ValueError(f"unknown key(s) in [{name}]: {', '.join(extra)}; the keys are "
+                             f"{', '.join(known)}")
+        for key, value in values.items():
+            if not _matches(known[key].type, value):
+                raise ValueError(f"[{name}] {key} = {value!r} should be of type "
+                                 f"{known[key].type}")
 
 
 def settings_from_dict(cls: type[T], values: Mapping[str, Any], what: str) -> T:

@@ -1,7 +1,8 @@
 """Errors that end a run with one clear line and a documented exit code.
 
 Exit codes (also in the README): 0 success; 1 the workflow ran and a node failed; 2 usage
-(argparse); 64 and up, bad input (see :class:`InputError` subclasses); 70 software error.
+(argparse); 64 and up, bad input (see :class:`InputError` subclasses); 70 software error;
+75 the work dir is busy with another run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ EXIT_DATA = 65  # the input data are wrong (EX_DATAERR)
 EXIT_NO_INPUT = 66  # an input is missing or matched nothing (EX_NOINPUT)
 EXIT_SOFTWARE = 70  # a bug (EX_SOFTWARE)
 EXIT_CANT_CREATE = 73  # an output cannot be written (EX_CANTCREAT)
+EXIT_TEMP_FAIL = 75  # another run holds the work dir: try again later (EX_TEMPFAIL)
 
 
 class FmrilmError(Exception):
@@ -43,3 +45,15 @@ class RunFailedError(FmrilmError):
     """The workflow ran and at least one step failed (details in the crash files)."""
 
     exit_code = EXIT_RUN_FAILED
+
+
+class OutputCheckError(FmrilmError):
+    """The outputs fail fmrilm-bids' own checks (a bug: the files are listed in the log)."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class WorkDirBusyError(FmrilmError):
+    """Another live run (or a worker it left) works on the same participants and work dir."""
+
+    exit_code = EXIT_TEMP_FAIL

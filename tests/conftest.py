@@ -131,6 +131,30 @@ def write_fmriprep_tree(bids_dir: Path, root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_participant_outputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One tiny participant-level run (fMRIPrep input, sub-01, both tasks): its outputs
+    (pristine; tests that break files copy them) and the raw dataset."""
+    from bids_app.run import main
+
+    root = tmp_path_factory.mktemp("outputs")
+    bids = write_tiny_bids(root / "bids")
+    fmriprep = write_fmriprep_tree(bids, root / "fmriprep")
+    out = root / "out"
+    import tempfile
+
+    saved_env, saved_tempdir = dict(os.environ), tempfile.tempdir
+    try:
+        assert main([str(bids), str(out), "participant", "-w", str(root / "work"),
+                     "--skip-bids-validation", "--participant-label", "01", "--nprocs", "2",
+                     "--derivatives", f"fmriprep={fmriprep}"]) == 0
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        tempfile.tempdir = saved_tempdir
+    return out, bids
+
+
 @pytest.fixture
 def tiny_fmriprep(tiny_bids: Path, tmp_path: Path) -> Path:
     """fMRIPrep derivatives of :func:`tiny_bids` (see :func:`write_fmriprep_tree`)."""

@@ -170,7 +170,7 @@ def test_denoise_parcellate_with_a_user_atlas(tmp_path):
     assert result.outputs.metadata["MissingParcels"] == ["top", "unused"]
     assert result.outputs.metadata["MissingParcelReasons"] == {
         "top": "outside the BOLD brain mask",
-        "unused": "no voxel in the atlas image at this resolution"}
+        "unused": "absent from the atlas image (listed in its label table only)"}
     assert result.outputs.atlas_name == "myatlas"
     assert not out.isna().any().any()
     kept = np.setdiff1d(np.arange(n), [30, 31])

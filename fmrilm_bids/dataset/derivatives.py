@@ -56,8 +56,13 @@ def container_info() -> dict[str, str] | None:
     return {"Type": kind, "Tag": f"{DOCKER_IMAGE}:{__version__}"}
 
 
-def dataset_description(bids_dir: Path) -> dict[str, Any]:
-    """The derivatives' ``dataset_description.json`` content for a run on ``bids_dir``."""
+def dataset_description(bids_dir: Path,
+                        derivatives: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The derivatives' ``dataset_description.json`` content for a run on ``bids_dir``.
+
+    ``derivatives`` (name -> root, from ``--derivatives``) are added to ``DatasetLinks`` so
+    the ``Sources`` that name them (``bids:fmriprep:...``) resolve.
+    """
     generated_by: dict[str, Any] = {
         "Name": PIPELINE_NAME,
         "Version": __version__,
@@ -83,14 +88,19 @@ def dataset_description(bids_dir: Path) -> dict[str, Any]:
         "DatasetLinks": {
             "raw": Path(bids_dir).absolute().as_uri(),
             "templateflow": "https://github.com/templateflow/templateflow",
+            **{name: Path(path).absolute().as_uri()
+               for name, path in (derivatives or {}).items()},
         },
         "HowToAcknowledge": "Please cite fMRI-LM (Wei et al., 2025, arXiv:2511.21760) and "
         "the tools listed in each subject's HTML report.",
     }
 
 
-def write_derivatives_skeleton(output_dir: Path, bids_dir: Path) -> Path:
+def write_derivatives_skeleton(output_dir: Path, bids_dir: Path,
+                               derivatives: dict[str, Path] | None = None) -> Path:
     """Create the derivatives root with ``dataset_description.json`` and ``.bidsignore``.
+
+    ``derivatives`` are the input derivatives (``--derivatives``), linked by name.
 
     Existing ``.bidsignore`` lines written by others are kept; ours are added once.
 
@@ -103,7 +113,7 @@ def write_derivatives_skeleton(output_dir: Path, bids_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         output_dir / "dataset_description.json",
-        json.dumps(dataset_description(bids_dir), indent=2) + "\n",
+        json.dumps(dataset_description(bids_dir, derivatives), indent=2) + "\n",
     )
     ignore = output_dir / ".bidsignore"
     existing = ignore.read_text().splitlines() if ignore.is_file() else []

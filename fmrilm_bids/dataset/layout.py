@@ -8,7 +8,11 @@ rename, so two participants started at once on the same work dir share one index
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -19,7 +23,9 @@ from typing import Any
 from bids.layout import BIDSLayout, BIDSLayoutIndexer
 from filelock import FileLock
 
-from fmrilm_bids.errors import MissingInputError
+from fmrilm_bids.errors import InputDataError, MissingInputError
+
+LOGGER = logging.getLogger(__name__)
 
 #: Folders pybids does not index (BIDS says they hold no raw data).
 IGNORED_FOLDERS = ("code", "derivatives", "sourcedata", "stimuli", "models", "logs")
@@ -83,6 +89,8 @@ class Selection:
     """Every participant selected for this run."""
 
     subjects: tuple[SubjectSelection, ...]
+    #: One line per selected participant left out (what is wrong and the fix).
+    refused: tuple[str, ...] = ()
 
     @property
     def bold_runs(self) -> list[BoldRun]:
@@ -104,7 +112,13 @@ class Selection:
 
 
 def dataset_fingerprint(bids_dir: Path) -> str:
-    """Hash of every indexed file's relative path, size and modification time."""
+    """Hash of every indexed file's relative path, size and modification time.
+
+    Symbolic links are not followed: a link is hashed by its target's name (and the target's
+    size and time when it is there), so a DataLad / git-annex dataset without its content
+    (broken links) is indexed without reading anything; the files of the selected
+    participants are checked later (:func:`fmrilm_bids.dataset.checks.check_selection`).
+    """
     digest = hashlib.sha1(str(Path(bids_dir).absolute()).encode())
     for root, dirs, files in os.walk(bids_dir):
         rel_root = Path(root).relative_to(bids_dir)
@@ -112,8 +126,15 @@ def dataset_fingerprint(bids_dir: Path) -> str:
             dirs[:] = [d for d in dirs if d not in IGNORED_FOLDERS]
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            stat = (Path(root) / name).stat()
-            digest.update(f"{rel_root / name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            path = Path(root) / name
+            stat = path.lstat()
+            line = f"{rel_root / name}:{stat.st_size}:{stat.st_mtime_ns}"
+            if path.is_symlink():
+                line += f"->{os.readlink(path)}"
+                with contextlib.suppress(OSError):
+                    target = path.stat()
+                    line += f":{target.st_size}:{target.st_mtime_ns}"
+            digest.update(f"{line}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -144,6 +165,65 @@ def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
     return BIDSLayout(bids_dir, validate=False, database_path=target, reset_database=False)
 
 
+#: The kinds of file a ``--bids-filter-file`` may filter (others are not used: a warning).
+FILTER_KINDS = ("bold", "t1w")
+_FILTER_EXAMPLE = '{"bold": {"acquisition": "mb4"}, "t1w": {"session": "01"}}'
+
+
+def _filter_value_ok(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_filter_value_ok(item) for item in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def check_bids_filters(filters: Any) -> None:
+    """Check the shape of a ``--bids-filter-file``: an object whose keys are kinds of file
+    (``bold``, ``t1w``) and whose values are objects of entity queries (a value, a list of
+    values, or null).
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong and giving an example.
+    """
+    example = f"write e.g. {_FILTER_EXAMPLE}"
+    if not isinstance(filters, dict):
+        raise ValueError(f"it must be a JSON object of kinds of file, not a "
+                         f"{type(filters).__name__}; {example}")
+    for kind, query in filters.items():
+        if not isinstance(query, dict):
+            raise ValueError(f"'{kind}' must map to an object of entities, not "
+                             f"{json_repr(query)}; {example}")
+        for entity, value in query.items():
+            if not _filter_value_ok(value):
+                raise ValueError(f"'{kind}'.'{entity}' is {json_repr(value)}; an entity takes a "
+                                 f"value, a list of values or null; {example}")
+        if kind not in FILTER_KINDS:
+            LOGGER.warning("--bids-filter-file: '%s' is not used by fmrilm-bids (it filters "
+                           "%s)", kind, " and ".join(FILTER_KINDS))
+
+
+def json_repr(value: Any) -> str:
+    """``value`` as JSON text (for messages about JSON files)."""
+
+    return json.dumps(value)
+
+
+def _check_filter_entities(layout: Any, filters: dict[str, dict[str, Any]]) -> None:
+
+    known = set(layout.get_entities()) | {"extension", "suffix", "datatype", "scope"}
+    entities = sorted(name for name in known if name.islower())
+    for kind, query in filters.items():
+        unknown = sorted(set(query) - known)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], entities, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise InputDataError(
+                f"--bids-filter-file: '{kind}' filters on {', '.join(unknown)}, not an entity "
+                f"of {layout.root}; {hint}the entities are {', '.join(entities)}."
+            )
+
+
 def _strip(label: str, prefix: str) -> str:
     return label[len(prefix):] if label.startswith(prefix) else label
 
@@ -167,6 +247,7 @@ def select_runs(
     """
     root = Path(layout.root)
     bids_filters = bids_filters or {}
+    _check_filter_entities(layout, bids_filters)
     available = sorted(layout.get_subjects())
     if not available:
         raise MissingInputError(

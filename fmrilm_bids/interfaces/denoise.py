@@ -19,7 +19,7 @@ from nipype.interfaces.base import (
 
 from fmrilm_bids.preproc import denoise
 from fmrilm_bids.preproc.parcellation import parcel_signals
-from fmrilm_bids.resources.atlases import load_atlas
+from fmrilm_bids.resources.atlases import ABSENT_FROM_ATLAS, load_atlas
 
 
 class _DenoiseInputSpec(BaseInterfaceInputSpec):
@@ -54,8 +54,9 @@ class DenoiseParcellate(SimpleInterface):
     (time of the first row after the run's first volume onset: discarded volumes plus the
     slice-timing reference), discarded and censored volumes, and the ``MissingParcels`` (listed
     in the atlas, no voxel within the BOLD mask), which have no column, with the reason of each
-    in ``MissingParcelReasons`` (outside the field of view / brain mask, or no voxel in the
-    atlas image at the BOLD resolution).
+    in ``MissingParcelReasons`` (outside the field of view / brain mask, no voxel in the
+    atlas image at the BOLD resolution, or absent from the atlas image altogether: listed in
+    its label table only).
     """
 
     input_spec = _DenoiseInputSpec
@@ -92,9 +93,10 @@ class DenoiseParcellate(SimpleInterface):
             parcels.signals, denoise.select_confounds(table, strategy, metadata),
             self.inputs.repetition_time, self.inputs.high_pass, keep)
         names = [atlas.labels[v] for v in parcels.present]
-        in_image = atlas.present_labels()
+        in_image, absent = atlas.present_labels(), atlas.absent_labels()
         missing_reasons = {
-            atlas.labels[v]: ("outside the BOLD brain mask" if v in in_image
+            atlas.labels[v]: (ABSENT_FROM_ATLAS if v in absent
+                              else "outside the BOLD brain mask" if v in in_image
                               else "no voxel in the atlas image at this resolution")
             for v in parcels.missing}
         cwd = Path(runtime.cwd)

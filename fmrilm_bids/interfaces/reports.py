@@ -19,9 +19,22 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from fmrilm_bids.dataset.output_checks import SELF_CHECKS, VALIDATOR_CHECKS
 from fmrilm_bids.reports.figures import carpet_figure, overlay_figure, parcellation_figure
 from fmrilm_bids.reports.html import render_report, section
 from fmrilm_bids.utils.files import atomic_write_text
+
+
+def validation_section() -> dict[str, object]:
+    """What checks these outputs: the official validator, and fmrilm-bids for the rest."""
+
+    return section("Validation of the outputs", [
+        "The BIDS validator (schema 1.2.7) checks: " + "; ".join(VALIDATOR_CHECKS) + ".",
+        "It has no rule for the files below, which .bidsignore hides from it; fmrilm-bids "
+        "checks them itself after each level (TSV columns, n/a for missing values, rows per "
+        "run, sidecar keys such as RepetitionTime and Sources): " + "; ".join(SELF_CHECKS)
+        + ".",
+    ])
 
 
 def _write_section(runtime, content: dict[str, object]) -> str:
@@ -151,6 +164,7 @@ class SubjectReport(SimpleInterface):
 
     def _run_interface(self, runtime):
         sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
+        sections.append(validation_section())
         out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
         atomic_write_text(out, render_report(f"sub-{self.inputs.subject}", sections))
         self._results["out_report"] = str(out)

@@ -19,6 +19,10 @@ BUNDLED_ATLASES = ("AAL3", "AAL", "HCPEx")
 DEFAULT_ATLAS = "AAL3"
 
 
+#: The reason given for a parcel that the atlas lists but its image does not contain.
+ABSENT_FROM_ATLAS = "absent from the atlas image (listed in its label table only)"
+
+
 @dataclass(frozen=True)
 class Atlas:
     """A labelled parcellation.
@@ -32,11 +36,20 @@ class Atlas:
     labels : dict[int, str]
         Label value -> region name, in the order of the label table. Labels listed but
         absent from the image are kept: they are reported as missing, never dropped silently.
+    source_labels : frozenset of int
+        Labels with at least one voxel in the atlas file itself (before any resampling):
+        a listed label outside it is absent from the atlas (AAL3 lists 35, 36, 81 and 82,
+        whose regions its image divides into sub-regions), not lost to a coarse grid.
     """
 
     name: str
     image: nib.Nifti1Image = field(repr=False)
     labels: dict[int, str] = field(repr=False)
+    source_labels: frozenset[int] = field(default=frozenset(), repr=False)
+
+    def absent_labels(self) -> set[int]:
+        """Listed labels that the atlas file has no voxel of (see :attr:`source_labels`)."""
+        return {v for v in self.labels if v not in self.source_labels}
 
     @property
     def indices(self) -> list[int]:
@@ -131,8 +144,10 @@ def load_atlas(name_or_path: str | Path, reference: nib.Nifti1Image | None = Non
         raise ValueError(f"{img_path}: atlas labels must be integers (a probabilistic atlas "
                          "is not supported; threshold it into labels first).")
     img = nib.Nifti1Image(np.round(data).astype(np.int32), img.affine)
+    source_labels = frozenset(int(v) for v in np.unique(np.asarray(img.dataobj)) if v != 0)
     if reference is not None:
         img = image.resample_to_img(img, reference, interpolation="nearest",
                                     force_resample=True, copy_header=True)
         img = nib.Nifti1Image(np.asarray(img.dataobj).astype(np.int32), img.affine)
-    return Atlas(name=name, image=img, labels=read_label_table(table))
+    return Atlas(name=name, image=img, labels=read_label_table(table),
+                 source_labels=source_labels)

@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fmrilm_bids.dataset.events import read_events
 from fmrilm_bids.dataset.layout import BoldRun, Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.networks import ATLAS_RULES, NETWORKS, load_network_table
-from fmrilm_bids.resources.atlases import load_atlas
+from fmrilm_bids.resources.atlases import ABSENT_FROM_ATLAS, load_atlas
 
 
 @dataclass
@@ -128,9 +129,10 @@ def read_derivative_run(output_dir: Path, run: BoldRun, atlas_name: str) -> Deri
                 if i not in censored]
         confounds = table.iloc[kept].reset_index(drop=True)
     events = None
-    if run.events is not None:
-        events = pd.read_csv(run.events, sep="\t", na_values="n/a",
-                             keep_default_na=False)
+    if run.events is not None:  # events after the end of the run are left out (a warning)
+        n_volumes = (int(metadata.get("NonSteadyStateVolumes", 0)) + len(timeseries)
+                     + len(metadata.get("CensoredVolumes", [])))
+        events = read_events(run.events, n_volumes * float(metadata["RepetitionTime"]))
     return DerivativeRun(bold=run, timeseries=timeseries, metadata=metadata,
                          timeseries_file=path, confounds=confounds, events=events)
 
@@ -286,10 +288,19 @@ def common_parcels(runs: Sequence[DerivativeRun], names: Sequence[str]
     if not parcels:
         raise InputDataError("No parcel has signal in every run; check the participant "
                              "level's MissingParcels (field of view, brain masks).")
-    if excluded:
+    # Parcels the atlas lists but its image does not contain are absent everywhere: say so
+    # once, not as parcels that lack signal in some runs.
+    absent = [name for name, reasons in excluded.items()
+              if all(reason.endswith(f": {ABSENT_FROM_ATLAS}") for reason in reasons)]
+    if absent:
+        LOGGER.info("Stage 1 leaves out %d parcel(s) %s: %s", len(absent), ABSENT_FROM_ATLAS,
+                    ", ".join(absent[:10]))
+    lacking = [name for name in excluded if name not in absent]
+    if lacking:
         LOGGER.warning("Stage 1 leaves out %d parcel(s) without signal in some runs: %s",
-                       len(excluded), ", ".join(list(excluded)[:10]))
-    return parcels, {name: "; ".join(reasons) for name, reasons in excluded.items()}
+                       len(lacking), ", ".join(lacking[:10]))
+    return parcels, {name: ABSENT_FROM_ATLAS if name in absent else "; ".join(reasons)
+                     for name, reasons in excluded.items()}
 
 
 def series_parcels(runs: Sequence[DerivativeRun]) -> list[str]:

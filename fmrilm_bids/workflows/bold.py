@@ -32,9 +32,10 @@ from fmrilm_bids.workflows.utils import node_name
 LOGGER = logging.getLogger(__name__)
 
 
-def _bold_gb(run: BoldRun, shape: tuple[int, ...]) -> float:
-    """Rough memory (GB) of a node holding the run on the template grid, float32."""
-    n_volumes = nib.load(run.path).shape[-1]
+def _bold_gb(run: BoldRun | Path, shape: tuple[int, ...]) -> float:
+    """Rough memory (GB) of a node holding the run (or a BOLD file) on the template grid,
+    float32."""
+    n_volumes = nib.load(run if isinstance(run, Path) else run.path).shape[-1]
     return max(0.5, 3 * float(np.prod(shape[:3])) * n_volumes * 4 / 1e9)
 
 
@@ -170,7 +171,8 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
 
 def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
                          start_time: float = 0.0,
-                         name: str = "bold_denoise_wf") -> pe.Workflow:
+                         name: str = "bold_denoise_wf",
+                         bold_file: Path | None = None) -> pe.Workflow:
     """Denoise and parcellate one template-space run, for every atlas of the config.
 
     Writes ``<run>_seg-<atlas>_desc-denoised_timeseries.tsv`` (+ JSON) per atlas.
@@ -182,6 +184,8 @@ def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
     start_time : float
         Time (s) after each volume's onset that its samples represent (the slice-timing
         reference; 0 without slice-timing correction).
+    bold_file : Path, optional
+        The template-space BOLD (sizes the nodes' memory); default the raw run's image.
 
     Returns
     -------
@@ -205,7 +209,7 @@ def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
             high_pass=config.workflow.high_pass, fd_threshold=config.workflow.fd_threshold,
             scrub=config.workflow.scrub, dummy_scans=config.workflow.dummy_scans,
             repetition_time=run.repetition_time, start_time=start_time, sources=sources),
-            name=f"denoise_{label}", mem_gb=_bold_gb(run, (100, 120, 100)))
+            name=f"denoise_{label}", mem_gb=_bold_gb(bold_file or run, (100, 120, 100)))
         sink = pe.Node(DerivativesDataSink(
             base_directory=str(config.execution.output_dir), source_file=str(run.path),
             suffix="timeseries", desc="denoised"), name=f"ds_timeseries_{label}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from nipype.interfaces import utility as niu
@@ -16,63 +15,13 @@ from nipype.pipeline import engine as pe
 
 from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.derivatives import bids_uri
+from fmrilm_bids.dataset.fmriprep import PREFERRED_SPACE, FmriprepRun, find_fmriprep_run
 from fmrilm_bids.dataset.layout import BoldRun
-from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.interfaces.reports import BoldReport
 from fmrilm_bids.workflows.bold import init_bold_denoise_wf
 from fmrilm_bids.workflows.utils import node_name
 
-#: fMRIPrep's default output space, preferred when several MNI spaces exist.
-PREFERRED_SPACE = "MNI152NLin2009cAsym"
-_PREPROC = re.compile(
-    r"^_space-(?P<space>MNI[A-Za-z0-9]*)(_cohort-[A-Za-z0-9]+)?(_res-[A-Za-z0-9]+)?"
-    r"_desc-preproc_bold\.nii(\.gz)?$"
-)
-
-
-@dataclass(frozen=True)
-class FmriprepRun:
-    """fMRIPrep's files for one BOLD run."""
-
-    bold: Path
-    mask: Path
-    confounds: Path
-    confounds_metadata: Path | None
-    space: str
-
-
-def find_fmriprep_run(fmriprep_dir: Path, run: BoldRun) -> FmriprepRun:
-    """Locate the MNI-space preprocessed BOLD, mask and confounds of ``run``.
-
-    Raises
-    ------
-    MissingInputError
-        When fMRIPrep has no MNI-space BOLD, mask or confounds for the run.
-    """
-    folder = Path(fmriprep_dir) / f"sub-{run.subject}"
-    if run.session:
-        folder = folder / f"ses-{run.session}"
-    folder = folder / "func"
-    candidates = []
-    for path in sorted(folder.glob(f"{run.name}_space-MNI*_desc-preproc_bold.nii*")):
-        match = _PREPROC.match(path.name[len(run.name):])
-        if match:
-            candidates.append((match["space"] != PREFERRED_SPACE, path.name, path))
-    if not candidates:
-        raise MissingInputError(
-            f"{folder}: no {run.name}_space-MNI*_desc-preproc_bold.nii.gz in the fMRIPrep "
-            "derivatives; run fMRIPrep with --output-spaces MNI152NLin2009cAsym.")
-    bold = min(candidates)[2]
-    mask = Path(re.sub(r"_desc-preproc_bold(\.nii(\.gz)?)$", r"_desc-brain_mask\1", str(bold)))
-    confounds = folder / f"{run.name}_desc-confounds_timeseries.tsv"
-    for needed in (mask, confounds):
-        if not needed.is_file():
-            raise MissingInputError(f"{needed}: missing from the fMRIPrep derivatives.")
-    sidecar = confounds.with_suffix(".json")
-    return FmriprepRun(bold=bold, mask=mask, confounds=confounds,
-                       confounds_metadata=sidecar if sidecar.is_file() else None,
-                       space=_PREPROC.match(bold.name[len(run.name):])["space"])
-
+__all__ = ["PREFERRED_SPACE", "FmriprepRun", "find_fmriprep_run", "init_fmriprep_bold_wf"]
 
 def init_fmriprep_bold_wf(run: BoldRun, config: Config,
                           name: str | None = None) -> pe.Workflow:
@@ -95,7 +44,8 @@ def init_fmriprep_bold_wf(run: BoldRun, config: Config,
     start_time = 0.0
     if bold_sidecar.is_file():
         start_time = float(json.loads(bold_sidecar.read_text()).get("StartTime", 0.0))
-    denoise = init_bold_denoise_wf(run, config, sources, start_time=start_time)
+    denoise = init_bold_denoise_wf(run, config, sources, start_time=start_time,
+                                   bold_file=found.bold)
     denoise.inputs.inputnode.bold_std = str(found.bold)
     denoise.inputs.inputnode.mask_std = str(found.mask)
     denoise.inputs.inputnode.confounds_file = str(found.confounds)
