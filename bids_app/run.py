@@ -228,7 +228,6 @@ def prepare_run(config: Config) -> Selection:
     for line in selection.refused:
         LOGGER.warning("Left out: %s", line)
     if launched_process().is_main:  # one run at a time per participant (or group) and work dir
-
         acquire_run_locks(execution.work_dir, ["group"] if execution.analysis_level == "group"
                           else [f"sub-{s.subject}" for s in selection.subjects])
     if config.workflow.model_dir and execution.analysis_level == "participant":
@@ -325,7 +324,6 @@ def main(argv: list[str] | None = None) -> int:
               "with the output of -vv)", file=sys.stderr)
         return EXIT_SOFTWARE
     finally:
-
         release_run_locks()
     LOGGER.info("%s level done: derivatives in %s", config.execution.analysis_level,
                 config.execution.output_dir)
