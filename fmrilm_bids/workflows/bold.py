@@ -108,7 +108,9 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
         name="confounds", mem_gb=mem_gb)
     ds_confounds = pe.Node(DerivativesDataSink(
         base_directory=output_dir, source_file=str(run.path), suffix="timeseries",
-        desc="confounds"), name="ds_confounds", run_without_submitting=True)
+        desc="confounds", RepetitionTime=run.repetition_time,
+        Sources=[bids_uri(run.path, config.execution.bids_dir)]),
+        name="ds_confounds", run_without_submitting=True)
 
     workflow.connect([
         (boldref, realign, [("ref_file", "ref_file")]),
