@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, help="cache folder (default: see README)")
     opts = parser.parse_args(argv)
     cache = configure_environment(cache_dir=opts.cache_dir)
-
+    # Imported once the caches are set (templateflow reads TEMPLATEFLOW_HOME at import).
     from fmrilm_bids.resources.atlases import BUNDLED_ATLASES, bundled_atlas_dir
     from fmrilm_bids.resources.templates import ensure_template
 

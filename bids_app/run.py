@@ -3,8 +3,8 @@
 Bad input ends the run before anything is written to OUTPUT_DIR, with one line that names
 the file and the fix, and a documented exit code (see :mod:`fmrilm_bids.errors`).
 
-**The deliberate lazy imports of the package live here** (and in
-:mod:`fmrilm_bids.simulate.cli`, the other command): the dataset checks, the workflows and
+**The deliberate lazy imports of the package live here** (and in :mod:`bids_app.prepare`
+and :mod:`fmrilm_bids.simulate.cli`, the other commands): the dataset checks, the workflows and
 the stages are imported inside :func:`prepare_run`, :func:`run_participant_level` and
 :func:`run_group_level`, after :func:`~fmrilm_bids.utils.environment.configure_environment`
 has pointed the caches. pybids, nipype, niworkflows, templateflow, matplotlib, torch and

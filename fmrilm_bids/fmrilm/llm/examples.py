@@ -17,20 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
+from fmrilm_bids.fmrilm.llm.config import FmriLMConfig
 from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter
 from fmrilm_bids.fmrilm.llm.runs import LMRun, run_segments, window_segment
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, task_items
-
-if TYPE_CHECKING:
-
-    from fmrilm_bids.fmrilm.llm.config import FmriLMConfig
-
 
 #: Label value that the loss ignores.
 IGNORE_INDEX = -100
