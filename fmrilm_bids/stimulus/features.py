@@ -6,9 +6,11 @@ The caption of an event comes from, in this order of preference:
 2. its ``trial_type`` put into a sentence (``"faces"`` -> ``"A picture of faces."``);
 3. its ``stim_file`` looked up in a user-given table of captions (``stim_file``, ``caption``).
 
-Feature spaces: ``"sentence"``, the bundled all-MiniLM-L6-v2 embedding
-(:func:`fmrilm_bids.resources.text_encoder.encode_sentences`), and ``"llm"``, the language
-model's mean last hidden state (:func:`fmrilm_bids.fmrilm.llm.backbone.llm_text_embedder`).
+Feature spaces (:data:`FEATURE_SPACES`): ``"sentence"``, the bundled all-MiniLM-L6-v2
+embedding (:func:`fmrilm_bids.resources.text_encoder.encode_sentences`), and ``"llm"``, the
+language model's mean last hidden state
+(:func:`fmrilm_bids.fmrilm.llm.backbone.llm_text_embedder`); the embedders are built by
+:func:`fmrilm_bids.interfaces.stimulus.text_embedders` and passed to :func:`embed_texts`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-
-from fmrilm_bids.fmrilm.llm.backbone import llm_text_embedder
-from fmrilm_bids.resources.text_encoder import encode_sentences
 
 LOGGER = logging.getLogger(__name__)
 
@@ -92,21 +90,6 @@ def read_stim_captions(path: str | None) -> dict[str, str] | None:
                          f"caption (missing: {', '.join(sorted(missing))})")
     return dict(zip(table["stim_file"].astype(str), table["caption"].astype(str),
                     strict=True))
-
-
-def text_embedders(spaces: Sequence[str], device: str = "cpu",
-                   llm_dir: str | None = None) -> dict[str, Callable[[list[str]], np.ndarray]]:
-    """A ``list[str] -> ndarray`` embedder per feature space, in the order of ``spaces``."""
-    unknown = sorted(set(spaces) - set(FEATURE_SPACES))
-    if unknown:
-        raise ValueError(f"Unknown feature space(s) {unknown}; known: {FEATURE_SPACES}")
-    embedders: dict[str, Callable[[list[str]], np.ndarray]] = {}
-    for space in spaces:
-        if space == "sentence":
-            embedders[space] = lambda texts: encode_sentences(list(texts), device=device)
-        else:
-            embedders[space] = llm_text_embedder(llm_dir, device=torch.device(device))
-    return embedders
 
 
 Embedder = Callable[[list[str]], np.ndarray]
