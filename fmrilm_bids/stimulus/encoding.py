@@ -29,6 +29,8 @@ from sklearn.model_selection import GroupKFold, PredefinedSplit
 
 LOGGER = logging.getLogger(__name__)
 
+#: Fewest stimuli shown at least twice for a noise ceiling.
+MIN_REPEATED = 3
 #: Candidate ridge penalties (features are unit-length sentence embeddings, centred).
 DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
 
@@ -96,7 +98,7 @@ def group_folds(groups: np.ndarray, n_folds: int) -> list[tuple[np.ndarray, np.n
 
 
 def noise_ceiling(responses: np.ndarray, stimuli: Sequence[str],
-                  min_repeated: int = 3) -> np.ndarray | None:
+                  min_repeated: int = MIN_REPEATED) -> np.ndarray | None:
     """Single-trial noise ceiling per target from repeated stimuli, or None without repeats.
 
     Parameters
