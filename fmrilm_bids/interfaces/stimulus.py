@@ -262,13 +262,14 @@ class EncodingModel(SimpleInterface):
         responses = np.concatenate(betas)
         units = pd.concat(tables, ignore_index=True)
         by_run = self.inputs.cv == "run" or (self.inputs.cv == "auto" and len(tables) > 1)
-        groups = (units["run"] if by_run else units["run"] * 100_000 + units["block"]).to_numpy()
+        blocks = (units["run"] * 100_000 + units["block"]).to_numpy()
+        groups = units["run"].to_numpy() if by_run else blocks
+        options = {"n_folds": self.inputs.n_folds, "contrastive": self.inputs.contrastive,
+                   "device": self.inputs.device, "seed": self.inputs.seed,
+                   "inner_groups": blocks}
         embedders = text_embedders(self.inputs.spaces, self.inputs.device, self.inputs.llm_dir)
         unit_features = _unit_features(units["caption"].tolist(), embedders)
-        fit = encoding.fit_encoding(unit_features, responses, groups,
-                                    n_folds=self.inputs.n_folds,
-                                    contrastive=self.inputs.contrastive,
-                                    device=self.inputs.device, seed=self.inputs.seed)
+        fit = encoding.fit_encoding(unit_features, responses, groups, **options)
         ceiling = encoding.noise_ceiling(responses, units["caption"].tolist())
         cwd = Path(runtime.cwd)
 
@@ -304,9 +305,7 @@ class EncodingModel(SimpleInterface):
             parcels = parcel_signals(responses.T, labels, atlas.indices)
             region_names = [atlas.labels[v] for v in parcels.present]
             parcel_fit = encoding.fit_encoding(unit_features, parcels.signals, groups,
-                                               n_folds=self.inputs.n_folds,
-                                               contrastive=self.inputs.contrastive,
-                                               device=self.inputs.device, seed=self.inputs.seed)
+                                               **options)
             parcel_ceiling = encoding.noise_ceiling(parcels.signals, units["caption"].tolist())
             voxel_r = parcel_signals(fit.scores[:, None], labels, atlas.indices).signals[0]
             table = pd.DataFrame({

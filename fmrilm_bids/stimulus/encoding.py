@@ -198,7 +198,8 @@ def contrastive_refine(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alphas
 def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
                  groups: Sequence[int] | np.ndarray, *, alphas: np.ndarray = DEFAULT_ALPHAS,
                  n_folds: int = 5, contrastive: float = 0.0, device: str = "cpu",
-                 n_iter: int = 20, seed: int = 0) -> EncodingFit:
+                 n_iter: int = 20, seed: int = 0,
+                 inner_groups: Sequence[int] | np.ndarray | None = None) -> EncodingFit:
     """Fit and evaluate the encoding model.
 
     Parameters
@@ -209,6 +210,9 @@ def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
         Single-trial (or single-block) responses.
     groups : array of int, shape (n_samples,)
         Block or run of each sample: folds never split a group.
+    inner_groups : array of int, shape (n_samples,), optional
+        Groups of the inner (penalty) folds, e.g. blocks when the outer folds are runs
+        (needed with two runs: one training run is one group). Default: ``groups``.
     alphas : ndarray
         Candidate penalties.
     n_folds : int, default=5
@@ -232,7 +236,8 @@ def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
     sizes = [np.asarray(features[s]).shape[1] for s in spaces]
     y_all = np.asarray(responses, dtype=float)
     groups = np.asarray(groups)
-    if len(x_all) != len(y_all) or len(groups) != len(y_all):
+    inner = groups if inner_groups is None else np.asarray(inner_groups)
+    if len(x_all) != len(y_all) or len(groups) != len(y_all) or len(inner) != len(y_all):
         raise ValueError("features, responses and groups need one row per sample")
     previous = get_backend().name
     set_backend(himalaya_backend(device), on_error="warn")
@@ -242,14 +247,14 @@ def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
         for train, test in folds:
             x_mean, y_mean = x_all[train].mean(0), y_all[train].mean(0)
             x_train, y_train = x_all[train] - x_mean, y_all[train] - y_mean
-            weights, chosen, _ = _ridge(x_train, y_train, sizes, groups[train], alphas,
+            weights, chosen, _ = _ridge(x_train, y_train, sizes, inner[train], alphas,
                                         n_folds, n_iter, seed)
             if contrastive > 0:
                 weights = contrastive_refine(x_train, y_train, weights, chosen, contrastive,
                                              device=device)
             predictions[test] = (x_all[test] - x_mean) @ weights + y_mean
         x_mean, y_mean = x_all.mean(0), y_all.mean(0)
-        weights, chosen, scales = _ridge(x_all - x_mean, y_all - y_mean, sizes, groups,
+        weights, chosen, scales = _ridge(x_all - x_mean, y_all - y_mean, sizes, inner,
                                          alphas, n_folds, n_iter, seed)
         if contrastive > 0:
             weights = contrastive_refine(x_all - x_mean, y_all - y_mean, weights, chosen,
