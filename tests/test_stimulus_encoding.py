@@ -171,3 +171,24 @@ def test_split_half_identification_is_exact_and_calibrated():
                                                     seed=s).p_value for s in range(40)]
     assert 0.02 < np.mean(np.asarray(null_p) < 0.2) < 0.45
     assert len(information.driven_voxels(np.abs(signal), 0.1)) == 20
+
+
+def test_llm_hidden_states_as_a_second_feature_space(truth, tmp_path):
+    from test_group_level import save_tiny_llama
+
+    from fmrilm_bids.interfaces.stimulus import text_embedders
+
+    embedders = text_embedders(["sentence", "llm"], llm_dir=str(save_tiny_llama(tmp_path)))
+    keep = truth["runs"] < 4
+    texts = [truth["captions"][i] for i in truth["shown"][keep]]
+    spaces = features.embed_texts(texts, embedders)
+    assert spaces["sentence"].shape == (len(texts), 384)
+    assert spaces["llm"].shape == (len(texts), 32)
+    np.testing.assert_allclose(spaces["sentence"], truth["embeddings"][truth["shown"][keep]],
+                               atol=1e-5)
+    fit = encoding.fit_encoding(spaces, truth["responses"][keep][:, :4], truth["runs"][keep],
+                                n_folds=4, n_iter=10)
+    # An untrained language model carries no caption meaning: the sentence space wins.
+    assert np.all(fit.space_scales[0] > fit.space_scales[1])
+    with pytest.raises(ValueError, match="Unknown feature space"):
+        text_embedders(["clip"])

@@ -131,5 +131,10 @@ def test_stimulus_workflow_on_simulated_images(tmp_path):
     assert {"AAL3"} <= set(captions["atlas"]) and set(captions["method"]) == {"brainscuba",
                                                                                "lavca"}
     assert (func / f"sub-01_task-{TASK}_{space}_desc-encoding_weights.npy").is_file()
+    section = json.loads((tmp_path / "work" / "stimulus_images_wf" / "encoding_model"
+                          / "section.json").read_text())
+    assert section["figures"][0]["uri"].startswith("data:image/png;base64,")
+    best = section["tables"][0]["rows"]
+    assert len(best) == 8 and all(row[3] and row[4] for row in best)
     report = validate_dataset(out)
     assert report.ok, report.describe_errors()
