@@ -23,6 +23,7 @@ from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS
 from fmrilm_bids.simulate.regions import category_preferences
 from fmrilm_bids.workflows.base import init_single_subject_wf
 from fmrilm_bids.workflows.stimulus import (
+    can_fit_encoding,
     has_noise_ceiling,
     init_stimulus_wf,
     select_stimulus_runs,
@@ -50,21 +51,27 @@ def _run(root: Path, name: str, events: pd.DataFrame | None) -> BoldRun:
 
 def test_runs_without_stimulus_text_are_skipped_and_the_flag_turns_it_off(tmp_path, caplog):
     timing = {"onset": [2.0, 8.0, 14.0, 20.0], "duration": [1.0] * 4}
-    runs = (_run(tmp_path, "faces", pd.DataFrame({**timing,
-                                                  "trial_type": ["a", "b", "a", "b"]})),
+    many = pd.DataFrame({"onset": np.arange(12) * 10.0, "duration": 2.0,
+                         "trial_type": ["a", "b"] * 6})
+    runs = (_run(tmp_path, "faces", many),
+            _run(tmp_path, "few", pd.DataFrame({**timing, "trial_type": ["a", "b"] * 2})),
             _run(tmp_path, "rest", None),
             _run(tmp_path, "motor", pd.DataFrame(timing)))
     config = _config(tmp_path, tmp_path / "out", tmp_path / "work")
     with caplog.at_level(logging.INFO, logger="fmrilm_bids.workflows.stimulus"):
         selected = select_stimulus_runs(runs, config)
-    assert list(selected) == ["faces"]
+    assert list(selected) == ["faces", "few"]
     assert caplog.text.count("no stimulus model") == 2
     assert not has_noise_ceiling(selected["faces"], config)
+    assert can_fit_encoding(selected["faces"], config)
+    assert not can_fit_encoding(selected["few"], config)
     subject = init_single_subject_wf(SubjectSelection("01", (tmp_path / "T1w.nii.gz",), runs),
                                      config)
     names = subject.list_node_names()
     assert "stimulus_faces_wf.encoding_model" in names
     assert "stimulus_faces_wf.lss_sub_01_task_faces" in names
+    assert "stimulus_few_wf.lss_sub_01_task_few" in names
+    assert "stimulus_few_wf.encoding_model" not in names
     off = _config(tmp_path, tmp_path / "out", tmp_path / "work", stimulus_models=False)
     assert select_stimulus_runs(runs, off) == {}
     assert not any(n.startswith("stimulus_") for n in

@@ -150,7 +150,11 @@ class SingleTrialResponses(SimpleInterface):
         gm_img = grey_matter_mask(self.inputs.mask_file, self.inputs.gm_probseg)
         inside = np.asarray(gm_img.dataobj) > 0
         if not inside.any():
-            raise ValueError(f"{self.inputs.mask_file}: no brain-mask voxel in grey matter")
+            LOGGER.warning("%s: no brain-mask voxel in the template's grey matter (is the run "
+                           "in template space?); modelling the whole brain mask",
+                           self.inputs.mask_file)
+            inside = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+            gm_img = nib.Nifti1Image(inside.astype(np.uint8), gm_img.affine)
         data = np.asarray(bold_img.dataobj, dtype=np.float32)[inside].T
         table = pd.read_csv(self.inputs.confounds_file, sep="\t", na_values="n/a")
         metadata = {}

@@ -23,7 +23,12 @@ from fmrilm_bids.preproc.denoise import get_strategy
 from fmrilm_bids.workflows.anatomical import init_anat_preproc_wf
 from fmrilm_bids.workflows.bold import init_bold_wf
 from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
-from fmrilm_bids.workflows.stimulus import RUN_FIELDS, init_stimulus_wf, select_stimulus_runs
+from fmrilm_bids.workflows.stimulus import (
+    RUN_FIELDS,
+    can_fit_encoding,
+    init_stimulus_wf,
+    select_stimulus_runs,
+)
 from fmrilm_bids.workflows.utils import node_name
 
 LOGGER = logging.getLogger(__name__)
@@ -70,7 +75,8 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
     outputnode = pe.Node(niu.IdentityInterface(fields=["timeseries", "report"]),
                          name="outputnode")
     stimulus_tasks = select_stimulus_runs(subject.bold, config)
-    n_sections = len(subject.bold) + (0 if use_fmriprep else 1) + len(stimulus_tasks)
+    with_model = {task: can_fit_encoding(runs, config) for task, runs in stimulus_tasks.items()}
+    n_sections = len(subject.bold) + (0 if use_fmriprep else 1) + sum(with_model.values())
     sections = pe.Node(niu.Merge(n_sections), name="report_sections")
     timeseries = pe.Node(niu.Merge(len(subject.bold)), name="all_timeseries")
     report = pe.Node(SubjectReport(subject=subject.subject,
@@ -102,15 +108,18 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
             (bold_wf, sections, [("outputnode.report_section", f"in{first_run_section + index}")]),
             (bold_wf, timeseries, [("outputnode.timeseries", f"in{index + 1}")]),
         ])
-    for position, runs in enumerate(stimulus_tasks.values()):
+    next_section = first_run_section + len(subject.bold)
+    for task, runs in stimulus_tasks.items():
         stimulus_wf = init_stimulus_wf(runs, config)
         workflow.connect([
             (bold_wfs[run.path], stimulus_wf, [(f"outputnode.{field}",
                                                 f"inputnode.{field}_{index}")
                                                for field in RUN_FIELDS])
             for index, run in enumerate(runs)])
-        workflow.connect(stimulus_wf, "outputnode.report_section", sections,
-                         f"in{first_run_section + len(subject.bold) + position}")
+        if with_model[task]:
+            workflow.connect(stimulus_wf, "outputnode.report_section", sections,
+                             f"in{next_section}")
+            next_section += 1
     workflow.connect([
         (sections, report, [("out", "sections")]),
         (report, outputnode, [("out_report", "report")]),

@@ -43,6 +43,8 @@ from fmrilm_bids.workflows.utils import node_name
 
 LOGGER = logging.getLogger(__name__)
 
+#: Fewest responses (events or blocks, over a task's runs) for an encoding model.
+MIN_UNITS = 12
 #: Inputs per run ``i`` of the workflow: ``<field>_<i>``.
 RUN_FIELDS = ("bold_std", "mask_std", "confounds_file", "confounds_metadata", "start_time")
 
@@ -81,7 +83,8 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
     nipype Workflow
         ``inputnode``: ``bold_std_<i>``, ``mask_std_<i>``, ``confounds_file_<i>``,
         ``confounds_metadata_<i>``, ``start_time_<i>`` for each run ``i``.
-        ``outputnode``: ``r_map``, ``selectivity_file``, ``report_section``.
+        ``outputnode``: ``r_map``, ``selectivity_file``, ``report_section`` (left unset
+        when the runs are too few for an encoding model, :func:`can_fit_encoding`).
     """
     task = runs[0].task
     wf_config = config.workflow
@@ -138,6 +141,11 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
                 (pick_name, ds_parcels, [("out", "segmentation")]),
             ])
 
+    if not can_fit_encoding(runs, config):
+        LOGGER.info("sub-%s task-%s: fewer than %d responses (or a run with one block); "
+                    "single-trial responses only, no encoding model", runs[0].subject, task,
+                    MIN_UNITS)
+        return workflow
     sources = [str(run.path) for run in runs]
     model = pe.Node(EncodingModel(
         atlases=[str(a) for a in wf_config.atlases], spaces=list(wf_config.stimulus_features),
@@ -186,17 +194,30 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
     return workflow
 
 
-def has_noise_ceiling(runs: Sequence[BoldRun], config: Config) -> bool:
-    """Whether the encoding model will find repeated stimuli (the same rule as the model:
-    at least ``MIN_REPEATED`` unit captions shown twice or more, over all runs)."""
+def _run_units(runs: Sequence[BoldRun], config: Config) -> list[pd.DataFrame]:
+    """The modelled units (events or blocks) of each run, as the models will see them."""
     wf_config = config.workflow
     stim = read_stim_captions(str(wf_config.stim_captions) if wf_config.stim_captions
                               else None)
-    captions: list[str] = []
+    tables = []
     for run in runs:
         events = pd.read_csv(run.events, sep="\t", keep_default_na=False, na_values=["n/a"])
-        units = response_units(events, wf_config.stimulus_unit, DEFAULT_BLOCK_GAP,
-                               event_captions(events, wf_config.caption_column, stim))
-        captions += units["caption"].tolist()
-    counts = pd.Series(captions).value_counts()
+        tables.append(response_units(events, wf_config.stimulus_unit, DEFAULT_BLOCK_GAP,
+                                     event_captions(events, wf_config.caption_column, stim)))
+    return tables
+
+
+def can_fit_encoding(runs: Sequence[BoldRun], config: Config) -> bool:
+    """Whether a task's runs hold enough responses for a cross-validated encoding model:
+    :data:`MIN_UNITS` units or more and two blocks (or events) or more in every run."""
+    tables = _run_units(runs, config)
+    return (sum(len(t) for t in tables) >= MIN_UNITS
+            and all(t["block"].nunique() >= 2 for t in tables))
+
+
+def has_noise_ceiling(runs: Sequence[BoldRun], config: Config) -> bool:
+    """Whether the encoding model will find repeated stimuli (the same rule as the model:
+    at least ``MIN_REPEATED`` unit captions shown twice or more, over all runs)."""
+    captions = [c for table in _run_units(runs, config) for c in table["caption"]]
+    counts = pd.Series(captions, dtype=object).value_counts()
     return int((counts >= 2).sum()) >= MIN_REPEATED
