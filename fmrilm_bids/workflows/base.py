@@ -11,6 +11,7 @@ With ``--derivatives fmriprep=PATH`` the fMRIPrep outputs replace our preprocess
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -22,7 +23,7 @@ from fmrilm_bids.interfaces.reports import SubjectReport
 from fmrilm_bids.preproc.denoise import get_strategy
 from fmrilm_bids.workflows.anatomical import init_anat_preproc_wf
 from fmrilm_bids.workflows.bold import init_bold_wf
-from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
+from fmrilm_bids.workflows.fmriprep import find_fmriprep_run, init_fmriprep_bold_wf
 from fmrilm_bids.workflows.stimulus import (
     RUN_FIELDS,
     can_fit_encoding,
@@ -110,7 +111,9 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
         ])
     next_section = first_run_section + len(subject.bold)
     for task, runs in stimulus_tasks.items():
-        stimulus_wf = init_stimulus_wf(runs, config)
+        space = (find_fmriprep_run(Path(config.execution.derivatives["fmriprep"]), runs[0]).space
+                 if use_fmriprep else None)
+        stimulus_wf = init_stimulus_wf(runs, config, space=space)
         workflow.connect([
             (bold_wfs[run.path], stimulus_wf, [(f"outputnode.{field}",
                                                 f"inputnode.{field}_{index}")

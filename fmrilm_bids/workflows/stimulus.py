@@ -68,7 +68,7 @@ def select_stimulus_runs(runs: Sequence[BoldRun], config: Config) -> dict[str, l
     return selected
 
 
-def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
+def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None = None,
                      name: str | None = None) -> pe.Workflow:
     """LSS betas of each run, then the encoding model and selectivity captions of the task.
 
@@ -77,6 +77,9 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
     runs : sequence of BoldRun
         Runs of one task, each with an events file (:func:`select_stimulus_runs`).
     config : fmrilm_bids.config.Config
+    space : str, optional
+        Template of the BOLD series (the ``space-`` entity; default the config's template,
+        fMRIPrep's space with ``--derivatives fmriprep=PATH``).
 
     Returns
     -------
@@ -89,7 +92,7 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config,
     task = runs[0].task
     wf_config = config.workflow
     output_dir = str(config.execution.output_dir)
-    space = {"space": wf_config.template}
+    space = {"space": space or wf_config.template}
     workflow = pe.Workflow(name=name or f"stimulus_{node_name(task)}_wf")
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         f"{f}_{i}" for i in range(len(runs)) for f in RUN_FIELDS]), name="inputnode")
