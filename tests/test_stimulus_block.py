@@ -9,9 +9,21 @@ import pandas as pd
 import pytest
 
 from fmrilm_bids.simulate import SimulationConfig, load_run_truth, simulate_dataset
-from fmrilm_bids.simulate.events import TASK, BlockTiming
+from fmrilm_bids.simulate.events import TASK, BlockTiming, schedule_blocks
 from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS
 from fmrilm_bids.stimulus import information, lss
+
+
+def test_block_schedule_balances_categories_and_fills_blocks():
+    events = pd.DataFrame(schedule_blocks(np.random.default_rng(0)))
+    assert len(events) == 48 and events["caption"].is_unique
+    blocks = lss.group_blocks(events)
+    assert blocks.max() == 11 and set(np.bincount(blocks)) == {4}
+    per_block = events.assign(block=blocks).groupby("block")["trial_type"].agg(["first",
+                                                                               "nunique"])
+    assert set(per_block["nunique"]) == {1}
+    assert set(per_block["first"].value_counts()) == {2}
+    assert np.allclose(np.diff(events["onset"])[:3], 4.0)
 
 
 def test_block_design_settings_are_checked():
