@@ -65,7 +65,7 @@ def test_blocks_are_grouped_and_merged():
     merged = lss.block_events(events, blocks)
     assert merged["onset"].tolist() == [0.0, 20.0, 40.0]
     assert merged["duration"].tolist() == [9.0, 6.0, 3.0]
-    assert merged["caption"].tolist() == ["a b c", "d e", "f"]
+    assert merged["caption"].tolist() == ["a | b | c", "d | e", "f"]
     jittered = events.assign(onset=[0.0, 12.0, 24.0, 36.0, 48.0, 60.0])
     assert lss.resolve_unit("auto", lss.group_blocks(jittered)) == "event"
     with pytest.raises(ValueError, match="unit"):

@@ -16,6 +16,7 @@ from fmrilm_bids.config import Config, ExecutionConfig, WorkflowConfig
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
 from fmrilm_bids.dataset.layout import BoldRun, SubjectSelection
 from fmrilm_bids.dataset.validator import validate_dataset
+from fmrilm_bids.interfaces.stimulus import response_units
 from fmrilm_bids.preproc.motion import MOTION_COLUMNS
 from fmrilm_bids.simulate import load_run_truth, simulate_dataset
 from fmrilm_bids.simulate.events import CATEGORIES, TASK
@@ -77,6 +78,19 @@ def test_runs_without_stimulus_text_are_skipped_and_the_flag_turns_it_off(tmp_pa
     assert not any(n.startswith("stimulus_") for n in
                    init_single_subject_wf(SubjectSelection("01", (tmp_path / "T1w.nii.gz",),
                                                            runs), off).list_node_names())
+
+
+def test_response_units_of_block_and_event_designs():
+    events = pd.DataFrame({"onset": [0.0, 4.0, 30.0, 34.0], "duration": 3.0,
+                           "trial_type": ["faces", "faces", "food", "food"]})
+    captions = ["A man.", "A girl.", "A pie.", "A cake."]
+    blocks = response_units(events, "auto", 4.0, captions)
+    assert blocks["unit"].tolist() == ["block"] * 2
+    assert blocks["caption"].tolist() == ["A man. | A girl.", "A pie. | A cake."]
+    assert blocks["duration"].tolist() == [7.0, 7.0]
+    single = response_units(events.iloc[::-1], "event", 4.0, captions[::-1])
+    assert single["onset"].tolist() == [0.0, 4.0, 30.0, 34.0]
+    assert single["caption"].tolist() == captions and single["block"].tolist() == [0, 0, 1, 1]
 
 
 @pytest.mark.slow

@@ -43,7 +43,7 @@ from fmrilm_bids.stimulus import encoding, features, lss, selectivity
 LOGGER = logging.getLogger(__name__)
 
 #: Separator of the captions of one block in the betas table.
-CAPTION_SEPARATOR = " | "
+CAPTION_SEPARATOR = lss.CAPTION_SEPARATOR
 #: Grey-matter probability above which a template voxel is modelled.
 GM_THRESHOLD = 0.5
 
@@ -80,17 +80,11 @@ def response_units(events: pd.DataFrame, unit: str, block_gap: float,
     blocks = lss.group_blocks(events, block_gap)
     chosen = lss.resolve_unit(unit, blocks)
     if chosen == "block":
-        table = events.assign(block=blocks).sort_values("onset")
-        rows = []
-        for block, group in table.groupby("block", sort=True):
-            rows.append({"onset": float(group["onset"].min()),
-                         "duration": float((group["onset"] + group["duration"]).max()
-                                           - group["onset"].min()),
-                         "trial_type": str(group["trial_type"].iloc[0])
-                         if "trial_type" in group else "n/a",
-                         "caption": CAPTION_SEPARATOR.join(group["caption"]),
-                         "block": int(block), "n_events": len(group)})
-        return pd.DataFrame(rows).assign(unit="block")
+        table = lss.block_events(events, blocks, CAPTION_SEPARATOR)
+        if "trial_type" not in table:
+            table["trial_type"] = "n/a"
+        return table[["onset", "duration", "trial_type", "caption", "block",
+                      "n_events"]].assign(unit="block")
     table = events.assign(block=blocks).sort_values("onset", kind="stable")
     return pd.DataFrame({
         "onset": table["onset"].astype(float), "duration": table["duration"].astype(float),

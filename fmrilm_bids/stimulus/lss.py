@@ -31,6 +31,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: Longest blank (s) between two same-category events that still counts as one block.
 DEFAULT_BLOCK_GAP = 4.0
+#: Joins the captions of a block's events.
+CAPTION_SEPARATOR = " | "
 #: Units of the beta series: one beta per event, per block, or decided from the design.
 UNITS = ("auto", "event", "block")
 
@@ -161,11 +163,12 @@ def is_block_design(blocks: np.ndarray) -> bool:
     return float(np.median(np.bincount(blocks))) > 1
 
 
-def block_events(events: pd.DataFrame, blocks: np.ndarray) -> pd.DataFrame:
+def block_events(events: pd.DataFrame, blocks: np.ndarray,
+                 separator: str = CAPTION_SEPARATOR) -> pd.DataFrame:
     """One row per block: its first onset, span, ``trial_type`` and the events' captions.
 
     Columns: ``onset``, ``duration``, ``block``, ``n_events``, then ``trial_type`` and
-    ``caption`` when the events have them (the block's captions joined by ``" "``).
+    ``caption`` when the events have them (the block's captions joined by ``separator``).
     """
     table = events.assign(block=blocks, end=events["onset"] + events["duration"])
     rows = []
@@ -176,7 +179,7 @@ def block_events(events: pd.DataFrame, blocks: np.ndarray) -> pd.DataFrame:
         if "trial_type" in group:
             row["trial_type"] = str(group["trial_type"].iloc[0])
         if "caption" in group:
-            row["caption"] = " ".join(str(c) for c in group["caption"])
+            row["caption"] = separator.join(str(c) for c in group["caption"])
         rows.append(row)
     return pd.DataFrame(rows)
 
