@@ -129,14 +129,13 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
             (responses, merges["tables"], [("betas_table", f"in{index + 1}")]),
             (responses, merges["masks"], [("mask_file", f"in{index + 1}")]),
         ])
-        for position, atlas in enumerate(wf_config.atlases):
+        for position in range(len(wf_config.atlases)):
             pick = pe.Node(niu.Select(index=position), name=f"select_{label}_{position}")
             pick_name = pe.Node(niu.Select(index=position), name=f"name_{label}_{position}")
             ds_parcels = pe.Node(DerivativesDataSink(
                 base_directory=output_dir, source_file=str(run.path), desc="lss",
                 suffix="betas"), name=f"ds_parcel_betas_{label}_{position}",
                 run_without_submitting=True)
-            LOGGER.debug("%s: parcel betas for %s", run.name, atlas)
             workflow.connect([
                 (responses, pick, [("parcel_files", "inlist")]),
                 (responses, pick_name, [("atlas_names", "inlist")]),
