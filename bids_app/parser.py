@@ -122,6 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-steady-state volumes at the start (default: detected)")
     add(wf, "--output-bold", action="store_true",
         help="also write the preprocessed BOLD in template space (large)")
+    stim = parser.add_argument_group(
+        "Stimulus models (participant level, runs whose events.tsv has trial_type or captions)")
+    add(stim, "--no-stimulus-models", dest="stimulus_models", action="store_false",
+        help="skip single-trial responses, the encoding model and selectivity captions")
+    add(stim, "--stimulus-unit", choices=("auto", "event", "block"),
+        help="one response per event or per block of same-type events (default: auto, "
+        "blocks when events come in blocks)")
+    add(stim, "--caption-column", metavar="COLUMN",
+        help="events.tsv column holding each event's caption (default: caption)")
+    add(stim, "--stim-captions", type=Path, metavar="TSV",
+        help="table of captions (columns stim_file, caption) for events with a stim_file")
+    add(stim, "--stimulus-features", nargs="+", choices=("sentence", "llm"),
+        help="text feature spaces of the encoding model; two give a banded ridge "
+        "(default: sentence)")
+    add(stim, "--encoding-cv", choices=("auto", "run", "block"),
+        help="cross-validation folds by run or by block (default: auto, by run with two "
+        "runs or more)")
+    add(stim, "--encoding-folds", type=int, metavar="N",
+        help="outer cross-validation folds (default: 5)")
+    add(stim, "--contrastive-alignment", type=float, metavar="W",
+        help="weight of LLM-VEM's contrastive alignment term (default: 0, plain ridge)")
+    add(stim, "--selectivity-top", type=int, metavar="N",
+        help="selectivity captions per region (default: 10)")
     add(wf, "--model", dest="model_dir", type=Path, metavar="DIR",
         help="a trained fmrilm-bids model to apply at participant level")
     add(wf, "--llm", dest="llm_dir", type=Path, metavar="DIR",

@@ -60,7 +60,10 @@ OPTION_SECTIONS = {
     "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
                  "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
                  "tokenizer_steps", "lm_steps", "gradient_checkpointing",
-                 "reference_group", "networks", "questions", "zero_shot", "few_shot_k"),
+                 "reference_group", "networks", "questions", "zero_shot", "few_shot_k",
+                 "stimulus_models", "stimulus_unit", "caption_column", "stim_captions",
+                 "stimulus_features", "encoding_cv", "encoding_folds",
+                 "contrastive_alignment", "selectivity_top"),
 }
 #: Keys of a config file that the command line always decides.
 RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")

@@ -106,6 +106,16 @@ class WorkflowConfig:
     questions: list[str] | None = None
     zero_shot: list[str] = field(default_factory=list)
     few_shot_k: int = 2
+    # Stimulus models (participant level, runs with events; fmrilm_bids.stimulus).
+    stimulus_models: bool = True
+    stimulus_unit: str = "auto"
+    caption_column: str = "caption"
+    stim_captions: Path | None = None
+    stimulus_features: list[str] = field(default_factory=lambda: ["sentence"])
+    encoding_cv: str = "auto"
+    encoding_folds: int = 5
+    contrastive_alignment: float = 0.0
+    selectivity_top: int = 10
 
 
 @dataclass

@@ -36,6 +36,10 @@ BIDSIGNORE_PATTERNS = (
     "*_captions.*",
     "*_embeddings.*",
     "*_text.*",
+    "*_betas.*",
+    "*_statmap.*",
+    "*_selectivity.*",
+    "*_weights.*",
 )
 
 

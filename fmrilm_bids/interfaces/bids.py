@@ -2,7 +2,8 @@
 
 niworkflows' sink builds BIDS names, fixes NIfTI headers and writes JSON sidecars. Ours adds
 the suffixes fmrilm-bids invents (``timeseries`` under ``func/``, ``tokens``, ``captions``,
-``embeddings``, ``text``) and makes every file appear atomically: the parent class writes
+``embeddings``, ``text``; the stimulus models' ``betas``, ``statmap`` with a ``stat-`` entity,
+``selectivity`` and ``weights``) and makes every file appear atomically: the parent class writes
 into a hidden staging folder on the same file system, then each file is moved into place
 with :func:`os.replace`, sidecar last, so a reader never sees a half-written file.
 """
@@ -24,6 +25,10 @@ FMRILM_SUFFIXES = {
     "captions": (".tsv",),
     "embeddings": (".npy",),
     "text": (".tsv",),
+    "betas": (".nii.gz", ".tsv"),
+    "statmap": (".nii.gz", ".tsv"),
+    "selectivity": (".tsv",),
+    "weights": (".npy",),
 }
 
 _FUNC_PATTERN = (
@@ -32,6 +37,13 @@ _FUNC_PATTERN = (
     "[_run-{run}][_echo-{echo}][_space-{space}][_cohort-{cohort}][_res-{resolution}]"
     "[_seg-{segmentation}][_desc-{desc}]"
     "_{suffix<timeseries|tokens|captions|embeddings|text>}{extension<.tsv|.npy|.json>|.tsv}"
+)
+_STIMULUS_PATTERN = (
+    "sub-{subject}[/ses-{session}]/{datatype<func>|func}/sub-{subject}[_ses-{session}]"
+    "_task-{task}[_acq-{acquisition}][_run-{run}][_space-{space}][_res-{resolution}]"
+    "[_seg-{segmentation}][_stat-{statistic}][_desc-{desc}]"
+    "_{suffix<betas|statmap|selectivity|weights>}"
+    "{extension<.nii.gz|.nii|.tsv|.npy|.json>|.nii.gz}"
 )
 _SUBJECT_PATTERN = (
     "sub-{subject}/[ses-{session}/]sub-{subject}[_ses-{session}][_desc-{desc}]"
@@ -42,8 +54,9 @@ _GROUP_PATTERN = "group/[desc-{desc}_]{suffix<text|embeddings>}{extension<.tsv|.
 STAGING_DIR = ".fmrilm-staging"
 
 #: BIDS-derivatives entities niworkflows does not know; ``seg-`` names the atlas of a
-#: parcel time series (BIDS common derivatives).
-_EXTRA_ENTITIES = ({"name": "segmentation", "pattern": "[_/\\\\]+seg-([a-zA-Z0-9+]+)"},)
+#: parcel time series (BIDS common derivatives), ``stat-`` the statistic of a statmap.
+_EXTRA_ENTITIES = ({"name": "segmentation", "pattern": "[_/\\\\]+seg-([a-zA-Z0-9+]+)"},
+                   {"name": "statistic", "pattern": "[_/\\\\]+stat-([a-zA-Z0-9]+)"})
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -62,7 +75,7 @@ class DerivativesDataSink(_NiworkflowsSink):
     out_path_base = ""
     _config_entities_dict = (*_NiworkflowsSink._config_entities_dict, *_EXTRA_ENTITIES)
     _config_entities = frozenset(e["name"] for e in _config_entities_dict)
-    _file_patterns = (_FUNC_PATTERN, _SUBJECT_PATTERN, _GROUP_PATTERN,
+    _file_patterns = (_FUNC_PATTERN, _STIMULUS_PATTERN, _SUBJECT_PATTERN, _GROUP_PATTERN,
                       *_NiworkflowsSink._file_patterns)
 
     def _run_interface(self, runtime):

@@ -84,3 +84,13 @@ def carpet_figure(series: np.ndarray, confounds: dict[str, np.ndarray], n_dummy:
     axes[-1].set_ylabel("voxels", fontsize=8)
     axes[-1].set_yticks([])
     return figure_uri(figure)
+
+
+def statmap_figure(stat_map: str, background: str, title: str, threshold: float = 0.1) -> str:
+    """A statistical map (e.g. held-out encoding accuracy r) over the template."""
+
+    figure = plt.figure(figsize=(10, 3))
+    plotting.plot_stat_map(stat_map, bg_img=background, display_mode="z", cut_coords=6,
+                           figure=figure, title=title, threshold=threshold, cmap="hot",
+                           draw_cross=False, colorbar=True)
+    return figure_uri(figure)

@@ -28,7 +28,10 @@ This text is also that folder's README.md.
   parcel amplitudes `a = intercept + W @ embedding(caption) + noise` (all-MiniLM-L6-v2
   embedding; `W` concentrated on visual, category-selective and semantic cortex), each
   convolved with the SPM canonical HRF (boxcar * double gamma, scaled so `a` is the peak
-  of that event's response).
+  of that event's response). Events are jittered single pictures, or with
+  `task_design="block"` blocks of `events_per_block` same-category pictures (3 s each, 1 s
+  apart) with 12 s of rest between blocks, categories in shuffled rounds (12 blocks: each of
+  the 6 categories twice).
 - **Group effect.** Patients' default-mode parcels share less variance with their network
   (`w = 0.25` instead of `0.6`; 0.5 in every other network), so within-default-mode
   correlation is lower in patients. Groups are in `participants.tsv`.

@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT_DIR if it exists and is not empty")
+    parser.add_argument("--task-design", choices=("event", "block"),
+                        default=defaults.task_design,
+                        help="picture task: jittered single events, or blocks of one category "
+                        "(default: %(default)s)")
+    parser.add_argument("--blocks", type=int, default=defaults.n_blocks, metavar="N",
+                        help="blocks per run with --task-design block (default: %(default)s)")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -66,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_subjects=opts.subjects, runs=tuple(opts.runs), n_volumes=opts.volumes,
             repetition_time=opts.tr, bold_voxel_size=opts.bold_voxel_size,
             anat_resolution=opts.anat_resolution, seed=opts.seed,
-            motion_scale=opts.motion_scale, noise_level=opts.noise_level)
+            motion_scale=opts.motion_scale, noise_level=opts.noise_level,
+            task_design=opts.task_design, n_blocks=opts.blocks)
     except ValueError as err:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from fmrilm_bids.simulate.events import MIN_TASK_RUN, TASK
+from fmrilm_bids.simulate.events import MIN_TASK_RUN, TASK, BlockTiming
 
 #: Tasks the simulator knows: resting state, and picture viewing with captions.
 TASKS = ("rest", TASK)
+#: Designs of the picture task.
+DESIGNS = ("event", "block")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ class SimulationConfig:
         Encoding model (% signal change; see :mod:`fmrilm_bids.simulate.encoding`).
     event_duration : float
         How long each picture is shown (s).
+    task_design : {"event", "block"}
+        ``"event"``: jittered single pictures; ``"block"``: ``n_blocks`` blocks of
+        ``events_per_block`` same-category pictures separated by 12 s of rest
+        (:class:`~fmrilm_bids.simulate.events.BlockTiming`).
+    n_blocks, events_per_block : int
+        Block design only.
     """
 
     n_subjects: int = 4
@@ -85,6 +93,9 @@ class SimulationConfig:
     default_deactivation: float = -0.3
     trial_noise: float = 0.1
     event_duration: float = 3.0
+    task_design: str = "event"
+    n_blocks: int = 12
+    events_per_block: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
@@ -99,6 +110,17 @@ class SimulationConfig:
         if TASK in self.runs and self.n_volumes * self.repetition_time < MIN_TASK_RUN:
             problems.append(f"a task-{TASK} run needs at least {MIN_TASK_RUN:g} s of volumes "
                             f"(n_volumes x repetition_time) to hold an event")
+        if self.task_design not in DESIGNS:
+            problems.append(f"task_design must be one of {', '.join(DESIGNS)}, not "
+                            f"{self.task_design!r}")
+        elif self.task_design == "block" and TASK in self.runs:
+            needed = self.block_timing().run_duration()
+            if self.n_blocks < 1 or self.events_per_block < 1:
+                problems.append("n_blocks and events_per_block must be at least 1")
+            elif self.n_volumes * self.repetition_time < needed:
+                problems.append(f"a block-design task-{TASK} run of {self.n_blocks} blocks "
+                                f"needs {needed:g} s of volumes (n_volumes x "
+                                "repetition_time)")
         if not 0.3 <= self.repetition_time <= 10:
             problems.append(f"repetition_time must be 0.3-10 s, not {self.repetition_time}")
         if not 1.5 <= self.bold_voxel_size <= 10:
@@ -116,6 +138,11 @@ class SimulationConfig:
                 problems.append(f"{name} must not be negative, not {getattr(self, name)}")
         if problems:
             raise ValueError("Invalid simulation settings: " + "; ".join(problems) + ".")
+
+    def block_timing(self) -> BlockTiming:
+        """The block design's timing (``task_design="block"``)."""
+        return BlockTiming(n_blocks=self.n_blocks, events_per_block=self.events_per_block,
+                           duration=self.event_duration)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -229,3 +229,55 @@ def schedule_events(run_duration: float, rng: np.random.Generator,
         events.append({"onset": onset, "duration": timing.duration, "trial_type": category,
                        "caption": caption})
     return events
+
+
+@dataclass(frozen=True)
+class BlockTiming:
+    """Timing of a block design (seconds): blocks of same-category pictures and rest.
+
+    Attributes
+    ----------
+    n_blocks : int
+        Blocks in the run; categories come in shuffled rounds (each once per round).
+    events_per_block : int
+        Pictures per block, each shown ``duration`` s with ``interval`` s blank after it.
+    duration, interval, rest, first_onset : float
+        ``rest``: fixation between blocks.
+    """
+
+    n_blocks: int = 12
+    events_per_block: int = 4
+    duration: float = 3.0
+    interval: float = 1.0
+    rest: float = 12.0
+    first_onset: float = 6.0
+
+    def run_duration(self) -> float:
+        """Shortest run (s) that holds every block and a rest period after the last."""
+        block = self.events_per_block * (self.duration + self.interval)
+        return self.first_onset + self.n_blocks * (block + self.rest)
+
+
+def schedule_blocks(rng: np.random.Generator, timing: BlockTiming = BlockTiming(),
+                    exclude: frozenset[str] = frozenset()) -> list[dict[str, object]]:
+    """Draw the events of a block-design run (same fields as :func:`schedule_events`).
+
+    Blocks show ``events_per_block`` distinct captions of one category; categories come in
+    shuffled rounds, so with 12 blocks each of the 6 categories has 2 blocks.
+    """
+    rounds = -(-timing.n_blocks // len(CATEGORIES))
+    order = np.concatenate([rng.permutation(len(CATEGORIES)) for _ in range(rounds)])
+    used = set(exclude)
+    events = []
+    onset = timing.first_onset
+    for category_index in order[:timing.n_blocks]:
+        category = CATEGORIES[int(category_index)]
+        for _ in range(timing.events_per_block):
+            fresh = [c for c in CAPTIONS[category] if c not in used]
+            caption = str(rng.choice(fresh or CAPTIONS[category]))
+            used.add(caption)
+            events.append({"onset": round(onset, 1), "duration": timing.duration,
+                           "trial_type": category, "caption": caption})
+            onset += timing.duration + timing.interval
+        onset += timing.rest
+    return events

@@ -259,10 +259,14 @@ def _draw_run_signals(shared: Shared, subject: Subject, task: str, keys: tuple[i
                                   parcels.fluctuation_sd, unique)
     if task != task_events.TASK:
         return RunSignals(signals=signals, networks=networks, shared_fraction=shared_fraction)
-    timing = task_events.EventTiming(duration=config.event_duration)
-    events = task_events.schedule_events(config.n_volumes * config.repetition_time,
-                                         _rng(config.seed, "events", *keys), timing,
-                                         frozenset(shown))
+    if config.task_design == "block":
+        events = task_events.schedule_blocks(_rng(config.seed, "events", *keys),
+                                             config.block_timing(), frozenset(shown))
+    else:
+        timing = task_events.EventTiming(duration=config.event_duration)
+        events = task_events.schedule_events(config.n_volumes * config.repetition_time,
+                                             _rng(config.seed, "events", *keys), timing,
+                                             frozenset(shown))
     shown.update(e["caption"] for e in events)
     pool = [caption for _, caption in task_events.caption_pool()]
     embeddings = shared.embeddings[[pool.index(e["caption"]) for e in events]]

@@ -2,13 +2,16 @@
 
 ``init_fmrilm_wf`` is what the entry point runs (it sets ``base_dir`` to the work dir and
 picks the nipype plugin). Each participant's workflow combines the anatomical workflow, one
-BOLD workflow per run and the HTML report (``sub-<label>.html`` at the derivatives root).
+BOLD workflow per run, the stimulus models of every task whose runs have events with trial
+types or captions (:mod:`fmrilm_bids.workflows.stimulus`, off with ``--no-stimulus-models``)
+and the HTML report (``sub-<label>.html`` at the derivatives root).
 With ``--derivatives fmriprep=PATH`` the fMRIPrep outputs replace our preprocessing.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -20,7 +23,13 @@ from fmrilm_bids.interfaces.reports import SubjectReport
 from fmrilm_bids.preproc.denoise import get_strategy
 from fmrilm_bids.workflows.anatomical import init_anat_preproc_wf
 from fmrilm_bids.workflows.bold import init_bold_wf
-from fmrilm_bids.workflows.fmriprep import init_fmriprep_bold_wf
+from fmrilm_bids.workflows.fmriprep import find_fmriprep_run, init_fmriprep_bold_wf
+from fmrilm_bids.workflows.stimulus import (
+    RUN_FIELDS,
+    can_fit_encoding,
+    init_stimulus_wf,
+    select_stimulus_runs,
+)
 from fmrilm_bids.workflows.utils import node_name
 
 LOGGER = logging.getLogger(__name__)
@@ -66,7 +75,9 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
                 "fMRIPrep derivatives" if use_fmriprep else "full preprocessing")
     outputnode = pe.Node(niu.IdentityInterface(fields=["timeseries", "report"]),
                          name="outputnode")
-    n_sections = len(subject.bold) + (0 if use_fmriprep else 1)
+    stimulus_tasks = select_stimulus_runs(subject.bold, config)
+    with_model = {task: can_fit_encoding(runs, config) for task, runs in stimulus_tasks.items()}
+    n_sections = len(subject.bold) + (0 if use_fmriprep else 1) + sum(with_model.values())
     sections = pe.Node(niu.Merge(n_sections), name="report_sections")
     timeseries = pe.Node(niu.Merge(len(subject.bold)), name="all_timeseries")
     report = pe.Node(SubjectReport(subject=subject.subject,
@@ -83,6 +94,7 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
         anat_wf = init_anat_preproc_wf(subject.t1w, config)
         workflow.connect(anat_wf, "outputnode.report_section", sections, "in1")
         first_run_section = 2
+    bold_wfs = {}
     for index, run in enumerate(subject.bold):
         if use_fmriprep:
             bold_wf = init_fmriprep_bold_wf(run, config)
@@ -92,10 +104,25 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
             workflow.connect(anat_wf, "outputnode.t1w_mask", bold_wf, "inputnode.t1w_mask")
             workflow.connect(anat_wf, "outputnode.anat2std_xfm",
                              bold_wf, "inputnode.anat2std_xfm")
+        bold_wfs[run.path] = bold_wf
         workflow.connect([
             (bold_wf, sections, [("outputnode.report_section", f"in{first_run_section + index}")]),
             (bold_wf, timeseries, [("outputnode.timeseries", f"in{index + 1}")]),
         ])
+    next_section = first_run_section + len(subject.bold)
+    for task, runs in stimulus_tasks.items():
+        space = (find_fmriprep_run(Path(config.execution.derivatives["fmriprep"]), runs[0]).space
+                 if use_fmriprep else None)
+        stimulus_wf = init_stimulus_wf(runs, config, space=space)
+        workflow.connect([
+            (bold_wfs[run.path], stimulus_wf, [(f"outputnode.{field}",
+                                                f"inputnode.{field}_{index}")
+                                               for field in RUN_FIELDS])
+            for index, run in enumerate(runs)])
+        if with_model[task]:
+            workflow.connect(stimulus_wf, "outputnode.report_section", sections,
+                             f"in{next_section}")
+            next_section += 1
     workflow.connect([
         (sections, report, [("out", "sections")]),
         (report, outputnode, [("out_report", "report")]),

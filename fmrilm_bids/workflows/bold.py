@@ -61,6 +61,10 @@ def slice_timing_inputs(run: BoldRun) -> dict[str, object] | None:
             "slice_encoding_direction": direction}
 
 
+#: What a BOLD workflow's outputnode hands the stimulus models (besides ``confounds_file``).
+STIMULUS_FIELDS = ("bold_std", "mask_std", "confounds_metadata", "start_time")
+
+
 def init_bold_preproc_wf(run: BoldRun, config: Config,
                          name: str = "bold_preproc_wf") -> pe.Workflow:
     """Preprocess one BOLD run into template space and compute its confounds.
@@ -238,7 +242,9 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
     -------
     nipype Workflow
         ``inputnode``: ``t1w_brain``, ``t1w_mask``, ``anat2std_xfm``. ``outputnode``:
-        ``timeseries`` (one TSV per atlas), ``confounds_file``, ``report_section``.
+        ``timeseries`` (one TSV per atlas), ``confounds_file``, ``report_section``, and for
+        the stimulus models ``bold_std``, ``mask_std``, ``confounds_metadata``,
+        ``start_time`` (s, the slice-timing reference).
     """
     workflow = pe.Workflow(name=name or f"bold_{node_name(run.name)}_wf")
     LOGGER.info("%s: preprocessing workflow (%s)", run.name,
@@ -246,12 +252,14 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
                                                       "anat2std_xfm"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
-        "timeseries", "confounds_file", "report_section"]), name="outputnode")
+        "timeseries", "confounds_file", "report_section", *STIMULUS_FIELDS]),
+        name="outputnode")
     preproc = init_bold_preproc_wf(run, config)
     stc_inputs = slice_timing_inputs(run)
+    start_time = slice_time_reference(stc_inputs["slice_timing"]) if stc_inputs else 0.0
+    outputnode.inputs.start_time = start_time
     denoise = init_bold_denoise_wf(
-        run, config, [bids_uri(run.path, config.execution.bids_dir)],
-        start_time=slice_time_reference(stc_inputs["slice_timing"]) if stc_inputs else 0.0)
+        run, config, [bids_uri(run.path, config.execution.bids_dir)], start_time=start_time)
     template_mask = str(get_template(config.workflow.template_resolution, suffix="mask",
                                      desc="brain"))
     report = pe.Node(BoldReport(run_name=run.name, template_mask=template_mask),
@@ -269,7 +277,10 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
         (denoise, report, [("outputnode.atlas_files", "atlas_files"),
                            ("outputnode.timeseries_metadata", "timeseries_metadata")]),
         (denoise, outputnode, [("outputnode.timeseries", "timeseries")]),
-        (preproc, outputnode, [("outputnode.confounds_file", "confounds_file")]),
+        (preproc, outputnode, [("outputnode.confounds_file", "confounds_file"),
+                               ("outputnode.bold_std", "bold_std"),
+                               ("outputnode.mask_std", "mask_std"),
+                               ("outputnode.confounds_metadata", "confounds_metadata")]),
         (report, outputnode, [("section", "report_section")]),
     ])
     return workflow

@@ -18,7 +18,7 @@ from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.fmriprep import PREFERRED_SPACE, FmriprepRun, find_fmriprep_run
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.interfaces.reports import BoldReport
-from fmrilm_bids.workflows.bold import init_bold_denoise_wf
+from fmrilm_bids.workflows.bold import STIMULUS_FIELDS, init_bold_denoise_wf
 from fmrilm_bids.workflows.utils import node_name
 
 __all__ = ["PREFERRED_SPACE", "FmriprepRun", "find_fmriprep_run", "init_fmriprep_bold_wf"]
@@ -30,13 +30,21 @@ def init_fmriprep_bold_wf(run: BoldRun, config: Config,
     Returns
     -------
     nipype Workflow
-        No inputs. ``outputnode``: ``timeseries`` (one TSV per atlas), ``report_section``.
+        No inputs. ``outputnode``: ``timeseries`` (one TSV per atlas), ``report_section``,
+        and the fMRIPrep files for the stimulus models (``confounds_file`` and
+        :data:`~fmrilm_bids.workflows.bold.STIMULUS_FIELDS`).
     """
     fmriprep_dir = Path(config.execution.derivatives["fmriprep"])
     found = find_fmriprep_run(fmriprep_dir, run)
     workflow = pe.Workflow(name=name or f"fmriprep_{node_name(run.name)}_wf")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["timeseries", "report_section"]),
-                         name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=[
+        "timeseries", "report_section", "confounds_file", *STIMULUS_FIELDS]),
+        name="outputnode")
+    outputnode.inputs.bold_std = str(found.bold)
+    outputnode.inputs.mask_std = str(found.mask)
+    outputnode.inputs.confounds_file = str(found.confounds)
+    if found.confounds_metadata:
+        outputnode.inputs.confounds_metadata = str(found.confounds_metadata)
     sources = [bids_uri(run.path, config.execution.bids_dir),
                bids_uri(found.bold, fmriprep_dir, "fmriprep"),
                bids_uri(found.confounds, fmriprep_dir, "fmriprep")]
@@ -44,6 +52,7 @@ def init_fmriprep_bold_wf(run: BoldRun, config: Config,
     start_time = 0.0
     if bold_sidecar.is_file():
         start_time = float(json.loads(bold_sidecar.read_text()).get("StartTime", 0.0))
+    outputnode.inputs.start_time = start_time
     denoise = init_bold_denoise_wf(run, config, sources, start_time=start_time,
                                    bold_file=found.bold)
     denoise.inputs.inputnode.bold_std = str(found.bold)
