@@ -27,6 +27,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from fmrilm_bids.config import Config
+from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.interfaces.bids import DerivativesDataSink
 from fmrilm_bids.interfaces.stimulus import (
@@ -103,6 +104,9 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
               for key in ("betas", "tables", "masks")}
     for index, run in enumerate(runs):
         label = node_name(run.name)
+        # Sources of every file of the run: its raw BOLD and events (BIDS URIs).
+        run_sources = {"Sources": [bids_uri(path, config.execution.bids_dir)
+                                   for path in (run.path, run.events)]}
         responses = pe.Node(SingleTrialResponses(
             events_file=str(run.events), gm_probseg=gm_probseg,
             repetition_time=run.repetition_time, strategy=wf_config.denoise_strategy,
@@ -113,10 +117,13 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
                else {})), name=f"lss_{label}")
         ds_betas = pe.Node(DerivativesDataSink(
             base_directory=output_dir, source_file=str(run.path), desc="lss", suffix="betas",
-            compress=True, **space), name=f"ds_betas_{label}", run_without_submitting=True)
+            compress=True, **space, **run_sources), name=f"ds_betas_{label}",
+            run_without_submitting=True)
         ds_table = pe.Node(DerivativesDataSink(
             base_directory=output_dir, source_file=str(run.path), desc="lss", suffix="betas",
-            **space), name=f"ds_betas_table_{label}", run_without_submitting=True)
+            Description="The modelled events (or blocks): one row per volume of the betas "
+            "image.", **space, **run_sources), name=f"ds_betas_table_{label}",
+            run_without_submitting=True)
         workflow.connect([
             (inputnode, responses, [(f"bold_std_{index}", "bold_file"),
                                     (f"mask_std_{index}", "mask_file"),
@@ -134,8 +141,9 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
             pick_name = pe.Node(niu.Select(index=position), name=f"name_{label}_{position}")
             ds_parcels = pe.Node(DerivativesDataSink(
                 base_directory=output_dir, source_file=str(run.path), desc="lss",
-                suffix="betas"), name=f"ds_parcel_betas_{label}_{position}",
-                run_without_submitting=True)
+                suffix="betas", Description="Single-trial responses (LSS betas) averaged "
+                "in each parcel: one row per modelled event or block.", **run_sources),
+                name=f"ds_parcel_betas_{label}_{position}", run_without_submitting=True)
             workflow.connect([
                 (responses, pick, [("parcel_files", "inlist")]),
                 (responses, pick_name, [("atlas_names", "inlist")]),
@@ -158,7 +166,9 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
         background=str(get_template(wf_config.template_resolution, suffix="T1w")),
         title=f"sub-{runs[0].subject} task-{task}"), name="encoding_model")
     common = {"base_directory": output_dir, "source_file": sources, "desc": "encoding",
-              "dismiss_entities": ["run"]}
+              "dismiss_entities": ["run"],
+              "Sources": [bids_uri(path, config.execution.bids_dir)
+                          for run in runs for path in (run.path, run.events)]}
     ds_r = pe.Node(DerivativesDataSink(**common, suffix="statmap", statistic="r",
                                        compress=True, **space), name="ds_encoding_r",
                    run_without_submitting=True)
