@@ -32,9 +32,16 @@ from bids_app.parser import build_parser
 from fmrilm_bids import __version__
 from fmrilm_bids.config import Config, read_config_file
 from fmrilm_bids.errors import EXIT_OK, EXIT_SOFTWARE, FmrilmError, InputDataError
+from fmrilm_bids.reports.citation import (
+    RunFacts,
+    group_paragraphs,
+    participant_paragraphs,
+    write_citation,
+)
 from fmrilm_bids.utils.environment import configure_environment
 from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.launch import launched_process
+from fmrilm_bids.utils.versions import SOFTWARE, software_versions
 
 if TYPE_CHECKING:
     from fmrilm_bids.dataset.layout import Selection
@@ -54,6 +61,8 @@ OPTION_SECTIONS = {
                  "tokenizer_steps", "lm_steps", "gradient_checkpointing",
                  "reference_group", "networks", "questions", "zero_shot", "few_shot_k"),
 }
+#: Packages the group level's citation boilerplate adds to the preprocessing ones.
+MODEL_SOFTWARE = ("torch", "transformers", "peft", "sentence-transformers")
 #: Keys of a config file that the command line always decides.
 RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")
 
@@ -228,23 +237,49 @@ def prepare_run(config: Config) -> Selection:
     return selection
 
 
+def _versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions for the boilerplate, with this package's own ``__version__``."""
+    return software_versions(packages) | {"fmrilm-bids": __version__}
+
+
 def run_participant_level(selection: Selection, config: Config) -> None:
     """Preprocess, denoise and parcellate every selected run (one nipype workflow); with
     ``--model``, then apply the trained fMRI-LM model to those runs."""
     from bids_app.execution import run_workflow
+    from fmrilm_bids.preproc.denoise import get_strategy
     from fmrilm_bids.stages.participant import apply_model
     from fmrilm_bids.workflows.base import init_fmrilm_wf
+    from fmrilm_bids.workflows.bold import slice_timing_inputs
 
     run_workflow(init_fmrilm_wf(selection, config), config)
     if config.workflow.model_dir:
         apply_model(selection, config)
+    runs = selection.bold_runs
+    use_fmriprep = "fmriprep" in config.execution.derivatives
+    facts = RunFacts(participants=len(selection.subjects), runs=len(runs),
+                     slice_timed=0 if use_fmriprep else sum(
+                         slice_timing_inputs(run) is not None for run in runs),
+                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+    written = write_citation(config.execution.output_dir / "logs",
+                             participant_paragraphs(config, facts, _versions(SOFTWARE)))
+    LOGGER.info("Methods boilerplate: %s", ", ".join(str(p) for p in written))
 
 
 def run_group_level(selection: Selection, config: Config) -> None:
     """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
+    from fmrilm_bids.preproc.denoise import get_strategy
     from fmrilm_bids.stages.group import run_group_level as train_and_apply
 
     train_and_apply(selection, config)
+    if not launched_process().is_main:
+        return
+    facts = RunFacts(participants=len(selection.subjects), runs=len(selection.bold_runs),
+                     slice_timed=0,
+                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+    versions = _versions((*SOFTWARE, *MODEL_SOFTWARE))
+    written = write_citation(config.execution.output_dir / "logs",
+                             group_paragraphs(config, facts, versions), stem="CITATION_group")
+    LOGGER.info("Methods boilerplate: %s", ", ".join(str(p) for p in written))
 
 
 def main(argv: list[str] | None = None) -> int:
