@@ -91,7 +91,7 @@ def run_case(bids_dir: Path, task: str, work_root: Path, nprocs: int, sloppy: bo
         nipype=NipypeConfig(plugin="Linear", nprocs=nprocs, omp_nthreads=nprocs),
         workflow=WorkflowConfig(sloppy=sloppy),
     )
-    selection = select_runs(index_dataset(bids_dir, config.execution.bids_database_dir),
+    selection = select_runs(index_dataset(bids_dir, config.execution.bids_cache_dir),
                             task_id=[task])
     write_derivatives_skeleton(config.execution.output_dir, bids_dir)
     workflow = init_fmrilm_wf(selection, config)

@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON of pybids queries per kind of file, e.g. {"bold": {"acquisition": "mb4"}}')
     add(select, "--derivatives", nargs="+", type=_derivative, metavar="[NAME=]PATH",
         help="existing derivatives to use, e.g. fmriprep=/data/derivatives/fmriprep")
+    add(select, "--bids-database-dir", type=Path, metavar="DIR",
+        help="a pybids index to reuse as it is (built there by the first run when absent or "
+        "empty; empty it after changing the dataset); default: an index cached in the work "
+        "dir and rebuilt when the dataset changes")
     add(select, "--skip-bids-validation", action="store_true",
         help="do not run the BIDS validator on the input")
 

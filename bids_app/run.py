@@ -124,6 +124,8 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
         layered["execution"]["derivatives"] = {
             name: str(path.absolute()) for name, path in given["derivatives"]
         }
+    if "bids_database_dir" in given:
+        layered["execution"]["bids_database_dir"] = str(given["bids_database_dir"].absolute())
     if "bids_filter_file" in given:
         layered["execution"]["bids_filters"] = _load_json(given["bids_filter_file"],
                                                           "BIDS filter file")
@@ -200,7 +202,7 @@ def prepare_run(config: Config) -> Selection:
 
     from fmrilm_bids.dataset import checks
     from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
-    from fmrilm_bids.dataset.layout import index_dataset, select_runs
+    from fmrilm_bids.dataset.layout import index_dataset, reuse_index, select_runs
 
     checks.check_bids_root(execution.bids_dir)
     checks.check_output_dir(execution.output_dir)
@@ -213,7 +215,11 @@ def prepare_run(config: Config) -> Selection:
         if not path.is_dir():
             raise InputDataError(f"{path}: the '{name}' derivatives folder does not exist; "
                                  "check --derivatives.")
-    layout = index_dataset(execution.bids_dir, execution.bids_database_dir)
+    if execution.bids_database_dir:
+        LOGGER.info("pybids index: %s (--bids-database-dir)", execution.bids_database_dir)
+        layout = reuse_index(execution.bids_dir, execution.bids_database_dir)
+    else:
+        layout = index_dataset(execution.bids_dir, execution.bids_cache_dir)
     selection = select_runs(layout, execution.participant_label, execution.session_label,
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())

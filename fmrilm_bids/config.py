@@ -41,6 +41,7 @@ class ExecutionConfig:
     bids_filters: dict[str, Any] = field(default_factory=dict)
     derivatives: dict[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
+    bids_database_dir: Path | None = None
     skip_bids_validation: bool = False
     stop_on_first_crash: bool = False
     clean_workdir: bool = False
@@ -54,8 +55,9 @@ class ExecutionConfig:
         return self.output_dir / "logs" / self.run_uuid
 
     @property
-    def bids_database_dir(self) -> Path:
-        """Where the pybids index of the input dataset is cached."""
+    def bids_cache_dir(self) -> Path:
+        """Where the pybids index of the input dataset is cached when no
+        ``bids_database_dir`` (``--bids-database-dir``) is given."""
         return self.work_dir / "bids_db"
 
 
