@@ -56,8 +56,8 @@ OPTION_SECTIONS = {
     "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation",
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
-    "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
-                 "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
+    "workflow": ("atlases", "output_spaces", "denoise_strategy", "high_pass", "fd_threshold",
+                 "scrub", "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
                  "tokenizer_steps", "lm_steps", "gradient_checkpointing",
                  "reference_group", "networks", "questions", "zero_shot", "few_shot_k"),
 }
@@ -145,6 +145,11 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             f"the work dir {work_dir} is inside the BIDS folder; choose one outside it "
             "with -w/--work-dir"
         )
+    workflow = layered["workflow"]
+    if len(workflow.get("output_spaces", [])) > 1 and not workflow.get("output_bold"):
+        parser.error(f"--output-spaces {' '.join(workflow['output_spaces'])}: the spaces after "
+                     "the first are only written as preprocessed BOLD; add --output-bold, or "
+                     "give one space")
     cpus = len(os.sched_getaffinity(0))
     nipype = layered["nipype"]
     nipype.setdefault("nprocs", cpus)
@@ -203,6 +208,7 @@ def prepare_run(config: Config) -> Selection:
     from fmrilm_bids.dataset import checks
     from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
     from fmrilm_bids.dataset.layout import index_dataset, reuse_index, select_runs
+    from fmrilm_bids.resources.templates import check_spaces
 
     checks.check_bids_root(execution.bids_dir)
     checks.check_output_dir(execution.output_dir)
@@ -224,6 +230,8 @@ def prepare_run(config: Config) -> Selection:
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
     checks.check_selection(selection, require_t1w="fmriprep" not in execution.derivatives)
+    if execution.analysis_level == "participant" and "fmriprep" not in execution.derivatives:
+        check_spaces(config.workflow.spaces)
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 

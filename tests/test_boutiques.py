@@ -17,6 +17,9 @@ from bids_app.parser import build_parser
 from fmrilm_bids import __version__
 from fmrilm_bids.errors import EXIT_MEANINGS
 
+#: Values of the string options whose parser type checks them.
+TYPED_STRINGS = {"derivatives": ["fmriprep=/data/fmriprep", "/data/other"],
+                 "output_spaces": ["MNI152NLin6Asym:res-2", "MNI152NLin2009cAsym:res-1"]}
 #: The positional OUTPUT_DIR is two inputs (a name to create, or the participant outputs).
 OUTPUT_INPUTS = {"output_dir_name", "participant_level_analysis_dir"}
 
@@ -77,7 +80,9 @@ def _value(entry: dict[str, Any], folder: Path) -> Any:
         path = folder / entry["id"]
         path.mkdir(exist_ok=True)
         return [str(path)] if entry.get("list") else str(path)
-    one = f"{entry['id']}=value" if entry["id"] == "derivatives" else f"{entry['id']}_1"
+    if entry["id"] in TYPED_STRINGS:
+        return TYPED_STRINGS[entry["id"]]
+    one = f"{entry['id']}_1"
     return [one, one.replace("1", "2")] if entry.get("list") else one
 
 

@@ -307,16 +307,23 @@ def participant_paragraphs(config: Config, facts: RunFacts,
             "template-space preprocessed BOLD series, brain masks and confounds were used "
             "as they are.")))
     else:
+        template_ref = " [@fonov2009]" if wf.template.startswith("MNI152NLin2009") else ""
         sloppy = " with a fast, coarse optimisation (`--sloppy`, testing only)" if wf.sloppy \
             else ""
         parts.append(("Anatomical data", (
             f"The T1-weighted (T1w) image was corrected for intensity non-uniformity with "
             f"N4 [@tustison2010] (*ANTs*, through antspyx {v('antspyx')}). It was registered "
-            f"to the {wf.template} template [@fonov2009] ({wf.template_resolution} mm, served "
+            f"to the {wf.template} template{template_ref} (TemplateFlow res-"
+            f"{wf.template_resolution}, served "
             f"through *TemplateFlow* {v('templateflow')} [@ciric2022]) with an affine "
             f"transform followed by symmetric normalisation (SyN) [@avants2008] driven by "
             f"mutual information [@mattes2003]{sloppy}. The T1w brain mask is the "
             f"template's brain mask carried back through that transform.")))
+        if len(wf.spaces) > 1:
+            parts.append(("Further output spaces", (
+                "The T1w was also registered (affine and SyN, as above) to "
+                + ", ".join(space.label for space in wf.spaces[1:]) + ", and the BOLD runs "
+                "were resampled into each of them in one step.")))
         dummies = ("detected from the global signal" if wf.dummy_scans is None
                    else f"set to {wf.dummy_scans}")
         stc = (f"slice-timing correction (cubic interpolation to the middle of the "
@@ -330,7 +337,7 @@ def participant_paragraphs(config: Config, facts: RunFacts,
             f"reference was coregistered to the T1w brain with a rigid, mutual-information "
             f"registration [@mattes2003] (*ANTs*). Head motion, coregistration and "
             f"normalisation were composed and applied in one cubic-spline resampling onto "
-            f"the {wf.template} grid ({wf.template_resolution} mm). Confounds were "
+            f"the {wf.template} grid (res-{wf.template_resolution}). Confounds were "
             f"computed as in *fMRIPrep*: the 6 motion parameters with their derivatives and "
             f"squares [@friston1996], framewise displacement and DVARS [@power2012], the "
             f"global, white-matter and CSF signals, and anatomical CompCor components "

@@ -92,6 +92,7 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
             workflow.connect(anat_wf, "outputnode.t1w_mask", bold_wf, "inputnode.t1w_mask")
             workflow.connect(anat_wf, "outputnode.anat2std_xfm",
                              bold_wf, "inputnode.anat2std_xfm")
+            workflow.connect(anat_wf, "outputnode.std_xfms", bold_wf, "inputnode.std_xfms")
         workflow.connect([
             (bold_wf, sections, [("outputnode.report_section", f"in{first_run_section + index}")]),
             (bold_wf, timeseries, [("outputnode.timeseries", f"in{index + 1}")]),
