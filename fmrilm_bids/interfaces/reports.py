@@ -20,8 +20,7 @@ from nipype.interfaces.base import (
 )
 
 from fmrilm_bids.reports.figures import carpet_figure, overlay_figure, parcellation_figure
-from fmrilm_bids.reports.html import render_report, section
-from fmrilm_bids.utils.files import atomic_write_text
+from fmrilm_bids.reports.html import publish_subject_report, section
 
 
 def _write_section(runtime, content: dict[str, object]) -> str:
@@ -144,14 +143,14 @@ class _SubjectReportOutputSpec(TraitedSpec):
 
 
 class SubjectReport(SimpleInterface):
-    """Write ``sub-<label>.html`` at the derivatives root (atomically)."""
+    """Write ``sub-<label>.html`` at the derivatives root (atomically), with the
+    preprocessing sections saved as its ``preproc`` part (``publish_subject_report``)."""
 
     input_spec = _SubjectReportInputSpec
     output_spec = _SubjectReportOutputSpec
 
     def _run_interface(self, runtime):
         sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
-        out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
-        atomic_write_text(out, render_report(f"sub-{self.inputs.subject}", sections))
-        self._results["out_report"] = str(out)
+        self._results["out_report"] = str(publish_subject_report(
+            Path(self.inputs.output_dir), self.inputs.subject, "preproc", sections))
         return runtime
