@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from fmrilm_bids import __version__
-from fmrilm_bids.config import ANALYSIS_LEVELS, DEVICES
+from fmrilm_bids.config import ANALYSIS_LEVELS, DEFAULT_SPACE, DEVICES, Space
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -32,6 +32,14 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
     return number
+
+
+def _output_space(value: str) -> str:
+    """``TEMPLATE[:res-N][:cohort-C]`` (fMRIPrep's grammar), written back in full."""
+    try:
+        return Space.parse(value).label
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _derivative(value: str) -> tuple[str, Path]:
@@ -74,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON of pybids queries per kind of file, e.g. {"bold": {"acquisition": "mb4"}}')
     add(select, "--derivatives", nargs="+", type=_derivative, metavar="[NAME=]PATH",
         help="existing derivatives to use, e.g. fmriprep=/data/derivatives/fmriprep")
+    add(select, "--bids-database-dir", type=Path, metavar="DIR",
+        help="a pybids index to reuse as it is (built there by the first run when absent or "
+        "empty; empty it after changing the dataset); default: an index cached in the work "
+        "dir and rebuilt when the dataset changes")
     add(select, "--skip-bids-validation", action="store_true",
         help="do not run the BIDS validator on the input")
     add(select, "--strict", action="store_true",
@@ -120,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     add(wf, "--scrub", action="store_true", help="censor high-motion volumes")
     add(wf, "--dummy-scans", type=int, metavar="N",
         help="non-steady-state volumes at the start (default: detected)")
+    add(wf, "--output-spaces", nargs="+", type=_output_space, metavar="SPACE",
+        help="template spaces in fMRIPrep's grammar, e.g. MNI152NLin2009cAsym:res-2 "
+        "MNI152NLin6Asym, from the TemplateFlow home (nothing is downloaded); the first is "
+        "where registration, confounds and parcellation happen; the others need "
+        f"--output-bold (default: {DEFAULT_SPACE}, bundled)")
     add(wf, "--output-bold", action="store_true",
-        help="also write the preprocessed BOLD in template space (large)")
+        help="also write the preprocessed BOLD and its mask in every output space (large)")
     stim = parser.add_argument_group(
         "Stimulus models (participant level, runs whose events.tsv has trial_type or captions)")
     add(stim, "--no-stimulus-models", dest="stimulus_models", action="store_false",

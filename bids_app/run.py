@@ -39,10 +39,17 @@ from fmrilm_bids.errors import (
     InputDataError,
     OutputCheckError,
 )
+from fmrilm_bids.reports.citation import (
+    RunFacts,
+    group_paragraphs,
+    participant_paragraphs,
+    write_citation,
+)
 from fmrilm_bids.utils.environment import configure_environment
 from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.launch import launched_process
 from fmrilm_bids.utils.locks import acquire_run_locks, release_run_locks
+from fmrilm_bids.utils.versions import SOFTWARE, software_versions
 
 if TYPE_CHECKING:
     from fmrilm_bids.dataset.layout import Selection
@@ -57,14 +64,16 @@ OPTION_SECTIONS = {
     "execution": ("participant_label", "session_label", "task_id", "skip_bids_validation", "strict",
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
-    "workflow": ("atlases", "denoise_strategy", "high_pass", "fd_threshold", "scrub",
-                 "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
+    "workflow": ("atlases", "output_spaces", "denoise_strategy", "high_pass", "fd_threshold",
+                 "scrub", "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
                  "tokenizer_steps", "lm_steps", "gradient_checkpointing",
                  "reference_group", "networks", "questions", "zero_shot", "few_shot_k",
                  "stimulus_models", "stimulus_unit", "caption_column", "stim_captions",
                  "stimulus_features", "encoding_cv", "encoding_folds",
                  "contrastive_alignment", "selectivity_top"),
 }
+#: Packages the group level's citation boilerplate adds to the preprocessing ones.
+MODEL_SOFTWARE = ("torch", "transformers", "peft", "sentence-transformers")
 #: Keys of a config file that the command line always decides.
 RUN_SPECIFIC_KEYS = ("bids_dir", "output_dir", "analysis_level", "run_uuid", "version")
 
@@ -125,6 +134,8 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
         layered["execution"]["derivatives"] = {
             name: str(path.absolute()) for name, path in given["derivatives"]
         }
+    if "bids_database_dir" in given:
+        layered["execution"]["bids_database_dir"] = str(given["bids_database_dir"].absolute())
     if "bids_filter_file" in given:
         from fmrilm_bids.dataset.layout import check_bids_filters
 
@@ -150,6 +161,11 @@ def build_config(opts: argparse.Namespace, parser: argparse.ArgumentParser) -> C
             f"the work dir {work_dir} is inside the BIDS folder; choose one outside it "
             "with -w/--work-dir"
         )
+    workflow = layered["workflow"]
+    if len(workflow.get("output_spaces", [])) > 1 and not workflow.get("output_bold"):
+        parser.error(f"--output-spaces {' '.join(workflow['output_spaces'])}: the spaces after "
+                     "the first are only written as preprocessed BOLD; add --output-bold, or "
+                     "give one space")
     cpus = len(os.sched_getaffinity(0))
     nipype = layered["nipype"]
     nipype.setdefault("nprocs", cpus)
@@ -207,7 +223,8 @@ def prepare_run(config: Config) -> Selection:
 
     from fmrilm_bids.dataset import checks
     from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
-    from fmrilm_bids.dataset.layout import index_dataset, select_runs
+    from fmrilm_bids.dataset.layout import index_dataset, reuse_index, select_runs
+    from fmrilm_bids.resources.templates import check_spaces
 
     checks.check_bids_root(execution.bids_dir)
     checks.check_output_dir(execution.output_dir)
@@ -220,7 +237,11 @@ def prepare_run(config: Config) -> Selection:
         if not path.is_dir():
             raise InputDataError(f"{path}: the '{name}' derivatives folder does not exist; "
                                  "check --derivatives.")
-    layout = index_dataset(execution.bids_dir, execution.bids_database_dir)
+    if execution.bids_database_dir:
+        LOGGER.info("pybids index: %s (--bids-database-dir)", execution.bids_database_dir)
+        layout = reuse_index(execution.bids_dir, execution.bids_database_dir)
+    else:
+        layout = index_dataset(execution.bids_dir, execution.bids_cache_dir)
     selection = select_runs(layout, execution.participant_label, execution.session_label,
                             execution.task_id, execution.bids_filters)
     LOGGER.info("%s", selection.summary())
@@ -233,6 +254,8 @@ def prepare_run(config: Config) -> Selection:
     if launched_process().is_main:  # one run at a time per participant (or group) and work dir
         acquire_run_locks(execution.work_dir, ["group"] if execution.analysis_level == "group"
                           else [f"sub-{s.subject}" for s in selection.subjects])
+    if execution.analysis_level == "participant" and "fmriprep" not in execution.derivatives:
+        check_spaces(config.workflow.spaces)
     if config.workflow.model_dir and execution.analysis_level == "participant":
         from fmrilm_bids.stages.participant import load_model
 
@@ -252,23 +275,49 @@ def prepare_run(config: Config) -> Selection:
     return selection
 
 
+def _versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions for the boilerplate, with this package's own ``__version__``."""
+    return software_versions(packages) | {"fmrilm-bids": __version__}
+
+
 def run_participant_level(selection: Selection, config: Config) -> None:
     """Preprocess, denoise and parcellate every selected run (one nipype workflow); with
     ``--model``, then apply the trained fMRI-LM model to those runs."""
     from bids_app.execution import run_workflow
+    from fmrilm_bids.preproc.denoise import get_strategy
     from fmrilm_bids.stages.participant import apply_model
     from fmrilm_bids.workflows.base import init_fmrilm_wf
+    from fmrilm_bids.workflows.bold import slice_timing_inputs
 
     run_workflow(init_fmrilm_wf(selection, config), config)
     if config.workflow.model_dir:
         apply_model(selection, config)
+    runs = selection.bold_runs
+    use_fmriprep = "fmriprep" in config.execution.derivatives
+    facts = RunFacts(participants=len(selection.subjects), runs=len(runs),
+                     slice_timed=0 if use_fmriprep else sum(
+                         slice_timing_inputs(run) is not None for run in runs),
+                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+    written = write_citation(config.execution.output_dir / "logs",
+                             participant_paragraphs(config, facts, _versions(SOFTWARE)))
+    LOGGER.info("Methods boilerplate: %s", ", ".join(str(p) for p in written))
 
 
 def run_group_level(selection: Selection, config: Config) -> None:
     """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
+    from fmrilm_bids.preproc.denoise import get_strategy
     from fmrilm_bids.stages.group import run_group_level as train_and_apply
 
     train_and_apply(selection, config)
+    if not launched_process().is_main:
+        return
+    facts = RunFacts(participants=len(selection.subjects), runs=len(selection.bold_runs),
+                     slice_timed=0,
+                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+    versions = _versions((*SOFTWARE, *MODEL_SOFTWARE))
+    written = write_citation(config.execution.output_dir / "logs",
+                             group_paragraphs(config, facts, versions), stem="CITATION_group")
+    LOGGER.info("Methods boilerplate: %s", ", ".join(str(p) for p in written))
 
 
 def check_own_outputs(selection: Any, config: Config) -> None:

@@ -25,6 +25,67 @@ import tomli_w
 ANALYSIS_LEVELS = ("participant", "group")
 T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
+#: The offline default output space: the bundled template (see fmrilm_bids.resources.templates).
+DEFAULT_SPACE = "MNI152NLin2009aSym:res-2"
+#: fMRIPrep's non-template spaces, which fmrilm-bids does not write.
+NONSTANDARD_SPACES = ("T1w", "anat", "func", "bold", "run", "boldref", "sbref", "fsnative",
+                      "fsaverage", "fsaverage5", "fsaverage6", "fsLR")
+
+
+@dataclass(frozen=True)
+class Space:
+    """One output space of ``--output-spaces``, in fMRIPrep's grammar.
+
+    ``TEMPLATE[:res-N][:cohort-C]``, e.g. ``MNI152NLin2009cAsym:res-2``; the resolution is
+    TemplateFlow's ``res`` index (default 2).
+    """
+
+    template: str
+    resolution: int = 2
+    cohort: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Space:
+        """Read ``TEMPLATE[:res-N][:cohort-C]``.
+
+        Raises
+        ------
+        ValueError
+            With what to write instead.
+        """
+        name, *modifiers = text.strip().split(":")
+        if name in NONSTANDARD_SPACES:
+            raise ValueError(f"'{text}': fmrilm-bids writes template spaces only (e.g. "
+                             f"{DEFAULT_SPACE}), not {name}")
+        if not name or not name.isalnum():
+            raise ValueError(f"'{text}': a space is TEMPLATE[:res-N][:cohort-C], e.g. "
+                             f"{DEFAULT_SPACE}")
+        values: dict[str, Any] = {}
+        for modifier in modifiers:
+            key, _, value = modifier.partition("-")
+            if key == "res" and value.isdigit() and int(value) > 0:
+                values["resolution"] = int(value)
+            elif key == "res" and value == "native":
+                raise ValueError(f"'{text}': res-native is not supported; give a template "
+                                 "resolution such as res-2")
+            elif key == "cohort" and value:
+                values["cohort"] = value
+            else:
+                raise ValueError(f"'{text}': unknown modifier '{modifier}'; use res-N "
+                                 "(e.g. res-2) or cohort-C")
+        return cls(template=name, **values)
+
+    @property
+    def label(self) -> str:
+        """The space as written on the command line (``MNI152NLin6Asym:res-2``)."""
+        cohort = f":cohort-{self.cohort}" if self.cohort else ""
+        return f"{self.template}:res-{self.resolution}{cohort}"
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """BIDS entities of a file in this space (``space``, ``cohort``, ``res``)."""
+        values = {"space": self.template, "resolution": str(self.resolution)}
+        return values | ({"cohort": self.cohort} if self.cohort else {})
 
 
 @dataclass
@@ -41,6 +102,7 @@ class ExecutionConfig:
     bids_filters: dict[str, Any] = field(default_factory=dict)
     derivatives: dict[str, Path] = field(default_factory=dict)
     cache_dir: Path | None = None
+    bids_database_dir: Path | None = None
     skip_bids_validation: bool = False
     strict: bool = False
     stop_on_first_crash: bool = False
@@ -55,8 +117,9 @@ class ExecutionConfig:
         return self.output_dir / "logs" / self.run_uuid
 
     @property
-    def bids_database_dir(self) -> Path:
-        """Where the pybids index of the input dataset is cached."""
+    def bids_cache_dir(self) -> Path:
+        """Where the pybids index of the input dataset is cached when no
+        ``bids_database_dir`` (``--bids-database-dir``) is given."""
         return self.work_dir / "bids_db"
 
 
@@ -93,8 +156,7 @@ class WorkflowConfig:
     dummy_scans: int | None = None
     output_bold: bool = False
     sloppy: bool = False
-    template: str = "MNI152NLin2009aSym"
-    template_resolution: int = 2
+    output_spaces: list[str] = field(default_factory=lambda: [DEFAULT_SPACE])
     model_dir: Path | None = None
     llm_dir: Path | None = None
     device: str = "auto"
@@ -116,6 +178,22 @@ class WorkflowConfig:
     encoding_folds: int = 5
     contrastive_alignment: float = 0.0
     selectivity_top: int = 10
+
+    @property
+    def spaces(self) -> list[Space]:
+        """The output spaces; the first is the analysis space (registration target,
+        confounds, parcellation, reports)."""
+        return [Space.parse(text) for text in self.output_spaces]
+
+    @property
+    def template(self) -> str:
+        """The analysis space's template identifier."""
+        return self.spaces[0].template
+
+    @property
+    def template_resolution(self) -> int:
+        """The analysis space's resolution (TemplateFlow ``res`` index)."""
+        return self.spaces[0].resolution
 
 
 @dataclass

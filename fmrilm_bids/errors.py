@@ -16,6 +16,21 @@ EXIT_SOFTWARE = 70  # a bug (EX_SOFTWARE)
 EXIT_CANT_CREATE = 73  # an output cannot be written (EX_CANTCREAT)
 EXIT_TEMP_FAIL = 75  # another run holds the work dir: try again later (EX_TEMPFAIL)
 
+#: What each non-zero exit code means (the README's table; the Boutiques descriptor's
+#: ``error-codes``).
+EXIT_MEANINGS = {
+    EXIT_RUN_FAILED: "the run started and a processing step failed (crash files in "
+    "OUTPUT_DIR/logs/)",
+    EXIT_USAGE: "usage error (bad flags, output dir equal to the input, work dir inside the "
+    "input)",
+    EXIT_DATA: "bad input data (not 4-D, no RepetitionTime, corrupt or truncated NIfTI, bad "
+    "events, validator errors, bad settings file)",
+    EXIT_NO_INPUT: "missing input (not a folder, unknown participant/session/task, nothing "
+    "matched, no T1w)",
+    EXIT_SOFTWARE: "internal error (a bug: please report it with the output of -vv)",
+    EXIT_CANT_CREATE: "the output folder cannot be written",
+}
+
 
 class FmrilmError(Exception):
     """Base of the errors reported to the user as one line, with an exit code."""

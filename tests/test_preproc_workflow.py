@@ -64,7 +64,7 @@ def processed(tmp_path_factory):
     run2 = dataset.write_bold("task-rest_run-2", n_volumes=30, n_dummy=0, shape=(40, 48, 14),
                               centre_z=-25.0, int16=False, slice_timing=False)
     config = make_config(root, root / "bids", output_bold=True, denoise_strategy="6P")
-    selection = select_runs(index_dataset(root / "bids", config.execution.bids_database_dir))
+    selection = select_runs(index_dataset(root / "bids", config.execution.bids_cache_dir))
     run_workflow(selection, config)
     return {"root": root, "config": config, "selection": selection, "run1": run1,
             "run2": run2}

@@ -27,7 +27,7 @@ BIDS_VERSION = "1.10.0"
 BIDSIGNORE_PATTERNS = (
     "*.html",
     "logs/",
-    "figures/",
+    "figures",
     "models",
     "group",
     "*_timeseries.tsv",

@@ -1,9 +1,12 @@
 """Index the input dataset once (pybids) and resolve which BOLD runs a run works on.
 
-The pybids index is cached in the work dir, keyed by a fingerprint of the dataset (paths,
-sizes and modification times), so an unchanged dataset is indexed once and a changed one is
-re-indexed. Building the index is guarded by a file lock and published with an atomic
-rename, so two participants started at once on the same work dir share one index safely.
+By default the pybids index is cached in the work dir, keyed by a fingerprint of the dataset
+(paths, sizes and modification times), so an unchanged dataset is indexed once and a changed
+one is re-indexed (:func:`index_dataset`). With ``--bids-database-dir DIR`` the index in
+``DIR`` is reused as it is, without walking the dataset, as fMRIPrep does: the first run
+builds it there, every later run (e.g. the jobs of a cluster array) only opens it
+(:func:`reuse_index`). Building an index is guarded by a file lock and published with an
+atomic rename, so runs started at once share one index safely.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids.exceptions import BIDSValidationError
 from bids.layout import BIDSLayout, BIDSLayoutIndexer
 from filelock import FileLock
+from sqlalchemy.exc import SQLAlchemyError
 
 from fmrilm_bids.errors import InputDataError, MissingInputError
 
@@ -30,6 +35,8 @@ LOGGER = logging.getLogger(__name__)
 #: Folders pybids does not index (BIDS says they hold no raw data).
 IGNORED_FOLDERS = ("code", "derivatives", "sourcedata", "stimuli", "models", "logs")
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+#: The file that makes a folder a pybids index.
+INDEX_FILE = "layout_index.sqlite"
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,22 @@ def dataset_fingerprint(bids_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _indexer() -> BIDSLayoutIndexer:
+    return BIDSLayoutIndexer(
+        validate=False, ignore=[*IGNORED_FOLDERS, re.compile(r"/\.")], index_metadata=True
+    )
+
+
+def _build_index(bids_dir: Path, target: Path) -> None:
+    """Index ``bids_dir`` into ``target`` (absent or empty): built beside it, then renamed."""
+    building = target.with_name(target.name + f".building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    BIDSLayout(bids_dir, validate=False, indexer=_indexer(), database_path=building)
+    if target.is_dir():
+        target.rmdir()  # empty (checked by the callers): the rename needs it gone
+    os.replace(building, target)
+
+
 def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
     """Return a pybids ``BIDSLayout`` of ``bids_dir``, using the cached index when current.
 
@@ -153,15 +176,9 @@ def index_dataset(bids_dir: Path, database_dir: Path) -> Any:
     database_dir = Path(database_dir).absolute()
     database_dir.mkdir(parents=True, exist_ok=True)
     target = database_dir / dataset_fingerprint(bids_dir)
-    indexer = BIDSLayoutIndexer(
-        validate=False, ignore=[*IGNORED_FOLDERS, re.compile(r"/\.")], index_metadata=True
-    )
     with FileLock(str(target) + ".lock"):
-        if not (target / "layout_index.sqlite").is_file():
-            building = target.with_name(target.name + f".building-{os.getpid()}")
-            shutil.rmtree(building, ignore_errors=True)
-            BIDSLayout(bids_dir, validate=False, indexer=indexer, database_path=building)
-            os.replace(building, target)
+        if not (target / INDEX_FILE).is_file():
+            _build_index(bids_dir, target)
     return BIDSLayout(bids_dir, validate=False, database_path=target, reset_database=False)
 
 
@@ -222,6 +239,51 @@ def _check_filter_entities(layout: Any, filters: dict[str, dict[str, Any]]) -> N
                 f"--bids-filter-file: '{kind}' filters on {', '.join(unknown)}, not an entity "
                 f"of {layout.root}; {hint}the entities are {', '.join(entities)}."
             )
+
+
+def reuse_index(bids_dir: Path, database_dir: Path) -> Any:
+    """Open the pybids index in ``database_dir`` as it is, building it there first if absent.
+
+    The ``--bids-database-dir`` path: the dataset is not walked, so an index of a large
+    dataset is built once and opened in seconds by every later run. The index is trusted as
+    it is (empty the folder after changing the dataset).
+
+    Parameters
+    ----------
+    bids_dir : Path
+        The raw BIDS dataset the index must describe.
+    database_dir : Path
+        A pybids index folder (``layout_index.sqlite`` inside), or a folder that is empty or
+        does not exist yet.
+
+    Raises
+    ------
+    InputDataError
+        When ``database_dir`` holds other files, an unreadable index, or the index of another
+        dataset.
+    """
+    bids_dir = Path(bids_dir).absolute()
+    database_dir = Path(database_dir).absolute()
+    database_dir.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(database_dir) + ".lock"):
+        if not (database_dir / INDEX_FILE).is_file():
+            if database_dir.is_dir() and any(database_dir.iterdir()):
+                raise InputDataError(
+                    f"{database_dir}: not a pybids index (no {INDEX_FILE}) and not empty; "
+                    "give --bids-database-dir an index folder, an empty folder or a new path.")
+            _build_index(bids_dir, database_dir)
+    try:
+        layout = BIDSLayout(bids_dir, validate=False, database_path=database_dir,
+                            reset_database=False)
+    except (SQLAlchemyError, BIDSValidationError) as err:  # damaged, or its dataset is gone
+        raise InputDataError(
+            f"{database_dir / INDEX_FILE}: the pybids index cannot be used "
+            f"({type(err).__name__}); empty {database_dir} to rebuild it.") from err
+    if Path(layout.root).absolute() != bids_dir:
+        raise InputDataError(
+            f"{database_dir}: this pybids index was built for {layout.root}, not {bids_dir}; "
+            "point --bids-database-dir at this dataset's index or at an empty folder.")
+    return layout
 
 
 def _strip(label: str, prefix: str) -> str:

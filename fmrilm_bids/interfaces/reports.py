@@ -21,8 +21,7 @@ from nipype.interfaces.base import (
 
 from fmrilm_bids.dataset.output_checks import SELF_CHECKS, VALIDATOR_CHECKS
 from fmrilm_bids.reports.figures import carpet_figure, overlay_figure, parcellation_figure
-from fmrilm_bids.reports.html import render_report, section
-from fmrilm_bids.utils.files import atomic_write_text
+from fmrilm_bids.reports.html import publish_subject_report, section
 
 
 def validation_section() -> dict[str, object]:
@@ -157,7 +156,8 @@ class _SubjectReportOutputSpec(TraitedSpec):
 
 
 class SubjectReport(SimpleInterface):
-    """Write ``sub-<label>.html`` at the derivatives root (atomically)."""
+    """Write ``sub-<label>.html`` at the derivatives root (atomically), with the
+    preprocessing sections saved as its ``preproc`` part (``publish_subject_report``)."""
 
     input_spec = _SubjectReportInputSpec
     output_spec = _SubjectReportOutputSpec
@@ -165,7 +165,6 @@ class SubjectReport(SimpleInterface):
     def _run_interface(self, runtime):
         sections = [json.loads(Path(p).read_text()) for p in self.inputs.sections]
         sections.append(validation_section())
-        out = Path(self.inputs.output_dir) / f"sub-{self.inputs.subject}.html"
-        atomic_write_text(out, render_report(f"sub-{self.inputs.subject}", sections))
-        self._results["out_report"] = str(out)
+        self._results["out_report"] = str(publish_subject_report(
+            Path(self.inputs.output_dir), self.inputs.subject, "preproc", sections))
         return runtime

@@ -12,6 +12,15 @@ Transforms stay ANTs files (ITK conventions, LPS coordinates) on disk;
 :func:`itk_affine_to_ras` and :func:`points_field` turn them into RAS+ world mappings that
 :mod:`fmrilm_bids.preproc.resampling` composes with head motion into one resampling step.
 
+A fine T1w (e.g. 0.7 mm, 274 x 384 x 384) is *fit* on a shrunk copy, as ANTs' shrink
+factors do, and full resolution is kept only for what is written in T1w space: N4 fits its
+bias field on a copy at :data:`N4_WORKING_MM` and divides the full image by the smooth field
+brought back by linear interpolation; the affine and SyN stages are fit on a copy at the
+template's voxel size (2 mm by default; never finer than :data:`FINE_T1W_MM`) and the
+transforms, physical-space mappings, then apply to the full image; the brain mask is
+carried back on the shrunk grid (the template's mask has no finer detail) and brought to the
+full grid by nearest neighbour. A T1w of :data:`FINE_T1W_MM` or coarser is used as it is.
+
 antspyx pitfalls handled here: every call writes under an explicit ``outprefix`` (never
 ``/tmp``); results are deterministic (``set_ants_deterministic`` with the run's seed, which
 also makes ITK single-threaded: ANTs nodes use one core, and MultiProc runs others beside);
@@ -42,18 +51,55 @@ def ants_session(seed: int):
     yield ants
 
 
+#: A T1w with a voxel side finer than this (mm) is fit on shrunk copies; others as they are.
+FINE_T1W_MM = 1.0
+#: Voxel size (mm) of the copy on which N4 fits the bias field of a fine T1w.
+N4_WORKING_MM = 2.0
+#: N4's own shrink factor (as before for a T1w fit as it is; on the working copy, the
+#: factor that fits the field at about 4 mm, as on a 1 mm image).
+N4_SHRINK_AT_1MM = 4
+
+
+def working_spacing(spacing: tuple[float, ...], working_mm: float) -> tuple[float, ...] | None:
+    """The isotropic spacing at which to fit an image of ``spacing``, or None to use it as
+    it is (no voxel side finer than :data:`FINE_T1W_MM`)."""
+    if min(spacing) >= FINE_T1W_MM * 0.99:
+        return None
+    return (float(working_mm),) * len(spacing)
+
+
+def _shrunk(image, working_mm: float):
+    """``image`` resampled (linear) to ``working_mm`` voxels, or itself when not finer."""
+    spacing = working_spacing(tuple(image.spacing), working_mm)
+    return image if spacing is None else ants.resample_image(image, spacing, use_voxels=False,
+                                                              interp_type=0)
+
+
 def n4_bias_correct(in_file: Path, out_file: Path, seed: int = 42) -> Path:
     """N4 bias-field correction of a T1w (head mask from Otsu-like thresholding).
+
+    The field is fit on a copy at :data:`N4_WORKING_MM` when the T1w is finer (N4 shrinks
+    it further, to about 4 mm, as on any 1 mm image), then brought back to the full grid.
 
     Returns
     -------
     Path
-        ``out_file``, float32, intensities rescaled to the input's 99th percentile.
+        ``out_file``, float32.
     """
     with ants_session(seed) as ants:
         img = ants.image_read(str(in_file))
-        head = ants.get_mask(img, cleanup=2)
-        corrected = ants.n4_bias_field_correction(img, mask=head, shrink_factor=4)
+        work = _shrunk(img, N4_WORKING_MM)
+        head = ants.get_mask(work, cleanup=2)
+        if work is img:
+            corrected = ants.n4_bias_field_correction(img, mask=head,
+                                                      shrink_factor=N4_SHRINK_AT_1MM)
+        else:
+            shrink = max(1, round(N4_SHRINK_AT_1MM / N4_WORKING_MM))
+            field = ants.n4_bias_field_correction(work, mask=head, shrink_factor=shrink,
+                                                  return_bias_field=True)
+            full_field = ants.resample_image_to_target(field, img, interp_type="linear")
+            values = full_field.numpy()
+            corrected = img.new_image_like(img.numpy() / np.where(values > 0, values, 1.0))
         ants.image_write(corrected, str(out_file))
     return Path(out_file)
 
@@ -92,8 +138,10 @@ def register_to_template(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with ants_session(seed) as ants:
-        moving = ants.image_read(str(t1w))
+        full = ants.image_read(str(t1w))
         fixed = ants.image_read(str(template))
+        # Fit on a copy at the template's voxel size; write on ``full``.
+        moving = _shrunk(full, max(min(fixed.spacing), FINE_T1W_MM))
         fixed_mask = ants.image_read(str(template_mask))
         affine = ants.registration(
             fixed=fixed, moving=moving, type_of_transform="AffineFast" if sloppy else "Affine",
@@ -112,14 +160,16 @@ def register_to_template(
         mask = ants.apply_transforms(moving, fixed_mask, syn["invtransforms"],
                                      interpolator="nearestNeighbor")
         mask = ants.iMath(ants.threshold_image(mask, 0.5, 1e9), "FillHoles")
+        if moving is not full:
+            mask = ants.resample_image_to_target(mask, full, interp_type="nearestNeighbor")
         paths = {
             "mask": out_dir / "t1w_desc-brain_mask.nii.gz",
             "brain": out_dir / "t1w_desc-brain_T1w.nii.gz",
             "std": out_dir / "space-template_T1w.nii.gz",
         }
         ants.image_write(mask, str(paths["mask"]))
-        ants.image_write(moving * mask, str(paths["brain"]))
-        ants.image_write(ants.apply_transforms(fixed, moving, syn["fwdtransforms"]),
+        ants.image_write(full * mask, str(paths["brain"]))
+        ants.image_write(ants.apply_transforms(fixed, full, syn["fwdtransforms"]),
                          str(paths["std"]))
     return TemplateRegistration(
         forward_transforms=[str(p) for p in syn["fwdtransforms"]],

@@ -94,3 +94,48 @@ def statmap_figure(stat_map: str, background: str, title: str, threshold: float 
                            figure=figure, title=title, threshold=threshold, cmap="hot",
                            draw_cross=False, colorbar=True)
     return figure_uri(figure)
+
+
+def token_figure(onsets: np.ndarray, durations: np.ndarray, tokens: np.ndarray,
+                 codebook_size: int, events: Sequence[tuple[float, float, str]],
+                 title: str) -> str:
+    """A run's token sequence over time (steps), with its events as shaded spans.
+
+    Parameters
+    ----------
+    onsets, durations, tokens : arrays of shape (P,)
+        One row per time patch (seconds, token index).
+    events : sequence of (onset, duration, trial_type)
+    """
+    figure, axis = plt.subplots(figsize=(10, 2.6))
+    kinds = sorted({kind for _, _, kind in events})
+    colours = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
+    for onset, duration, kind in events:
+        axis.axvspan(onset, onset + max(duration, 0.5), color=colours[kind], alpha=0.25,
+                     lw=0)
+    for kind in kinds:
+        axis.plot([], [], color=colours[kind], alpha=0.5, lw=6, label=kind)
+    edges = np.append(onsets, onsets[-1] + durations[-1]) if len(onsets) else np.array([0.0])
+    axis.stairs(tokens, edges, color="k", lw=1.2, baseline=None)
+    axis.scatter(onsets + durations / 2, tokens, s=10, color="k", zorder=3)
+    axis.set(xlabel="time (s)", ylabel="token", ylim=(-0.5, codebook_size - 0.5),
+             title=title, xlim=(edges[0], edges[-1]))
+    if kinds:
+        axis.legend(loc="upper right", fontsize=7, ncol=min(len(kinds), 4), frameon=False)
+    return figure_uri(figure)
+
+
+def metrics_figure(values: dict[str, dict[str, float]], metric: str) -> str:
+    """Grouped bars: per question (``values`` keys), the metric of each system."""
+    systems = list(dict.fromkeys(s for by_system in values.values() for s in by_system))
+    figure, axis = plt.subplots(figsize=(max(4.0, 1.3 * len(values) + 2), 3))
+    width = 0.8 / max(len(systems), 1)
+    positions = np.arange(len(values))
+    for index, system in enumerate(systems):
+        heights = [by_system.get(system, np.nan) for by_system in values.values()]
+        axis.bar(positions + (index - (len(systems) - 1) / 2) * width, heights, width,
+                 label=system.replace("_", " "))
+    axis.set_xticks(positions, list(values), rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel(metric.replace("_", " "))
+    axis.legend(fontsize=7, frameon=False)
+    return figure_uri(figure)

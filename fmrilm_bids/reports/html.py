@@ -8,9 +8,16 @@ report into one HTML file with the software versions at the end.
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
+from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.versions import software_versions
+
+#: The parts of a subject's report, in page order: preprocessing (the participant
+#: workflow), then the language outputs (``group``, or ``participant --model``).
+REPORT_PARTS = ("preproc", "language")
 
 
 def section(title: str, paragraphs: Sequence[str] = (),
@@ -63,3 +70,33 @@ def render_report(name: str, sections: Sequence[dict[str, object]]) -> str:
               for k, v in software_versions().items()]
     parts.append("</ul></body></html>")
     return "\n".join(parts)
+
+
+def report_part_file(output_dir: Path, subject: str, part: str) -> Path:
+    """Where one part of ``sub-<subject>.html`` keeps its sections (JSON), as fMRIPrep keeps
+    reportlets: ``sub-<subject>/figures/sub-<subject>_desc-<part>_report.json``."""
+    if part not in REPORT_PARTS:
+        raise ValueError(f"unknown report part {part!r}; one of {', '.join(REPORT_PARTS)}")
+    folder = Path(output_dir) / f"sub-{subject}" / "figures"
+    return folder / f"sub-{subject}_desc-{part}_report.json"
+
+
+def publish_subject_report(output_dir: Path, subject: str, part: str,
+                           sections: Sequence[dict[str, object]]) -> Path:
+    """Save ``part``'s sections and (re)write ``sub-<subject>.html`` from every part saved,
+    so each level adds its sections without losing the others'.
+
+    Returns
+    -------
+    Path
+        The report.
+    """
+    atomic_write_text(report_part_file(output_dir, subject, part), json.dumps(list(sections)))
+    pages = []
+    for name in REPORT_PARTS:
+        saved = report_part_file(output_dir, subject, name)
+        if saved.is_file():
+            pages += json.loads(saved.read_text())
+    out = Path(output_dir) / f"sub-{subject}.html"
+    atomic_write_text(out, render_report(f"sub-{subject}", pages))
+    return out

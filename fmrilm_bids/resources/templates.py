@@ -1,4 +1,5 @@
-"""The output template, MNI152NLin2009aSym, served through a local TemplateFlow home.
+"""Output templates: MNI152NLin2009aSym, served through a local TemplateFlow home, and any
+template that home already holds (``--output-spaces``).
 
 nilearn ships the ICBM152 2009a nonlinear *symmetric* template (TemplateFlow's
 ``MNI152NLin2009aSym``). :func:`ensure_template` writes it, with a brain mask and tissue
@@ -8,7 +9,10 @@ probability maps, into ``$TEMPLATEFLOW_HOME`` laid out the TemplateFlow way, so 
 
 :func:`get_template` reads the folder directly rather than through ``templateflow.api``,
 whose index is built once per process (from the ``TEMPLATEFLOW_HOME`` seen at import, and
-before the files were written).
+before the files were written). :func:`space_file` does the same for the other templates of
+the home (``tpl-<name>/[cohort-<c>/]tpl-<name>[_cohort-<c>]_res-<NN>_<key>.nii.gz``), which
+are read as they are and never downloaded: one that is missing is refused with one line
+saying how to add it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import nibabel as nib
 import numpy as np
 from nilearn import datasets
 
+from fmrilm_bids.config import Space
+from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.utils.files import atomic_write
 
 TEMPLATE = "MNI152NLin2009aSym"
@@ -28,16 +34,24 @@ RESOLUTIONS = (1, 2)
 #: The images fmrilm-bids uses, by their TemplateFlow entities and suffix.
 TEMPLATE_FILES = ("T1w", "desc-brain_mask", "label-GM_probseg", "label-WM_probseg",
                   "label-CSF_probseg")
+#: What every output space needs (registration target, BOLD mask) ...
+SPACE_FILES = ("T1w", "desc-brain_mask")
+#: ... and what the analysis space (the first) needs besides: the confounds' tissue priors.
+ANALYSIS_SPACE_FILES = (*SPACE_FILES, "label-WM_probseg", "label-CSF_probseg")
 
 
-def _template_dir() -> Path:
+def _templateflow_home() -> Path:
     home = os.environ.get("TEMPLATEFLOW_HOME")
     if not home:
         raise RuntimeError(
             "TEMPLATEFLOW_HOME is not set: call "
             "fmrilm_bids.utils.environment.configure_environment() before using templates."
         )
-    return Path(home) / f"tpl-{TEMPLATE}"
+    return Path(home)
+
+
+def _template_dir() -> Path:
+    return _templateflow_home() / f"tpl-{TEMPLATE}"
 
 
 def _nilearn_images(resolution: int) -> dict[str, object]:
@@ -61,15 +75,18 @@ def _write_float(img: nib.Nifti1Image, path: Path, dtype: type = np.float32) -> 
     atomic_write(path, out.to_filename)
 
 
-def _file_name(resolution: int, key: str, padded: bool = True) -> str:
+def _file_name(resolution: int, key: str, padded: bool = True, template: str = TEMPLATE,
+               cohort: str | None = None) -> str:
     res = f"{resolution:02d}" if padded else str(resolution)
-    return f"tpl-{TEMPLATE}_res-{res}_{key}.nii.gz"
+    cohort_entity = f"_cohort-{cohort}" if cohort else ""
+    return f"tpl-{template}{cohort_entity}_res-{res}_{key}.nii.gz"
 
 
-def _existing(folder: Path, resolution: int, key: str) -> Path | None:
+def _existing(folder: Path, resolution: int, key: str, template: str = TEMPLATE,
+              cohort: str | None = None) -> Path | None:
     """The non-empty file for ``key`` at ``resolution`` (``res-01`` or ``res-1``), if any."""
     for padded in (True, False):
-        path = folder / _file_name(resolution, key, padded)
+        path = folder / _file_name(resolution, key, padded, template, cohort)
         if path.is_file() and path.stat().st_size > 0:
             return path
     return None
@@ -164,3 +181,56 @@ def get_template(resolution: int = 2, suffix: str = "T1w", **entities: str | Non
         raise FileNotFoundError(f"{_template_dir()}: {_file_name(resolution, key)} could not "
                                 "be written; check that TEMPLATEFLOW_HOME is writable.")
     return found
+
+
+def space_file(space: Space, suffix: str = "T1w", **entities: str | None) -> Path:
+    """One image of an output space, from the TemplateFlow home (never downloaded).
+
+    The bundled ``MNI152NLin2009aSym`` is written on first use (:func:`get_template`); any
+    other template must already be in ``$TEMPLATEFLOW_HOME``.
+
+    Parameters
+    ----------
+    space : fmrilm_bids.config.Space
+    suffix, **entities
+        As for :func:`get_template`.
+
+    Raises
+    ------
+    MissingInputError
+        When the home lacks the file: one line saying how to add the template.
+    """
+    if space.template == TEMPLATE and not space.cohort and space.resolution in RESOLUTIONS:
+        return get_template(space.resolution, suffix, **entities)
+    key = "_".join([*(f"{name}-{entities[name]}" for name in ("label", "desc")
+                      if entities.get(name)), suffix])
+    home = _templateflow_home()
+    folder = home / f"tpl-{space.template}"
+    if space.cohort:
+        folder = folder / f"cohort-{space.cohort}"
+    found = _existing(folder, space.resolution, key, space.template, space.cohort)
+    if found is None:
+        cohort = f", cohort='{space.cohort}'" if space.cohort else ""
+        raise MissingInputError(
+            f"{folder / _file_name(space.resolution, key, True, space.template, space.cohort)}"
+            f": output space {space.label} is not in the TemplateFlow home {home} (nothing is "
+            "downloaded at run time); add it from a machine online with `python -c \"from "
+            f"templateflow import api; api.get('{space.template}', resolution={space.resolution}"
+            f"{cohort})\"` and copy its tpl-{space.template} folder into {home} (or point "
+            "TEMPLATEFLOW_HOME at a home that holds it).")
+    return found
+
+
+def check_spaces(spaces: list[Space]) -> None:
+    """Check that the TemplateFlow home holds every file the output spaces need: the first
+    (analysis) space :data:`ANALYSIS_SPACE_FILES`, the others :data:`SPACE_FILES`.
+
+    Raises
+    ------
+    MissingInputError
+        For the first missing file (:func:`space_file`).
+    """
+    for index, space in enumerate(spaces):
+        for key in ANALYSIS_SPACE_FILES if index == 0 else SPACE_FILES:
+            *named, suffix = key.split("_")
+            space_file(space, suffix, **dict(n.split("-", 1) for n in named))

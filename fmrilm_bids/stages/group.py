@@ -45,6 +45,7 @@ from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
 from fmrilm_bids.reports.html import render_report, section
+from fmrilm_bids.reports.language import metrics_figures
 from fmrilm_bids.stages.bundle import Stage1Model, Stage1Settings
 from fmrilm_bids.stages.inputs import atlas_name, read_participants
 from fmrilm_bids.stages.language import (
@@ -53,6 +54,7 @@ from fmrilm_bids.stages.language import (
     llm_embedder,
     lm_run,
     publish_model,
+    write_language_reports,
 )
 from fmrilm_bids.stages.outputs import (
     CORPUS_FILE,
@@ -192,12 +194,16 @@ def run_group_level(selection: Selection, config: Config) -> Path:
     if context.is_main:
         publish_model(model_dir, fit.model_dir, fit.metrics)
         write_group_report(output_dir, fit.metrics, stage1.info)
+        write_language_reports(stage1_runs, output_dir,
+                               stage1.info["Tokenizer"]["codebook_size"])
         LOGGER.info("Model published to %s", model_dir)
     return model_dir
 
 
 def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Path:
-    """``group.html``: the model's held-out results, as tables."""
+    """``group.html``: the model's held-out results, as figures (the model against its
+    baselines and chance, :func:`~fmrilm_bids.reports.language.metrics_figures`) and
+    tables."""
 
     rows = [[task, setting, metric, value]
             for task, settings in (metrics.get("tasks") or {}).items()
@@ -215,6 +221,7 @@ def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Pa
         section("Stages 2-3: language model", [
             "Held-out-subject evaluation (models/fmrilm/metrics.json)."
             if metrics else "No held-out subject: no evaluation."],
+            figures=metrics_figures(metrics),
             tables=[("Held-out results", ["task", "setting", "metric", "value"], rows)]
             if rows else []),
     ]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fmrilm_bids.fmrilm.card import render_card
@@ -30,6 +31,8 @@ from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.pipeline import RunOutputs, apply_fmrilm
 from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.tokenizer.runs import TokenizedRun
+from fmrilm_bids.reports.html import publish_subject_report
+from fmrilm_bids.reports.language import run_language_section
 from fmrilm_bids.stages.bundle import Stage1Model
 from fmrilm_bids.stages.inputs import DerivativeRun
 from fmrilm_bids.stages.outputs import (
@@ -110,6 +113,45 @@ def apply_language_model(model: FmriLM | Path, stage1_runs: Sequence[Stage1Run],
     for result, lm in zip(mine, lm_runs, strict=True):
         write_lm_outputs(result.run, outputs[lm.key], atlas, output_dir, bids_dir,
                          (lm.onsets, lm.durations))
+
+
+def _sibling(timeseries_file: Path, name: str) -> Path:
+    """A language output beside a run's ``desc-denoised_timeseries.tsv``."""
+    return timeseries_file.with_name(
+        timeseries_file.name.replace("desc-denoised_timeseries.tsv", name))
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t", na_values="n/a") if path.is_file() else None
+
+
+def write_language_reports(stage1_runs: Sequence[Stage1Run], output_dir: Path,
+                           codebook_size: int) -> list[Path]:
+    """Add the language outputs of every run to its participant's ``sub-<label>.html``.
+
+    Each run's section (token sequence over time under the events; per time patch the
+    events, token, caption and answers) is built from the files written for it
+    (``desc-fmrilm_tokens.tsv``, ``desc-fmrilm_captions.tsv``, ``desc-answers_text.tsv``)
+    and its ``events.tsv``, and saved as the report's ``language`` part.
+
+    Returns
+    -------
+    list of Path
+        The reports written, one per participant.
+    """
+    by_subject: dict[str, list[dict[str, object]]] = {}
+    for result in sorted(stage1_runs, key=lambda r: r.run.key):
+        run = result.run
+        tokens = _read_table(_sibling(run.timeseries_file, "desc-fmrilm_tokens.tsv"))
+        if tokens is None:
+            continue
+        by_subject.setdefault(run.bold.subject, []).append(run_language_section(
+            run.key, tokens, _read_table(_sibling(run.timeseries_file,
+                                                  "desc-fmrilm_captions.tsv")),
+            _read_table(_sibling(run.timeseries_file, "desc-answers_text.tsv")),
+            run.events, codebook_size))
+    return [publish_subject_report(output_dir, subject, "language", sections)
+            for subject, sections in by_subject.items()]
 
 
 def model_card(stage1: Stage1Model, metrics: dict) -> str:

@@ -15,7 +15,11 @@ from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.stages.bundle import Stage1Model
-from fmrilm_bids.stages.language import LM_FOLDER, apply_language_model
+from fmrilm_bids.stages.language import (
+    LM_FOLDER,
+    apply_language_model,
+    write_language_reports,
+)
 from fmrilm_bids.stages.stage1 import apply_stage1
 from fmrilm_bids.utils.devices import resolve_device
 
@@ -52,3 +56,5 @@ def apply_model(selection: Selection, config: Config) -> None:
     apply_language_model(model_dir / LM_FOLDER, stage1_runs, execution.output_dir,
                          execution.bids_dir, stage1.atlas, device,
                          DecodingConfig(seed=config.seeds.master), llm_dir=workflow.llm_dir)
+    write_language_reports(stage1_runs, execution.output_dir,
+                           stage1.info["Tokenizer"]["codebook_size"])

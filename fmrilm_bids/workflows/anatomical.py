@@ -15,7 +15,8 @@ from fmrilm_bids.interfaces.anatomical import (
     TemplateRegistration,
 )
 from fmrilm_bids.interfaces.reports import AnatReport
-from fmrilm_bids.resources.templates import get_template
+from fmrilm_bids.resources.templates import space_file
+from fmrilm_bids.workflows.utils import space_node_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def init_anat_preproc_wf(t1w: tuple[Path, ...], config: Config,
     The first T1w is conformed (RAS+ storage, float32), bias-corrected with N4 and
     registered to ``config.workflow.template`` (affine + SyN; ``config.workflow.sloppy``
     for a fast, coarse registration); the T1w brain mask is the template's, carried back.
+    With further output spaces (``--output-spaces A B ...``), the T1w is also registered to
+    each of them (``std_xfms``).
 
     Parameters
     ----------
@@ -42,22 +45,23 @@ def init_anat_preproc_wf(t1w: tuple[Path, ...], config: Config,
         ``inputnode``: ``t1w`` (list of files). ``outputnode``: ``t1w_preproc`` (N4),
         ``t1w_brain``, ``t1w_mask``, ``anat2std_xfm`` (antspyx transform list resampling
         T1w images onto the template), ``std_t1w`` (T1w in template space),
-        ``report_section`` (JSON section of the HTML report).
+        ``report_section`` (JSON section of the HTML report), ``std_xfms`` (one antspyx
+        transform list per output space after the first, in order; empty with one space).
     """
     workflow = pe.Workflow(name=name)
     if len(t1w) > 1:
         LOGGER.warning("%d T1w images; using %s (averaging several is not implemented).",
                        len(t1w), Path(t1w[0]).name)
-    resolution = config.workflow.template_resolution
-    template = str(get_template(resolution, suffix="T1w"))
-    template_mask = str(get_template(resolution, suffix="mask", desc="brain"))
+    analysis_space, *other_spaces = config.workflow.spaces
+    template = str(space_file(analysis_space, "T1w"))
+    template_mask = str(space_file(analysis_space, "mask", desc="brain"))
     seed = config.seeds.master
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = [str(p) for p in t1w]
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "t1w_preproc", "t1w_brain", "t1w_mask", "anat2std_xfm", "std_t1w", "report_section",
-    ]), name="outputnode")
+        "std_xfms"]), name="outputnode")
 
     conform = pe.Node(ConformT1w(), name="conform")
     n4 = pe.Node(N4BiasFieldCorrection(seed=seed), name="n4", mem_gb=1.5)
@@ -79,4 +83,19 @@ def init_anat_preproc_wf(t1w: tuple[Path, ...], config: Config,
         (register, report, [("std_t1w", "std_t1w")]),
         (report, outputnode, [("section", "report_section")]),
     ])
+    if not other_spaces:
+        outputnode.inputs.std_xfms = []
+        return workflow
+    std_xfms = pe.Node(niu.Merge(len(other_spaces)), name="std_xfms")
+    for index, space in enumerate(other_spaces, start=1):
+        register_space = pe.Node(TemplateRegistration(
+            template=str(space_file(space, "T1w")),
+            template_mask=str(space_file(space, "mask", desc="brain")),
+            sloppy=config.workflow.sloppy, seed=seed),
+            name=f"register_{space_node_name(space)}", mem_gb=2.5)
+        workflow.connect([
+            (n4, register_space, [("out_file", "in_file")]),
+            (register_space, std_xfms, [("forward_transforms", f"in{index}")]),
+        ])
+    workflow.connect(std_xfms, "out", outputnode, "std_xfms")
     return workflow

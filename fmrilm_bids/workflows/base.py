@@ -104,6 +104,7 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
             workflow.connect(anat_wf, "outputnode.t1w_mask", bold_wf, "inputnode.t1w_mask")
             workflow.connect(anat_wf, "outputnode.anat2std_xfm",
                              bold_wf, "inputnode.anat2std_xfm")
+            workflow.connect(anat_wf, "outputnode.std_xfms", bold_wf, "inputnode.std_xfms")
         bold_wfs[run.path] = bold_wf
         workflow.connect([
             (bold_wf, sections, [("outputnode.report_section", f"in{first_run_section + index}")]),

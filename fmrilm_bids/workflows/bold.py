@@ -10,7 +10,7 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from fmrilm_bids.config import Config
+from fmrilm_bids.config import Config, Space
 from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.errors import InputDataError
@@ -26,8 +26,8 @@ from fmrilm_bids.interfaces.functional import (
 )
 from fmrilm_bids.interfaces.reports import BoldReport
 from fmrilm_bids.preproc.slice_timing import slice_axis, slice_time_reference
-from fmrilm_bids.resources.templates import get_template
-from fmrilm_bids.workflows.utils import node_name
+from fmrilm_bids.resources.templates import space_file
+from fmrilm_bids.workflows.utils import node_name, space_node_name
 
 LOGGER = logging.getLogger(__name__)
 
@@ -74,26 +74,30 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
     rigid BOLD-to-T1w coregistration (ANTs, mutual information); motion, coregistration
     and normalisation applied in one cubic resampling onto the template grid; brain mask;
     confounds (written as ``desc-confounds_timeseries.tsv``); the preprocessed BOLD and its
-    mask are written when ``config.workflow.output_bold``.
+    mask are written when ``config.workflow.output_bold``, in every output space (the
+    spaces after the first get their own one-step resampling, through ``std_xfms``).
 
     Returns
     -------
     nipype Workflow
-        ``inputnode``: ``t1w_brain``, ``t1w_mask``, ``anat2std_xfm``. ``outputnode``:
+        ``inputnode``: ``t1w_brain``, ``t1w_mask``, ``anat2std_xfm``, ``std_xfms`` (one
+        transform list per output space after the first). ``outputnode``:
         ``bold_std``, ``boldref_std``, ``mask_std``, ``confounds_file``,
         ``confounds_metadata`` (JSON file), ``methods`` (list of paragraphs).
     """
     workflow = pe.Workflow(name=name)
     resolution = config.workflow.template_resolution
-    template = str(get_template(resolution, suffix="T1w"))
-    template_mask = str(get_template(resolution, suffix="mask", desc="brain"))
+    analysis_space, *other_spaces = config.workflow.spaces
+    template = str(space_file(analysis_space, "T1w"))
+    template_mask = str(space_file(analysis_space, "mask", desc="brain"))
     seed = config.seeds.master
     output_dir = str(config.execution.output_dir)
     stc_inputs = slice_timing_inputs(run)
     mem_gb = _bold_gb(run, nib.load(template).shape)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
-                                                      "anat2std_xfm"]), name="inputnode")
+                                                      "anat2std_xfm", "std_xfms"]),
+                        name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "bold_std", "boldref_std", "mask_std", "confounds_file", "confounds_metadata",
         "methods"]), name="outputnode")
@@ -106,8 +110,8 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
                                           repetition_time=run.repetition_time),
                        name="resample", mem_gb=mem_gb)
     confounds = pe.Node(BoldConfounds(
-        wm_probseg=str(get_template(resolution, suffix="probseg", label="WM")),
-        csf_probseg=str(get_template(resolution, suffix="probseg", label="CSF")),
+        wm_probseg=str(space_file(analysis_space, "probseg", label="WM")),
+        csf_probseg=str(space_file(analysis_space, "probseg", label="CSF")),
         repetition_time=run.repetition_time, high_pass=config.workflow.high_pass),
         name="confounds", mem_gb=mem_gb)
     ds_confounds = pe.Node(DerivativesDataSink(
@@ -133,30 +137,34 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
         (confounds, outputnode, [("confounds_file", "confounds_file"),
                                  ("metadata_file", "confounds_metadata")]),
     ])
+    resamplers = [(analysis_space, resample)]
+    for index, space in enumerate(other_spaces if config.workflow.output_bold else []):
+        label = space_node_name(space)
+        select = pe.Node(niu.Select(index=index), name=f"select_xfm_{label}")
+        space_resample = pe.Node(ResampleToTemplate(
+            template=str(space_file(space, "T1w")),
+            template_mask=str(space_file(space, "mask", desc="brain")),
+            repetition_time=run.repetition_time), name=f"resample_{label}", mem_gb=mem_gb)
+        workflow.connect([
+            (inputnode, select, [("std_xfms", "inlist")]),
+            (select, space_resample, [("out", "anat_transforms")]),
+            (realign, space_resample, [("transforms", "motion_transforms")]),
+            (coreg, space_resample, [("transform", "coreg_transform")]),
+        ])
+        resamplers.append((space, space_resample))
+    stc = None
     if stc_inputs:
         stc = pe.Node(SliceTimingCorrection(in_file=str(run.path), **stc_inputs), name="stc")
-        workflow.connect(stc, "out_file", resample, "in_file")
-    else:
-        resample.inputs.in_file = str(run.path)
+    for _, node in resamplers:
+        if stc is None:
+            node.inputs.in_file = str(run.path)
+        else:
+            workflow.connect(stc, "out_file", node, "in_file")
 
     if config.workflow.output_bold:
-        space = {"space": config.workflow.template, "resolution": str(resolution)}
-        ds_bold = pe.Node(DerivativesDataSink(
-            base_directory=output_dir, source_file=str(run.path), desc="preproc",
-            suffix="bold", compress=True, data_dtype="float32", **space,
-            meta_dict={"RepetitionTime": run.repetition_time, "SkullStripped": False,
-                       "SliceTimingCorrected": bool(stc_inputs),
-                       "StartTime": slice_time_reference(stc_inputs["slice_timing"])
-                       if stc_inputs else 0.0,
-                       "Sources": [bids_uri(run.path, config.execution.bids_dir)]}),
-            name="ds_bold", mem_gb=mem_gb)
-        ds_mask = pe.Node(DerivativesDataSink(
-            base_directory=output_dir, source_file=str(run.path), desc="brain",
-            suffix="mask", compress=True, **space), name="ds_mask")
-        workflow.connect([
-            (resample, ds_bold, [("bold_std", "in_file")]),
-            (resample, ds_mask, [("mask_std", "in_file")]),
-        ])
+        for space, node in resamplers:
+            _connect_bold_sinks(workflow, node, space, run, config, stc_inputs, mem_gb,
+                                suffix="" if node is resample else f"_{space_node_name(space)}")
 
     stc_words = (f"slice-timing correction (cubic interpolation to the middle of the "
                  f"acquisition, SliceEncodingDirection {stc_inputs['slice_encoding_direction']})"
@@ -173,6 +181,29 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
         "DVARS, global, white-matter and CSF signals, aCompCor (template tissue priors).",
     ]
     return workflow
+
+
+def _connect_bold_sinks(workflow: pe.Workflow, resample: pe.Node, space: Space, run: BoldRun,
+                        config: Config, stc_inputs: dict[str, object] | None, mem_gb: float,
+                        suffix: str) -> None:
+    """Write one space's preprocessed BOLD and brain mask through the derivatives sink."""
+    output_dir = str(config.execution.output_dir)
+    ds_bold = pe.Node(DerivativesDataSink(
+        base_directory=output_dir, source_file=str(run.path), desc="preproc",
+        suffix="bold", compress=True, data_dtype="float32", **space.entities,
+        meta_dict={"RepetitionTime": run.repetition_time, "SkullStripped": False,
+                   "SliceTimingCorrected": bool(stc_inputs),
+                   "StartTime": slice_time_reference(stc_inputs["slice_timing"])
+                   if stc_inputs else 0.0,
+                   "Sources": [bids_uri(run.path, config.execution.bids_dir)]}),
+        name=f"ds_bold{suffix}", mem_gb=mem_gb)
+    ds_mask = pe.Node(DerivativesDataSink(
+        base_directory=output_dir, source_file=str(run.path), desc="brain",
+        suffix="mask", compress=True, **space.entities), name=f"ds_mask{suffix}")
+    workflow.connect([
+        (resample, ds_bold, [("bold_std", "in_file")]),
+        (resample, ds_mask, [("mask_std", "in_file")]),
+    ])
 
 
 def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
@@ -250,7 +281,8 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
     LOGGER.info("%s: preprocessing workflow (%s)", run.name,
                 "slice timing known" if run.metadata.get("SliceTiming") else "no SliceTiming")
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
-                                                      "anat2std_xfm"]), name="inputnode")
+                                                      "anat2std_xfm", "std_xfms"]),
+                        name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "timeseries", "confounds_file", "report_section", *STIMULUS_FIELDS]),
         name="outputnode")
@@ -260,14 +292,13 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
     outputnode.inputs.start_time = start_time
     denoise = init_bold_denoise_wf(
         run, config, [bids_uri(run.path, config.execution.bids_dir)], start_time=start_time)
-    template_mask = str(get_template(config.workflow.template_resolution, suffix="mask",
-                                     desc="brain"))
+    template_mask = str(space_file(config.workflow.spaces[0], "mask", desc="brain"))
     report = pe.Node(BoldReport(run_name=run.name, template_mask=template_mask),
                      name="report", mem_gb=_bold_gb(run, (100, 120, 100)))
     fields = ["bold_std", "mask_std", "confounds_file", "confounds_metadata"]
     workflow.connect([
         (inputnode, preproc, [(f, f"inputnode.{f}") for f in
-                              ("t1w_brain", "t1w_mask", "anat2std_xfm")]),
+                              ("t1w_brain", "t1w_mask", "anat2std_xfm", "std_xfms")]),
         (preproc, denoise, [(f"outputnode.{f}", f"inputnode.{f}") for f in fields]),
         (preproc, report, [("outputnode.bold_std", "bold_std"),
                            ("outputnode.mask_std", "mask_std"),

@@ -35,7 +35,7 @@ from fmrilm_bids.interfaces.stimulus import (
     SingleTrialResponses,
     response_units,
 )
-from fmrilm_bids.resources.templates import get_template
+from fmrilm_bids.resources.templates import space_file
 from fmrilm_bids.stimulus.encoding import MIN_REPEATED
 from fmrilm_bids.stimulus.features import event_captions, has_stimulus_text, read_stim_captions
 from fmrilm_bids.stimulus.lss import DEFAULT_BLOCK_GAP
@@ -99,7 +99,7 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
         f"{f}_{i}" for i in range(len(runs)) for f in RUN_FIELDS]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["r_map", "selectivity_file",
                                                        "report_section"]), name="outputnode")
-    gm_probseg = str(get_template(wf_config.template_resolution, suffix="probseg", label="GM"))
+    gm_probseg = str(space_file(wf_config.spaces[0], "probseg", label="GM"))
     merges = {key: pe.Node(niu.Merge(len(runs)), name=f"merge_{key}")
               for key in ("betas", "tables", "masks")}
     for index, run in enumerate(runs):
@@ -163,7 +163,7 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
         device=str(resolve_device(wf_config.device)), cv=wf_config.encoding_cv,
         n_folds=wf_config.encoding_folds, contrastive=wf_config.contrastive_alignment,
         top=wf_config.selectivity_top, seed=config.seeds.master,
-        background=str(get_template(wf_config.template_resolution, suffix="T1w")),
+        background=str(space_file(wf_config.spaces[0], "T1w")),
         title=f"sub-{runs[0].subject} task-{task}"), name="encoding_model")
     common = {"base_directory": output_dir, "source_file": sources, "desc": "encoding",
               "dismiss_entities": ["run"],
