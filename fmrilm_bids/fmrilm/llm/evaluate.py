@@ -53,6 +53,7 @@ from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE
 from fmrilm_bids.fmrilm.llm.runs import LMRun, window_segment
 from fmrilm_bids.fmrilm.llm.tasks import TaskItem, TaskSpec, task_items
 from fmrilm_bids.resources.text_encoder import encode_sentences
+from fmrilm_bids.utils.progress import Heartbeat
 
 
 def connectivity_features(run: LMRun, start: int, stop: int) -> np.ndarray:
@@ -326,14 +327,17 @@ def evaluate_fmrilm(model: FmriLM, train_runs: Sequence[LMRun], test_runs: Seque
     result = {"train_subjects": sorted({r.subject for r in train_runs}),
               "test_subjects": sorted({r.subject for r in test_runs}), "tasks": tasks,
               "decoding": decoding.to_dict()}
-    with model.merged():
+    steps = len(model.tasks) + len(held_out_tasks) + int(describe)
+    with model.merged(), Heartbeat("Held-out evaluation", steps, "questions") as beat:
         for task in model.tasks:
             tasks[task.name] = evaluate_task(model, task, train_runs, test_runs, participants,
                                              "tuned", few_shot_k if few_shot_all else 0,
                                              decoding, baselines, rng)
+            beat.advance()
         for task in held_out_tasks:
             tasks[task.name] = evaluate_task(model, task, train_runs, test_runs, participants,
                                              "zero-shot", few_shot_k, decoding, baselines, rng)
+            beat.advance()
         if describe:
             result["descriptions"] = evaluate_descriptions(model, test_runs, decoding,
                                                            max_describe)

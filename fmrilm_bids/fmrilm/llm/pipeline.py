@@ -38,6 +38,7 @@ from fmrilm_bids.fmrilm.llm.train import train_fmrilm
 from fmrilm_bids.fmrilm.splits import subject_split
 from fmrilm_bids.utils.devices import CPU, distributed_context
 from fmrilm_bids.utils.files import atomic_write_text
+from fmrilm_bids.utils.progress import Heartbeat
 
 LOGGER = logging.getLogger(__name__)
 
@@ -302,7 +303,8 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
         source = "in memory"
         model.to(device).eval()
     outputs = {}
-    with model.merged():
+    with model.merged(), Heartbeat("Captions, embeddings and answers", len(runs),
+                                   "runs") as beat:
         for number, run in enumerate(runs, start=1):
             started = time.perf_counter()
             windows, events = run_captions(model, run, decoding) if captions else (None, None)
@@ -315,6 +317,7 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
                 run_embedding=vector, answers=answer_tasks(model, run, decoding),
                 settings={"model": source, "backbone": model.backbone,
                           "decoding": decoding.to_dict(), "captions_per_second": rate})
+            beat.advance()
             LOGGER.info("[%d/%d] %s: %d captions, embeddings and answers in %.0f s", number,
-                     len(runs), run.key, n_captions, time.perf_counter() - started)
+                        len(runs), run.key, n_captions, time.perf_counter() - started)
     return outputs
