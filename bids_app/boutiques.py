@@ -71,7 +71,7 @@ def _option_input(action: argparse.Action) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": action.dest, "name": _name(action), "description":
                              _help(action), "value-key": f"[{action.dest.upper()}]",
                              "optional": True}
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
         entry |= {"type": "Flag", "command-line-flag": flag}
     elif isinstance(action, argparse._CountAction):  # -v / -vv: the flags are the values
         short = next(o for o in action.option_strings if not o.startswith("--"))

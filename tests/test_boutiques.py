@@ -72,7 +72,8 @@ def _value(entry: dict[str, Any], folder: Path) -> Any:
     if entry["type"] == "Flag":
         return True
     if "value-choices" in entry:
-        return entry["value-choices"][-1]
+        choice = entry["value-choices"][-1]
+        return [choice] if entry.get("list") else choice
     if entry["type"] == "Number":
         one = entry.get("minimum", 3) + 1 if entry["integer"] else 0.25
         return [one, one + 1] if entry.get("list") else one
@@ -87,8 +88,8 @@ def _value(entry: dict[str, Any], folder: Path) -> Any:
 
 
 def _expected(action: argparse.Action, value: Any) -> Any:
-    if isinstance(action, argparse._StoreTrueAction):
-        return True
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        return not isinstance(action, argparse._StoreFalseAction)  # the flag was given
     if isinstance(action, argparse._CountAction):
         return len(value) - 1
     convert = action.type or (lambda v: v)

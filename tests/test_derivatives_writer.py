@@ -100,3 +100,20 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     atomic_write_text(target, "two")
     assert target.read_text() == "two"
     assert [p.name for p in target.parent.iterdir()] == ["file.txt"]
+
+
+def test_captions_the_model_left_empty_are_missing_not_blank() -> None:
+    """A caption the model did not write is n/a in the table (BIDS), never an empty cell."""
+    import pandas as pd
+
+    from fmrilm_bids.stages.outputs import captions_table
+
+    windows = pd.DataFrame({"onset": [0.0, 12.0, 24.0], "duration": 12.0,
+                            "caption": ["A dog on a beach.", "", "  "]})
+    events = pd.DataFrame({"onset": [3.0], "duration": 2.0, "trial_type": ["animal"],
+                           "caption": ["A cat."]})
+    table = captions_table(windows, events)
+    assert table["caption"].isna().tolist() == [False, False, True, True]
+    written = table.to_csv(sep="\t", index=False, na_rep="n/a").splitlines()
+    assert [line.rsplit("\t", 1)[1] for line in written[1:]] == [
+        "A dog on a beach.", "A cat.", "n/a", "n/a"]

@@ -113,7 +113,10 @@ def answers_table(answers: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 def captions_table(window_captions: pd.DataFrame | None,
                    event_captions: pd.DataFrame | None) -> pd.DataFrame:
-    """Window and event captions in one table, sorted by onset (``scope`` says which)."""
+    """Window and event captions in one table, sorted by onset (``scope`` says which).
+
+    A caption the model left empty is missing (written ``n/a``), never an empty cell.
+    """
     tables = []
     if window_captions is not None:
         tables.append(window_captions.assign(scope="window"))
@@ -123,6 +126,8 @@ def captions_table(window_captions: pd.DataFrame | None,
         return pd.DataFrame(columns=["onset", "duration", "scope", "caption"])
     table = pd.concat(tables, ignore_index=True).sort_values(["onset", "scope"], kind="stable")
     leading = ["onset", "duration", "scope", *(["trial_type"] if "trial_type" in table else [])]
+    blank = table["caption"].isna() | (table["caption"].astype(str).str.strip() == "")
+    table["caption"] = table["caption"].where(~blank)
     return table[[*leading, "caption"]].reset_index(drop=True)
 
 
