@@ -25,7 +25,7 @@ def _wait_for(condition, seconds: float = 10.0) -> bool:
 
 def test_heartbeat_logs_while_the_work_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="fmrilm_bids"), \
-            Heartbeat("Captions", total=4, unit="runs", interval=0.05) as beat:
+            Heartbeat("Captions", total=4, unit="runs", interval=0.05, show=False) as beat:
         # Nothing done yet, but the log is not silent.
         assert _wait_for(lambda: len(_lines(caplog)) >= 2)
         assert _lines(caplog)[0].startswith("Captions: 0/4 runs done")
@@ -36,3 +36,12 @@ def test_heartbeat_logs_while_the_work_goes_on(caplog: pytest.LogCaptureFixture)
     count = len(_lines(caplog))
     time.sleep(0.2)
     assert len(_lines(caplog)) == count  # the thread stops with the block
+
+
+def test_heartbeat_shows_a_bar_on_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="fmrilm_bids"), \
+            Heartbeat("Captions", total=2, unit="runs", interval=0.01, show=True) as beat:
+        time.sleep(0.1)
+        beat.advance(2)
+        assert beat.bar.n == 2
+    assert not _lines(caplog)  # the bar, not log lines

@@ -1,17 +1,21 @@
-"""A log line at least every 30 seconds from steps that report nothing for minutes.
+"""Progress of long steps: a bar on a terminal, otherwise a log line at least every 30 s.
 
-Long steps without a natural progress bar (captioning every run, the held-out evaluation)
-run inside a :class:`Heartbeat`: the caller counts what is done with :meth:`Heartbeat.advance`
-and a background thread logs the count, the rate and the time left at a fixed interval, so
-a log file (a cluster job) never goes silent while the work goes on.
+Long steps that would report nothing for minutes (captioning every run, the held-out
+evaluation) run inside a :class:`Heartbeat`: the caller counts what is done with
+:meth:`Heartbeat.advance`. On a terminal a progress bar shows it; otherwise (a log file, a
+cluster job) a background thread logs the count, the rate and the time left at a fixed
+interval, so the log never goes silent while the work goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from types import TracebackType
+
+from tqdm.auto import tqdm
 
 LOGGER = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ class Heartbeat:
         Seconds between lines.
     logger : logging.Logger, optional
         Where the lines go (default this module's logger).
+    show : bool, optional
+        Force the bar (True) or the log lines (False); default: the bar on a terminal.
 
     Examples
     --------
@@ -41,10 +47,14 @@ class Heartbeat:
     """
 
     def __init__(self, what: str, total: int, unit: str = "items", interval: float = 30.0,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, show: bool | None = None) -> None:
         self.what, self.total, self.unit, self.interval = what, total, unit, interval
         self.logger = logger or LOGGER
         self.done = 0
+        terminal = sys.stderr.isatty() if show is None else show
+        self.bar = tqdm(total=total, desc=what, unit=unit, disable=not terminal,
+                        dynamic_ncols=True)
+        self.log_lines = not terminal
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._started = time.perf_counter()
@@ -62,6 +72,7 @@ class Heartbeat:
     def advance(self, amount: int = 1) -> None:
         """``amount`` more units are done."""
         self.done += amount
+        self.bar.update(amount)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
@@ -69,10 +80,13 @@ class Heartbeat:
 
     def __enter__(self) -> Heartbeat:
         self._started = time.perf_counter()
-        self._thread.start()
+        if self.log_lines:
+            self._thread.start()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.bar.close()
