@@ -273,3 +273,18 @@ def test_render_report_is_self_contained():
     assert "a &lt;paragraph&gt;" in html
     assert "nilearn" in html and "antspyx" in html
     assert "http" not in html.split("<body>")[1]
+
+
+def test_report_sections_hold_numpy_cells_as_json() -> None:
+    """Sections are saved as JSON parts (the subject report is assembled from them): numpy
+    scalars in table rows (tokens, counts) must not stop that."""
+    import json
+
+    import numpy as np
+
+    from fmrilm_bids.reports.html import render_report, section
+
+    part = section("Run", tables=[("tokens", ["onset", "token"],
+                                   [[np.float64(0.0), np.int64(3)], [12.0, np.int32(7)]])])
+    assert json.loads(json.dumps(part))["tables"][0]["rows"] == [[0.0, 3], [12.0, 7]]
+    assert "<td>3</td>" in render_report("sub-01", [part])

@@ -12,6 +12,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.versions import software_versions
 
@@ -25,11 +27,18 @@ def section(title: str, paragraphs: Sequence[str] = (),
             tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[object]]]] = (),
             ) -> dict[str, object]:
     """A report section: ``figures`` as ``[(caption, data URI), ...]``, ``tables`` as
-    ``[(caption, column names, rows), ...]``."""
+    ``[(caption, column names, rows), ...]``. JSON-serialisable: numpy scalars in the rows
+    become Python numbers."""
     return {"title": title, "paragraphs": list(paragraphs),
             "figures": [{"caption": c, "uri": u} for c, u in figures],
-            "tables": [{"caption": c, "columns": list(cols), "rows": [list(r) for r in rows]}
+            "tables": [{"caption": c, "columns": list(cols),
+                        "rows": [[_plain(v) for v in r] for r in rows]}
                        for c, cols, rows in tables]}
+
+
+def _plain(value: object) -> object:
+    """A table cell as JSON can hold it (numpy scalars -> Python numbers)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _cell(value: object) -> str:
