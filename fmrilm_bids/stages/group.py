@@ -192,7 +192,7 @@ def run_group_level(selection: Selection, config: Config) -> Path:
                          rank=context.rank, world_size=context.world_size)
     context.barrier()
     if context.is_main:
-        publish_model(model_dir, fit.model_dir, fit.metrics)
+        publish_model(stage1, fit.model_dir, fit.metrics)
         write_group_report(output_dir, fit.metrics, stage1.info)
         write_language_reports(stage1_runs, output_dir,
                                stage1.info["Tokenizer"]["codebook_size"])

@@ -169,11 +169,11 @@ data and metrics); `{METRICS_FILE}` its evaluation ({evaluated}). Applied with `
 `_desc-fmrilmrun_embeddings.npy` and `_desc-answers_text.tsv`."""})
 
 
-def publish_model(model_dir: Path, lm_dir: Path, metrics: dict) -> None:
-    """Replace ``model_dir`` (holding Stage 1) by the whole model: Stage 1, ``lm/``,
-    ``metrics.json`` and the model card."""
-
-    stage1 = Stage1Model.load(model_dir)
+def publish_model(stage1: Stage1Model, lm_dir: Path, metrics: dict) -> None:
+    """Replace the Stage-1 model folder ``stage1.directory`` by the whole model: Stage 1,
+    ``lm/``, ``metrics.json`` and the model card (the loaded Stage 1 is reused, not read
+    again)."""
+    model_dir = stage1.directory
 
     def write(folder: Path) -> None:
         for name, path in stage1.files().items():
