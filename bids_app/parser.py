@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(perf, "--stop-on-first-crash", action="store_true",
         help="stop at the first failing step instead of running everything else")
     add(perf, "--device", choices=DEVICES, help="where models run (default: auto)")
+    add(perf, "--precision", choices=("auto", "float32", "bfloat16"),
+        help="autocast precision of the models on a CPU (GPUs: bfloat16); auto: bfloat16 where "
+        "the CPU computes it natively (AVX-512 BF16, AMX), else float32 (default: auto)")
     add(perf, "--sloppy", action="store_true",
         help="fast, low-quality registration (testing only)")
 
@@ -167,9 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     add(wf, "--llm", dest="llm_dir", type=Path, metavar="DIR",
         help="a local Hugging Face causal LM folder (default: SmolLM2-135M-Instruct)")
     add(wf, "--tokenizer-steps", type=int, metavar="N",
-        help="group level: Stage-1 tokenizer training steps (default: 2000)")
+        help="group level: Stage-1 tokenizer training steps (default: from the data, 100 "
+        "passes over the training windows, at least 300 steps)")
     add(wf, "--lm-steps", type=int, metavar="N",
-        help="group level: training steps of each language-model stage (default: 200)")
+        help="group level: training steps of each language-model stage (default: from the "
+        "data, --lm-epochs)")
+    add(wf, "--lm-epochs", type=float, nargs=2, metavar=("STAGE2", "STAGE3"),
+        help="group level: passes over the examples of Stage 2 and Stage 3 when --lm-steps "
+        "is not given (default: 1 2)")
+    add(wf, "--fmri-inputs", choices=("continuous", "discrete"),
+        help="group level: what the language model reads at an fMRI token: its continuous "
+        "Stage-1 features through a learned projection (default), or the token's embedding "
+        "(the discrete ablation)")
     add(wf, "--reference-group", metavar="GROUP",
         help="group level: grade the descriptors against the participants whose "
         "participants.tsv 'group' is GROUP (e.g. control; default: all selected runs)")

@@ -160,8 +160,11 @@ class WorkflowConfig:
     model_dir: Path | None = None
     llm_dir: Path | None = None
     device: str = "auto"
-    tokenizer_steps: int = 2000
-    lm_steps: int = 200
+    precision: str = "auto"
+    tokenizer_steps: int | None = None
+    lm_steps: int | None = None
+    lm_epochs: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    fmri_inputs: str = "continuous"
     gradient_checkpointing: bool = False
     reference_group: str | None = None
     networks: str = "atlas"

@@ -55,7 +55,8 @@ def test_fmriprep_inputs_and_group_text(tmp_path: Path) -> None:
     config.workflow.zero_shot = ["sex"]
     config.workflow.tokenizer_steps = 123
     group = " ".join(p for _, p in group_paragraphs(config, FACTS, VERSIONS))
-    assert "for 123 steps" in group and "The questions sex were kept out" in group
+    assert "(123 steps)" in group and "The questions sex were kept out" in group
+    assert "continuous Stage-1 features" in group and "1 and 2 epochs" in group
     assert "SmolLM2-135M-Instruct [@allal2025]" in group and "PEFT* 0.21.2" in group
     config.workflow.atlases = ["AAL", "HCPEx"]
     group = " ".join(p for _, p in group_paragraphs(config, FACTS, VERSIONS))

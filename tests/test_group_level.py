@@ -82,9 +82,12 @@ def test_every_run_gets_descriptors_tokens_captions_embeddings_answers(trained) 
     assert set(descriptors["scope"]) == {"run", "window"}
     assert meta["Sources"][0] == "bids:raw:sub-01/func/sub-01_task-faces_bold.nii.gz"
     tokens, token_meta = _read(func / f"{stem}_desc-fmrilm_tokens.tsv")
-    assert list(tokens.columns) == ["onset", "duration", "token"]
+    groups = token_meta["TokensPerWindow"]
+    assert list(tokens.columns) == ["onset", "duration", *(f"token_{g}"
+                                                          for g in range(1, groups + 1))]
     assert len(tokens) == 6  # 40 volumes of 2 s in 12 s patches
-    assert token_meta["CodebookSize"] > tokens["token"].max()
+    codes = tokens.filter(like="token_").to_numpy()
+    assert groups == 16 and token_meta["CodebookSize"] > codes.max() >= codes.min() >= 0
     assert token_meta["ModelHash"].startswith("sha256:")
     captions, caption_meta = _read(func / f"{stem}_desc-fmrilm_captions.tsv")
     assert set(captions["scope"]) == {"window", "event"}  # task-faces has events

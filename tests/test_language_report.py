@@ -8,13 +8,17 @@ import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
+import pytest
 
+from fmrilm_bids.reports.figures import token_figure
 from fmrilm_bids.reports.html import publish_subject_report, report_part_file, section
 from fmrilm_bids.reports.language import events_during, metrics_figures, run_language_section
 
 TOKENS = pd.DataFrame({"onset": [0.0, 12.0, 24.0], "duration": [12.0] * 3,
-                       "token": [3, 3, 7]})
+                       "token_1": [3, 3, 7], "token_2": [12, 3, 12]})
 EVENTS = pd.DataFrame({"onset": [2.0, 26.0], "duration": [4.0, 4.0],
                        "trial_type": ["faces", "houses"]})
 CAPTIONS = pd.DataFrame({"onset": [0.0, 12.0, 24.0, 26.0], "duration": [12.0, 12.0, 12.0, 4.0],
@@ -26,8 +30,12 @@ ANSWERS = pd.DataFrame({"question": ["condition", "condition", "condition", "sex
                         "answer": ["faces", "rest", "houses", "F"]})
 
 
+def _image(uri: str) -> np.ndarray:
+    return mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
 def _png(uri: str) -> tuple[int, ...]:
-    return mpimg.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).shape
+    return _image(uri).shape
 
 
 def test_events_overlapping_a_patch() -> None:
@@ -39,18 +47,46 @@ def test_events_overlapping_a_patch() -> None:
 def test_run_section_puts_captions_and_answers_beside_the_events() -> None:
     content = run_language_section("sub-01_task-x", TOKENS, CAPTIONS, ANSWERS, EVENTS, 16)
     (table,) = content["tables"]
+    assert table["columns"][3] == "tokens"
     assert table["rows"] == [
-        ["0.0", "12.0", "faces", 3, "a face", "condition: faces"],
-        ["12.0", "12.0", "none", 3, "rest", "condition: rest"],
-        ["24.0", "12.0", "houses", 7, "a house", "condition: houses"],
+        ["0.0", "12.0", "faces", "3 12", "a face", "condition: faces"],
+        ["12.0", "12.0", "none", "3 3", "rest", "condition: rest"],
+        ["24.0", "12.0", "houses", "7 12", "a house", "condition: houses"],
         ["26.0", "4.0", "houses (event)", "", "a red house", ""]]
-    assert "2 distinct tokens of 16" in content["paragraphs"][0]
+    assert content["paragraphs"][0].startswith(
+        "3 time patches of 2 tokens (one per learned parcel group), 3 distinct codes of 16 "
+        "(the codebook's usage in this run: 19%)")
     assert content["paragraphs"][1] == "Answers about the whole run: sex: F."
     (figure,) = content["figures"]
     height, width, _ = _png(figure["uri"])
     assert width > 2 * height  # a time axis, wider than tall
     before_stage2 = run_language_section("sub-01_task-x", TOKENS, None, None, None, 16)
     assert [row[4:] for row in before_stage2["tables"][0]["rows"]] == [["", ""]] * 3
+
+
+def test_token_figure_is_a_raster_of_groups_over_time() -> None:
+    """Each cell of the figure's raster has its code's colour: rows are parcel groups (the
+    first at the bottom), columns time patches."""
+    codes = np.array([[0, 0, 15], [0, 0, 15], [0, 15, 0], [0, 15, 0]])  # 4 patches, 3 groups
+    uri = token_figure(np.arange(4) * 12.0, np.full(4, 12.0), codes, 16,
+                       [(2.0, 4.0, "faces")], "sub-01_task-x")
+    image = _image(uri)[..., :3]
+    turbo = plt.get_cmap("turbo")
+    near = [np.abs(image - np.array(turbo(value)[:3])).max(axis=-1) < 0.02
+            for value in (0.0, 1.0)]
+    rows, columns = np.nonzero(near[0] | near[1])
+    top, bottom, left, right = rows.min(), rows.max(), columns.min(), columns.max()
+    assert right - left > 3 * (bottom - top)  # time runs along the wide axis
+    seen = np.zeros((3, 4), dtype=int)
+    for group in range(3):
+        for patch in range(4):
+            y = int(bottom - (group + 0.5) * (bottom - top) / 3)
+            x = int(left + (patch + 0.5) * (right - left) / 4)
+            (colour,) = [index for index in (0, 1) if near[index][y, x]]
+            seen[group, patch] = 15 * colour
+    np.testing.assert_array_equal(seen, codes.T)
+    # Code 0 covers 8 cells, code 15 four: their areas in the raster say so.
+    assert near[0].sum() / near[1].sum() == pytest.approx(2.0, rel=0.05)
 
 
 def test_metrics_figures_show_the_model_against_its_baselines() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,11 +15,14 @@ from fmrilm_bids.fmrilm.llm.evaluate import (
     baseline_predictions,
     connectivity_features,
     item_features,
+    shuffled_pairs,
+    token_features,
 )
 from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
 from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.tasks import TaskItem, TaskSpec
 from fmrilm_bids.fmrilm.splits import subject_split
+from fmrilm_bids.resources.text_encoder import encode_sentences
 
 
 def test_words_are_lowercased_with_punctuation_split_off() -> None:
@@ -121,6 +125,59 @@ def test_baselines_separate_a_separable_problem() -> None:
     predicted = baseline_predictions(number, features[0], [str(a) for a in ages[:8]],
                                      features[1])
     assert np.abs(predicted - np.array(ages[8:])).max() < 10.0
+
+
+def test_token_baseline_reads_every_group_of_a_window() -> None:
+    """Two tokens per window: the label lives in the second group's features only, which the
+    baseline reads beside the first's."""
+    rng = np.random.default_rng(1)
+    runs = []
+    for index in range(12):
+        features = rng.standard_normal((8, 2, 3))
+        features[:, 1] += 2.0 * (index % 2)
+        runs.append(LMRun(f"{index:02d}", "images", rng.integers(0, 4, (8, 2)),
+                          np.arange(8) * 12.0, 12.0, token_features=features))
+    run = runs[1]
+    window = token_features(run, 2, 4, "window", 2, 4)  # windows 2-3 after an empty one
+    np.testing.assert_array_equal(window, np.r_[np.zeros(6), run.token_features[2:4].ravel()])
+    np.testing.assert_allclose(token_features(run, 0, 8, "run", 0, 4),
+                               run.token_features.mean(axis=0).ravel())
+    codes = replace(run, token_features=None)  # one-hot codes of every group, side by side
+    np.testing.assert_array_equal(token_features(codes, 3, 4, "window", 0, 4),
+                                  np.eye(4)[run.token_ids[3]].ravel())
+    task = TaskSpec("group", "group", "run", "class", ("Which group?",),
+                    classes=("control", "patient"))
+    items = [TaskItem(i, 0, 8, task.classes[i % 2], 0.0, 96.0) for i in range(12)]
+    features = [item_features(part, runs, "tokens", "run", 0, 4) for part in (items[:8],
+                                                                              items[8:])]
+    assert features[0].shape == (8, 6)
+    probabilities = baseline_predictions(task, features[0], [i.answer for i in items[:8]],
+                                         features[1])
+    assert classification_metrics([i.answer for i in items[8:]], probabilities,
+                                   task.classes)["accuracy"] == 1.0
+
+
+def test_shuffled_pairs_tell_matched_captions_from_unrelated_ones() -> None:
+    truth = ["A smiling face.", "A quiet beach at dawn.", "A red house on a hill.",
+             "A dog running in a park.", "A bowl of fresh fruit.", "A city street at night.",
+             "A snowy mountain peak.", "A small boat on a lake."]
+    predicted = ["A happy face smiling.", "An empty beach at sunrise.",
+                 "A red house on a hilltop.", "A dog runs through a park.",
+                 "Fresh fruit in a bowl.", "A busy street in the city at night.",
+                 "A mountain covered in snow.", "A little boat on a lake."]
+    similarity = encode_sentences(predicted) @ encode_sentences(truth).T
+    matched = shuffled_pairs(predicted, truth)
+    # No shuffle comes near the matched pairs: the smallest p-value 2000 permutations give.
+    assert matched["p_vs_shuffled"] == pytest.approx(1 / 2001)
+    assert shuffled_pairs(predicted, truth, n_permutations=200)["p_vs_shuffled"] == \
+        pytest.approx(1 / 201)
+    # A shuffle's mean cosine is, on average, that of all pairs.
+    assert matched["shuffled_cosine"] == pytest.approx(similarity.mean(), abs=0.01)
+    assert np.trace(similarity) / len(truth) > matched["shuffled_cosine"] + 0.5
+    # Each caption beside another item's truth: no better than a shuffle.
+    unrelated = shuffled_pairs(predicted[1:] + predicted[:1], truth)
+    assert unrelated["p_vs_shuffled"] > 0.5
+    assert unrelated["shuffled_cosine"] == pytest.approx(similarity.mean(), abs=0.01)
 
 
 def picture_runs(n_subjects: int = 6, n_windows: int = 24, tr: float = 2.0,

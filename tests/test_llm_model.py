@@ -1,17 +1,22 @@
 """fMRI-LM Stages 2 and 3 on a tiny random Llama: vocabulary, data, training, inference, I/O.
 
 The backbone is a 2-layer ``LlamaForCausalLM`` (hidden 64) with a word-level tokenizer built
-here from the words the tests use; nothing is downloaded. The synthetic runs make every
-question learnable from the tokens: a picture window's token says faces (0-1) or places
-(2-3); a rest run's tokens say control (8-11) or patient (12-15).
+here from the words the tests use; nothing is downloaded. The synthetic runs have two tokens
+per window (two Stage-1 parcel groups), each with continuous features (a Stage-1 latent near
+its code's, :data:`CODES`), and make every question learnable from the features alone: group
+1 says faces (codes 0-1), places (2-3) or rest (4-7); group 2 says control (8-11) or patient
+(12-15).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,30 +42,56 @@ from fmrilm_bids.fmrilm.llm import (
 )
 from fmrilm_bids.fmrilm.llm.examples import (
     IGNORE_INDEX,
+    EpochSampler,
     Example,
-    collate,
     instruction_examples,
+    pack,
     stage2_examples,
+    text_examples,
 )
-from fmrilm_bids.fmrilm.llm.inference import generate, score_candidates, task_prompts
+from fmrilm_bids.fmrilm.llm.inference import (
+    CONFIDENT,
+    answer_tasks,
+    confidence_sentence,
+    generate,
+    run_captions,
+    score_candidates,
+    task_prompts,
+    user_message,
+)
 from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
-from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter
+from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE
+from fmrilm_bids.fmrilm.llm.pipeline import with_inputs
+from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter, Prompt
 from fmrilm_bids.fmrilm.llm.runs import event_windows, window_events
 from fmrilm_bids.fmrilm.llm.tasks import resolve_tasks, task_items
-from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE
+from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE, weighted_loss
 from fmrilm_bids.utils.files import publish_directory
 
 CODEBOOK = 16
+GROUPS = 2  # tokens per window
+LATENT = 4  # width of a token's Stage-1 features
+FEATURES = LATENT + GROUPS  # what the model reads at an fMRI position (with the group one-hot)
 SUBJECTS = [f"{i:02d}" for i in range(1, 7)]
 TRAIN, TEST = SUBJECTS[:4], SUBJECTS[4:]
 CAPTIONS = {"faces": "A smiling face.", "places": "A quiet beach at dawn."}
-CONFIG = FmriLMConfig(codebook_size=CODEBOOK, lora_r=8, lora_alpha=16, lora_dropout=0.1,
-                      window_context=0, run_segment_windows=6, max_length=96,
+#: What each code stands for, and the Stage-1 latent of each code: the meaning's direction
+#: plus an offset of its own (the features of a token lie near its code's latent).
+MEANINGS = ["faces"] * 2 + ["places"] * 2 + ["rest"] * 4 + ["control"] * 4 + ["patient"] * 4
+DIRECTIONS = {"faces": [2, 0, 0, 0], "places": [-2, 0, 0, 0], "rest": [0, 2, 0, 0],
+              "control": [0, 0, 2, 0], "patient": [0, 0, -2, 0]}
+CODES = (np.array([DIRECTIONS[m] for m in MEANINGS], dtype=float)
+         + 0.3 * np.random.default_rng(7).standard_normal((CODEBOOK, LATENT)))
+CONFIG = FmriLMConfig(codebook_size=CODEBOOK, tokens_per_window=GROUPS, feature_dim=FEATURES,
+                      lora_r=8, lora_alpha=16, lora_dropout=0.1, window_context=0,
+                      run_segment_windows=6, fmri_sequence_windows=6, max_length=96,
                       system_prompt="You read fMRI.")
-STAGE = LMTrainConfig(steps=40, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3,
+DISCRETE = replace(CONFIG, fmri_inputs="discrete", feature_dim=0)
+STAGE = LMTrainConfig(steps=40, batch_tokens=256, learning_rate=1e-2, min_learning_rate=1e-3,
                       warmup_steps=5, checkpoint_interval=20, progress=False)
-STAGE3 = LMTrainConfig(**{**STAGE.__dict__, "steps": 400, "learning_rate": 5e-3,
-                          "min_learning_rate": 5e-4, "checkpoint_interval": 200})
+STAGE3 = replace(STAGE, steps=400, learning_rate=5e-3, min_learning_rate=5e-4,
+                 checkpoint_interval=200)
+KINDS = ["answer", "describe", "fmri", "text"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,9 +113,10 @@ def synthetic_runs(n_windows: int = 12) -> tuple[list[LMRun], pd.DataFrame]:
         kinds = rng.choice(["faces", "places"], n_windows)
         events = pd.DataFrame({"onset": onsets + 1.0, "duration": 3.0, "trial_type": kinds,
                                "caption": [CAPTIONS[k] for k in kinds]})
-        picture_tokens = np.where(kinds == "faces", 0, 2) + rng.integers(0, 2, n_windows)
-        rest_tokens = (12 if patient else 8) + rng.integers(0, 4, n_windows)
-        for task, tokens in (("images", picture_tokens), ("rest", rest_tokens)):
+        picture = np.where(kinds == "faces", 0, 2) + rng.integers(0, 2, n_windows)
+        for task, first in (("images", picture), ("rest", 4 + rng.integers(0, 4, n_windows))):
+            tokens = np.stack([first, (12 if patient else 8) + rng.integers(0, 4, n_windows)],
+                              axis=1)
             texts = [f"The visual network is above baseline. The participant sees: "
                      f"{CAPTIONS[k]}" for k in kinds] if task == "images" else [
                 "The default mode network is " + ("below" if patient else "above")
@@ -93,8 +125,8 @@ def synthetic_runs(n_windows: int = 12) -> tuple[list[LMRun], pd.DataFrame]:
                 subject, task, tokens, onsets, 12.0, window_texts=texts,
                 run_text=f"This {task} scan shows typical coupling.",
                 events=events if task == "images" else None,
-                token_features=np.eye(CODEBOOK)[tokens][:, :4] + 0.1 * rng.standard_normal(
-                    (n_windows, 4)),
+                token_features=CODES[tokens] + 0.1 * rng.standard_normal(
+                    (n_windows, GROUPS, LATENT)),
                 timeseries=rng.standard_normal((n_windows * 6, 5)), tr=2.0))
     participants = pd.DataFrame({"participant_id": [f"sub-{s}" for s in SUBJECTS],
                                  "age": [20 + 5 * i for i in range(len(SUBJECTS))],
@@ -158,10 +190,25 @@ def data() -> tuple[list[LMRun], pd.DataFrame]:
     return synthetic_runs()
 
 
-def build(folder: Path, config: FmriLMConfig = CONFIG, projection: torch.Tensor | None = None
-          ) -> FmriLM:
+def build(folder: Path, config: FmriLMConfig = CONFIG,
+          token_embeddings: torch.Tensor | None = None,
+          projection: tuple[torch.Tensor, torch.Tensor] | None = None) -> FmriLM:
     tokenizer, backbone = load_backbone(folder)
-    return FmriLM.build(tokenizer, backbone, config, projection, str(folder))
+    return FmriLM.build(tokenizer, backbone, config, token_embeddings, str(folder), projection)
+
+
+def perturb(model: FmriLM, seed: int = 1) -> FmriLM:
+    """LoRA updates and new rows that change the outputs (both start at 0)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.trainable_parameters().items():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                parameter.normal_(0.0, 0.3)
+    return model
+
+
+def tensor(features: np.ndarray | None) -> torch.Tensor | None:
+    return None if features is None else torch.from_numpy(features)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +274,8 @@ def test_vocabulary_extension_ids_and_initialisation(backbones, tied: bool) -> N
     segment = vocab.segment_text([3, 0, 15])
     assert tokenizer(segment + " the", add_special_tokens=False)["input_ids"][:5] == \
         vocab.segment_ids([3, 0, 15])
+    # Windows of several tokens: in order, window by window, group by group.
+    assert vocab.segment_ids(np.array([[3, 0], [15, 1]])) == vocab.segment_ids([3, 0, 15, 1])
     assert tokenizer.decode([*vocab.segment_ids([3]), tokenizer.eos_token_id],
                             skip_special_tokens=True) == ""
 
@@ -257,27 +306,94 @@ def test_vocabulary_extension_ids_and_initialisation(backbones, tied: bool) -> N
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_only_adapters_and_new_rows_train(backbones, data, tmp_path, tied: bool) -> None:
+def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_path,
+                                                        tied: bool) -> None:
     runs, _ = data
     model = build(backbones["tied" if tied else "untied"])
     names = set(model.trainable_parameters())
     assert any("trainable_tokens_delta" in n for n in names)
-    assert all("lora_" in n or "trainable_tokens_delta" in n for n in names)
+    assert {"projector.weight", "projector.bias"} <= names
+    assert all("lora_" in n or "trainable_tokens_delta" in n or n.startswith("projector.")
+               for n in names)
     frozen = {n: p.detach().clone() for n, p in model.model.named_parameters()
               if not p.requires_grad}
     rows = model.model.get_input_embeddings()(torch.tensor(model.vocab.new_ids)).detach()
-    train_fmrilm(model, stage2_examples(model.formatter, runs[:2], CONFIG), tmp_path,
-                 LMTrainConfig(**{**STAGE.__dict__, "steps": 3}))
+    projector = model.projector.weight.detach().clone()
+    # Steps from the data: half an epoch's draws (the text corpus drawn a quarter as often).
+    examples = stage2_examples(model.formatter, runs[:2], CONFIG)
+    settings = replace(STAGE, steps=None, epochs=0.5)
+    assert CONFIG.sampling_weights == {"text": 0.25}
+    lengths: dict[str, list[int]] = {}
+    for example in examples:
+        lengths.setdefault(example.group, []).append(len(example))
+    weights = {group: math.sqrt(len(sizes)) * CONFIG.sampling_weights.get(group, 1.0)
+               for group, sizes in lengths.items()}
+    epoch = len(examples) * sum(weights[group] * np.mean(sizes) for group, sizes in
+                                lengths.items()) / sum(weights.values())
+    expected_steps = math.ceil(0.5 * epoch / settings.batch_tokens)
+    sampler = EpochSampler(examples, settings.batch_tokens, np.random.default_rng(0),
+                           CONFIG.sampling_weights)
+    assert sampler.steps_for(0.5, 1) == expected_steps >= 3
+    result = train_fmrilm(model, examples, tmp_path, settings)
+    assert result.steps == len(result.history) == expected_steps
     for name, parameter in model.model.named_parameters():
         if name in frozen:
             assert torch.equal(parameter, frozen[name]), name
     after = model.model.get_input_embeddings()(torch.tensor(model.vocab.new_ids)).detach()
     assert not torch.allclose(rows, after)
-    full = build(backbones["tied"], FmriLMConfig(**{**CONFIG.__dict__, "full_finetune": True}))
-    assert len(full.trainable_parameters()) == len(list(full.model.parameters()))
+    assert not torch.allclose(projector, model.projector.weight)  # it reads the features
+    full = build(backbones["tied"], replace(CONFIG, full_finetune=True))
+    assert len(full.trainable_parameters()) == len(list(full.model.parameters())) + 2
+    discrete = build(backbones["tied"], DISCRETE)
+    assert discrete.projector is None
+    assert not any(n.startswith("projector.") for n in discrete.trainable_parameters())
 
 
 # Data ---------------------------------------------------------------------------------------
+
+def test_runs_hold_groups_of_tokens_and_their_features(backbones, data) -> None:
+    runs, _ = data
+    run = runs[0]
+    assert run.token_ids.shape == (12, GROUPS) and run.tokens_per_window == GROUPS
+    assert run.token_features.shape == (12, GROUPS, LATENT)
+    segment = run.segment_features(3, 5)  # window 3 group 1, window 3 group 2, window 4 ...
+    assert segment.shape == (4, FEATURES) and segment.dtype == np.float32
+    for row, (window, group) in enumerate([(3, 0), (3, 1), (4, 0), (4, 1)]):
+        np.testing.assert_array_equal(segment[row, :LATENT], run.token_features[window, group])
+        np.testing.assert_array_equal(segment[row, LATENT:], np.eye(GROUPS)[group])
+    # One token per window: a 1-D array of ids, 2-D features.
+    single = LMRun("01", "rest", [1, 2, 3], [0.0, 12.0, 24.0], 12.0,
+                   token_features=np.ones((3, 5)))
+    assert single.token_ids.shape == (3, 1) and single.token_features.shape == (3, 1, 5)
+    np.testing.assert_array_equal(single.segment_features(0, 2), np.ones((2, 6)))
+    assert LMRun("01", "rest", [1, 2], [0.0, 12.0], 12.0).segment_features(0, 2) is None
+    with pytest.raises(ValueError, match=r"token_features has shape \(2, 3, 4\), tokens "
+                                         r"\(2, 2\)"):
+        LMRun("01", "rest", [[1, 2], [3, 4]], [0.0, 12.0], 12.0,
+              token_features=np.zeros((2, 3, 4)))
+
+    model = build(backbones["tied"])
+    formatter = model.formatter
+    message = formatter.user_message(run, 3, 5, "Why?")
+    assert message["content"] == model.vocab.segment_text(run.token_ids[3:5]) + "\nWhy?"
+    np.testing.assert_array_equal(message["fmri"], segment)
+    turn = formatter.user_message(runs[1], 0, 1, "Why?")
+    prompt = formatter.prompt(formatter.conversation([(turn, "rest")], message))
+    assert prompt.ids == formatter.prompt_ids(formatter.conversation([(turn, "rest")], message))
+    assert int(model.fmri_positions(torch.tensor(prompt.ids)).sum()) == len(prompt.features)
+    np.testing.assert_array_equal(prompt.features, np.concatenate([turn["fmri"], segment]))
+    # Equal ids with other features are another input.
+    other = Prompt(prompt.ids, prompt.features + 1.0)
+    assert other.key() != prompt.key() and Prompt(prompt.ids, prompt.features.copy()).key() \
+        == prompt.key()
+    assert formatter.prompt([{"role": "user", "content": "hi"}]).features is None
+    # The discrete ablation's messages carry no features.
+    discrete = build(backbones["tied"], DISCRETE)
+    assert "fmri" not in user_message(discrete, run, 3, 5, "Why?")
+    np.testing.assert_array_equal(user_message(model, run, 3, 5, "Why?")["fmri"], segment)
+    assert all(e.features is None for e in stage2_examples(discrete.formatter, runs[:1],
+                                                           DISCRETE))
+
 
 def test_prompts_mask_everything_but_the_target(backbones, data) -> None:
     runs, _ = data
@@ -290,17 +406,25 @@ def test_prompts_mask_everything_but_the_target(backbones, data) -> None:
     segments = [e for e in examples if e.kind == "describe"
                 and e.input_ids[-len(paragraph):] == paragraph]
     assert len(segments) == 3  # windows 0-6, 3-9 and 6-12
-    fmri = next(e for e in examples if e.kind == "fmri")
-    assert fmri.input_ids == model.vocab.segment_ids(runs[0].token_ids)
+    np.testing.assert_array_equal(segments[1].features, runs[0].segment_features(3, 9))
+    # Next-token sequences: segments of at most fmri_sequence_windows windows.
+    fmri = [e for e in examples if e.kind == "fmri"][:3]
+    for example, (start, stop) in zip(fmri, [(0, 6), (3, 9), (6, 12)], strict=True):
+        assert example.input_ids == model.vocab.segment_ids(runs[0].token_ids[start:stop])
+        assert example.labels == example.input_ids and len(example) == 2 + 6 * GROUPS
+        np.testing.assert_array_equal(example.features, runs[0].segment_features(start, stop))
     describe = next(e for e in examples if e.group == "describe")
     target = formatter.answer_ids(runs[0].window_texts[0])
     assert describe.input_ids[-len(target):] == target and target[-1] == formatter.stop_id
     assert describe.labels == [IGNORE_INDEX] * (len(describe) - len(target)) + target
+    np.testing.assert_array_equal(describe.features, runs[0].segment_features(0, 1))
     text = next(e for e in examples if e.kind == "text")
-    assert text.labels == text.input_ids
+    assert text.labels == text.input_ids and text.features is None
     prompt = formatter.prompt_text([formatter.user_message(runs[0], 0, 2, "Why?")])
     assert prompt.startswith("System: You read fMRI.\nUser: <fmri><fmri_")
     assert prompt.endswith("</fmri>\nWhy?\nAssistant:")
+    assert prompt.count("<fmri_") == 2 * GROUPS
+    assert FmriLMConfig().system_prompt == "You describe fMRI scans."
 
     # A chat template: the prompt ends where the assistant speaks; the stop token ends it.
     model.tokenizer.chat_template = (
@@ -312,6 +436,12 @@ def test_prompts_mask_everything_but_the_target(backbones, data) -> None:
     assert chat.prompt_text([{"role": "user", "content": "hi"}]) == \
         "<eos>system: You read fMRI.<pad><eos>user: hi<pad><eos>assistant:"
     assert chat.answer_ids("rest") == [*chat.encode("rest"), model.tokenizer.pad_token_id]
+    # The features never reach the template.
+    shown = chat.prompt([chat.user_message(runs[0], 0, 1, "Why?")])
+    assert shown.ids == chat.encode(
+        "<eos>system: You read fMRI.<pad><eos>user: "
+        f"{model.vocab.segment_text(runs[0].token_ids[:1])}\nWhy?<pad><eos>assistant:")
+    np.testing.assert_array_equal(shown.features, runs[0].segment_features(0, 1))
 
 
 def test_tasks_come_from_events_and_participants(data) -> None:
@@ -349,24 +479,271 @@ def test_tasks_come_from_events_and_participants(data) -> None:
     assert resolve_tasks([by_name["group"]], runs, one_class, 1, 6) == ([], ["group"])
 
 
+def test_model_inputs_are_set_from_the_runs(data) -> None:
+    runs, _ = data
+    blank = FmriLMConfig(codebook_size=CODEBOOK)
+    assert (blank.tokens_per_window, blank.feature_dim) == (1, 0)
+    assert with_inputs(blank, runs) == replace(blank, tokens_per_window=GROUPS,
+                                               feature_dim=FEATURES)
+    without = [replace(run, token_features=None) for run in runs]
+    discrete = with_inputs(replace(blank, fmri_inputs="discrete"), without)
+    assert (discrete.tokens_per_window, discrete.feature_dim) == (GROUPS, 0)
+    with pytest.raises(ValueError, match=r"no Stage-1 features.*fmri_inputs='discrete'"):
+        with_inputs(blank, without)
+    with pytest.raises(ValueError, match=r"differ in tokens.*\(2, 6\), \(2, None\)"):
+        with_inputs(blank, [runs[0], without[1]])
+    narrow = LMRun("09", "rest", np.zeros(3, dtype=int), [0.0, 12.0, 24.0], 12.0,
+                   token_features=np.zeros((3, LATENT)))
+    with pytest.raises(ValueError, match=r"differ in tokens per window.*\(1, 5\), \(2, 6\)"):
+        with_inputs(blank, [*runs, narrow])
+    wider = replace(runs[0], token_features=np.zeros((12, GROUPS, LATENT + 1)))
+    with pytest.raises(ValueError, match="differ in tokens per window or feature width"):
+        with_inputs(blank, [*runs, wider])
+    with pytest.raises(ValueError, match="one of continuous, discrete"):
+        FmriLMConfig(fmri_inputs="both")
+
+
+# Model inputs -------------------------------------------------------------------------------
+
+def test_continuous_inputs_replace_the_fmri_rows_with_projected_features(backbones,
+                                                                          data) -> None:
+    runs, _ = data
+    model = perturb(build(backbones["tied"]))
+    vocab, pad = model.vocab, model.tokenizer.pad_token_id
+    text = model.formatter.encode("A smiling face.")
+    rows = [vocab.segment_ids(runs[0].token_ids[:1]) + text,
+            text + vocab.segment_ids(runs[1].token_ids[2:4]) + text]
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    mask = (torch.arange(width) < torch.tensor([[len(row)] for row in rows])).long()
+    features = torch.from_numpy(np.concatenate([runs[0].segment_features(0, 1),
+                                                runs[1].segment_features(2, 4)]))
+    positions = model.fmri_positions(ids)
+    assert positions.sum(dim=1).tolist() == [GROUPS, 2 * GROUPS]
+    with torch.no_grad():
+        embedded = model.embed(ids, features)
+        rows_of_ids = model.model.get_input_embeddings()(ids)
+        # The fMRI positions, row by row, read the projected features in order ...
+        torch.testing.assert_close(embedded[positions], model.projector(features))
+        # ... and only they: text, delimiters and padding keep their embedding rows.
+        assert torch.equal(embedded[~positions], rows_of_ids[~positions])
+        assert not torch.allclose(embedded[positions], rows_of_ids[positions])
+        # The model reads them: other features change what follows them, not what precedes.
+        before = model.hidden_states(ids, mask, features=features)
+        after = model.hidden_states(ids, mask, features=features + 1.0)
+    first = len(text) + 1  # row 1's first fMRI token (after its text and "<fmri>")
+    assert positions[1, first] and not positions[1, :first].any()
+    torch.testing.assert_close(before[1, :first], after[1, :first])
+    assert (before[1, first:len(rows[1])] - after[1, first:len(rows[1])]).abs().amax(
+        dim=-1).min() > 1e-3
+    for wrong in (None, features[:-1], torch.cat([features, features[:1]])):
+        with pytest.raises(ValueError, match=f"{3 * GROUPS} fMRI tokens but"):
+            model.embed(ids, wrong)
+    plain = torch.tensor([text])  # text alone needs no features
+    assert torch.equal(model.embed(plain), model.model.get_input_embeddings()(plain))
+
+    # The discrete ablation reads the tokens' own rows (and has no projector).
+    discrete = build(backbones["tied"], DISCRETE)
+    assert discrete.projector is None
+    with torch.no_grad():
+        rows_of_ids = discrete.model.get_input_embeddings()(ids)
+        assert torch.equal(discrete.embed(ids), rows_of_ids)
+        assert torch.equal(discrete.embed(ids, features), rows_of_ids)
+    with pytest.raises(ValueError, match="needs feature_dim"):
+        build(backbones["tied"], replace(CONFIG, feature_dim=0))
+
+
+def test_the_projector_starts_as_the_stage1_projection(backbones) -> None:
+    """The first code_dim columns: Stage 1's to_llm, scaled as the token embeddings are."""
+    tokenizer, backbone = load_backbone(backbones["tied"])
+    base = backbone.get_input_embeddings().weight.detach().clone()
+    generator = torch.Generator().manual_seed(3)
+    token_embeddings = 5.0 * torch.randn(CODEBOOK, 64, generator=generator)
+    weight = torch.randn(64, LATENT, generator=generator)
+    bias = torch.randn(64, generator=generator)
+    model = FmriLM.build(tokenizer, backbone, CONFIG, token_embeddings,
+                         str(backbones["tied"]), (weight, bias))
+    scale = float(base.norm(dim=1).mean() / token_embeddings.norm(dim=1).mean())
+    assert scale < 0.1  # the Stage-1 vectors are far longer than the backbone's rows
+    projector = model.projector
+    torch.testing.assert_close(projector.weight[:, :LATENT], weight * scale)
+    assert torch.equal(projector.weight[:, LATENT:], torch.zeros(64, GROUPS))  # group one-hot
+    torch.testing.assert_close(projector.bias, bias * scale)
+    with torch.no_grad():  # the same scale as the fMRI tokens' rows
+        rows = model.model.get_input_embeddings()(torch.tensor(model.vocab.new_ids[:CODEBOOK]))
+    torch.testing.assert_close(rows, token_embeddings * scale)
+    # Without Stage-1 token embeddings there is nothing to scale to.
+    unscaled = build(backbones["tied"], projection=(weight, bias))
+    assert torch.equal(unscaled.projector.weight[:, :LATENT], weight)
+    assert torch.equal(unscaled.projector.bias, bias)
+    for shape in ((32, LATENT), (64, FEATURES + 1)):
+        with pytest.raises(ValueError, match=rf"Stage-1 projection is \({shape[0]}, "
+                                             rf"{shape[1]}\).*reads {FEATURES} features"):
+            build(backbones["tied"], projection=(torch.zeros(shape), torch.zeros(shape[0])))
+
+
+# Packing and sampling -----------------------------------------------------------------------
+
+def packed_losses(examples: list[Example], packed: dict[str, torch.Tensor],
+                  nll: torch.Tensor, keep: torch.Tensor, pad_id: int
+                  ) -> tuple[list[np.ndarray], list[list[int]]]:
+    """The packed loss of each example (in the order of ``examples``) and the examples of
+    each row; checks that each example lies whole in one row, its positions from 0 and its
+    first label ignored."""
+    losses = torch.full(keep.shape, float("nan"))
+    losses[keep] = nll
+    found: list[np.ndarray | None] = [None] * len(examples)
+    rows = []
+    for row, (ids, positions) in enumerate(zip(packed["input_ids"], packed["position_ids"],
+                                               strict=True)):
+        starts = [*(positions == 0).nonzero()[:, 0].tolist(), len(ids)]
+        rows.append([])
+        for start, end in itertools.pairwise(starts):
+            assert torch.equal(positions[start:end], torch.arange(end - start))
+            index = next((i for i, example in enumerate(examples) if found[i] is None
+                          and example.input_ids == ids[start:end].tolist()), None)
+            if index is None:  # the padding that ends the row
+                assert end == len(ids) and (ids[start:] == pad_id).all()
+                assert not keep[row, start - 1:].any()
+                assert (packed["kind_ids"][row, start:] == -1).all()
+                continue
+            assert start == 0 or not keep[row, start - 1]  # nothing before it predicts it
+            assert (packed["kind_ids"][row, start:end] == KINDS.index(examples[index].kind)).all()
+            found[index] = losses[row, start:end - 1][keep[row, start:end - 1]].numpy()
+            rows[-1].append(index)
+    assert all(loss is not None for loss in found)
+    return found, rows
+
+
+def test_packed_rows_give_the_loss_of_each_example_alone(backbones, data) -> None:
+    runs, participants = data
+    model = perturb(build(backbones["tied"]))
+    pad = model.tokenizer.pad_token_id
+    tasks, _ = resolve_tasks(default_tasks(runs[:4], participants), runs[:4], participants,
+                             CONFIG.window_context, CONFIG.run_segment_windows)
+    pool = (stage2_examples(model.formatter, runs[:2], CONFIG)
+            + instruction_examples(model.formatter, tasks, runs[:4], participants, CONFIG))
+    groups: dict[str, list[Example]] = {}
+    for example in pool:
+        groups.setdefault(example.group, []).append(example)
+    examples = [e for group in groups.values() for e in group[:2]] + groups["describe"][-1:]
+    examples += text_examples(model.formatter, [" ".join(runs[0].window_texts)], CONFIG)
+    assert {e.kind for e in examples} == set(KINDS)
+    row_length = 48
+    assert [len(e) > row_length for e in examples].count(True) == 1  # a row of its own
+    assert any(e.labels[0] != IGNORE_INDEX for e in examples)  # fmri and text examples
+    packed = pack(examples, pad, row_length, KINDS)
+    n_fmri = int(model.fmri_positions(packed["input_ids"]).sum())
+    assert packed["features"].shape == (n_fmri, FEATURES)
+    assert n_fmri == sum(len(e.features) for e in examples if e.features is not None)
+    with torch.no_grad():
+        nll, keep = model(packed["input_ids"], packed["labels"], packed["position_ids"],
+                          features=packed["features"])
+        alone = [model(torch.tensor([e.input_ids]), torch.tensor([e.labels]),
+                       features=tensor(e.features))[0].numpy() for e in examples]
+    found, rows = packed_losses(examples, packed, nll, keep, pad)
+    for example, packed_loss, own in zip(examples, found, alone, strict=True):
+        assert len(packed_loss) == len(own) == sum(
+            label != IGNORE_INDEX for label in example.labels[1:])
+        np.testing.assert_allclose(packed_loss, own, rtol=1e-5, atol=1e-5)
+    # First fit, longest first: rows of at most row_length tokens (or one longer example),
+    # each opened by an example that fitted in no earlier row.
+    lengths = [[len(examples[i]) for i in members] for members in rows]
+    assert all(len(row) == 1 or sum(row) <= row_length for row in lengths)
+    assert all(row == sorted(row, reverse=True) for row in lengths)
+    for later, row in enumerate(lengths):
+        assert all(sum(earlier) + row[0] > row_length for earlier in lengths[:later])
+    assert sum(len(row) > 1 for row in lengths) >= 4
+    # The weighted loss: each kind's token mean, weighted.
+    loss, parts = weighted_loss(nll, packed["kind_ids"][:, 1:][keep], KINDS,
+                                CONFIG.loss_weights)
+    means = {kind: np.concatenate([own for e, own in zip(examples, alone, strict=True)
+                                   if e.kind == kind]).mean() for kind in KINDS}
+    assert parts == pytest.approx(means, rel=1e-5)
+    weights = CONFIG.loss_weights
+    assert float(loss) == pytest.approx(sum(weights[k] * means[k] for k in KINDS)
+                                        / sum(weights[k] for k in KINDS), rel=1e-5)
+    assert pack(groups["text"], pad, row_length, KINDS)["features"] is None
+
+
+def test_epoch_sampler_draws_groups_by_the_square_root_of_their_size() -> None:
+    sizes = {"one": 1, "four": 4, "sixteen": 16}
+    examples = [Example(list(range(length)), list(range(length)), "answer", group)
+                for group, n in sizes.items()
+                for length in ([100] if n == 1 else range(5, 5 + n))]
+    # One example a batch (the first always goes in): the groups' shares.
+    sampler = EpochSampler(examples, 1, np.random.default_rng(0))
+    batches = sampler.batches()
+    stream = [next(batches) for _ in range(7000)]
+    assert all(len(batch) == 1 for batch in stream)
+    drawn = [batch[0] for batch in stream]
+    shares = {group: np.mean([e.group == group for e in drawn]) for group in sizes}
+    assert shares == pytest.approx({"one": 1 / 7, "four": 2 / 7, "sixteen": 4 / 7}, abs=0.02)
+    # Within a group, every example once before any repeats; a new order each time.
+    sixteen = [id(e) for e in drawn if e.group == "sixteen"]
+    members = {id(e) for e in examples if e.group == "sixteen"}
+    passes = [sixteen[i:i + 16] for i in range(0, len(sixteen) - 15, 16)]
+    assert len(passes) > 100 and all(set(p) == members for p in passes)
+    assert len({tuple(p) for p in passes}) == len(passes)
+
+    # A group's weight multiplies its share.
+    weighted = EpochSampler(examples, 1, np.random.default_rng(2), {"sixteen": 0.25})
+    batches = weighted.batches()
+    drawn = [next(batches)[0] for _ in range(4000)]
+    shares = {group: np.mean([e.group == group for e in drawn]) for group in sizes}
+    assert shares == pytest.approx({"one": 1 / 4, "four": 1 / 2, "sixteen": 1 / 4}, abs=0.02)
+
+    # An epoch: as many draws as there are examples, each group's at its mean length.
+    sampler = EpochSampler(examples, 40, np.random.default_rng(1))
+    assert sampler.tokens == pytest.approx(21 * (100 / 7 + 2 / 7 * 6.5 + 4 / 7 * 12.5)) == 489
+    assert sampler.steps_for(2.0, 3) == math.ceil(2 * 489 / (40 * 3)) == 9
+    assert sampler.steps_for(1e-6, 1) == 1
+    # Batches of at most batch_tokens, unless one example alone is longer.
+    batches = sampler.batches()
+    stream = [next(batches) for _ in range(300)]
+    sizes_of = [sum(len(e) for e in batch) for batch in stream]
+    assert all(size <= 40 or len(batch) == 1 for size, batch in zip(sizes_of, stream,
+                                                                      strict=True))
+    assert any(len(batch) == 1 and size == 100 for size, batch in zip(sizes_of, stream,
+                                                                       strict=True))
+    assert np.mean([len(batch) for batch in stream]) > 2
+    # The queues and the generator are the whole state: restored, the same batches follow.
+    queues = {name: list(queue) for name, queue in sampler.queues.items()}
+    state = sampler.rng.bit_generator.state
+    following = [[id(e) for e in next(batches)] for _ in range(50)]
+    restored = EpochSampler(examples, 40, np.random.default_rng(99))
+    restored.rng.bit_generator.state = state
+    restored.queues = queues
+    batches = restored.batches()
+    assert [[id(e) for e in next(batches)] for _ in range(50)] == following
+
+
 # Training -----------------------------------------------------------------------------------
 
 def test_stage2_and_stage3_losses_decrease(trained) -> None:
     for stage, kinds, config in (("stage2", ("fmri", "describe", "text"), STAGE),
                                  ("stage3", ("answer",), STAGE3)):
         history = trained[stage].history
+        assert len(history) == config.steps
         for kind in kinds:
             values = [entry[kind] for entry in history if kind in entry]
             assert np.mean(values[-5:]) < 0.6 * np.mean(values[:5]), (stage, kind)
-        # Linear warm-up to the peak, cosine decay to the floor.
-        assert history[config.warmup_steps - 1]["lr"] == config.learning_rate
+        # Linear warm-up to the peak (at most a tenth of the steps), cosine to the floor.
+        warmup = min(config.warmup_steps, config.steps // 10)
+        assert warmup == (4 if stage == "stage2" else 5)
+        assert history[warmup - 1]["lr"] == config.learning_rate
+        assert history[warmup - 2]["lr"] < config.learning_rate
         assert history[-1]["lr"] == pytest.approx(config.min_learning_rate, rel=0.05)
+        # Micro-batches of about batch_tokens tokens.
+        tokens = np.diff([0] + [entry["tokens"] for entry in history])
+        assert tokens.max() <= config.batch_tokens and tokens.mean() > 0.8 * config.batch_tokens
+    with pytest.raises(ValueError, match="number of steps"):
+        LMTrainConfig().learning_rate_at(0)
 
 
 def test_resumed_training_matches_uninterrupted_training(backbones, data, tmp_path) -> None:
     runs, _ = data
-    settings = LMTrainConfig(**{**STAGE.__dict__, "steps": 6, "checkpoint_interval": 3,
-                                "grad_accum": 2, "batch_size": 4})
+    settings = replace(STAGE, steps=6, checkpoint_interval=3, grad_accum=2, batch_tokens=128)
 
     def run(folder: Path, **kwargs: object) -> tuple[FmriLM, object]:
         model = build(backbones["tied"])
@@ -377,11 +754,11 @@ def test_resumed_training_matches_uninterrupted_training(backbones, data, tmp_pa
     run(tmp_path / "split", until_step=4)  # checkpoints at 3 and 4 ("killed" after 4)
     state = json.loads((tmp_path / "split" / CHECKPOINT_DIR / STATE_FILE).read_text())
     assert state["step"] == 4
+    assert set(state["sampler"]) == {"describe", "fmri", "text"}  # where each group stands
     resumed, resumed_result = run(tmp_path / "split", resume=True)
     for name, value in straight.trainable_parameters().items():
         assert torch.equal(value, resumed.trainable_parameters()[name]), name
-    assert [h["loss"] for h in straight_result.history] == \
-        [h["loss"] for h in resumed_result.history]
+    assert straight_result.history == resumed_result.history  # losses, tokens seen, ...
     fresh, _ = run(tmp_path / "fresh", until_step=2)
     assert not all(torch.equal(v, fresh.trainable_parameters()[k])
                    for k, v in straight.trainable_parameters().items())
@@ -392,12 +769,12 @@ def test_gradient_checkpointing_gives_the_same_training(backbones, data, tmp_pat
     trained = []
     for checkpointing in (False, True):
         model = build(backbones["tied"])
-        settings = LMTrainConfig(**{**STAGE.__dict__, "steps": 3,
-                                    "gradient_checkpointing": checkpointing})
+        settings = replace(STAGE, steps=3, gradient_checkpointing=checkpointing)
         train_fmrilm(model, stage2_examples(model.formatter, runs[:2], CONFIG),
                      tmp_path / str(checkpointing), settings)
         assert model.model.get_decoder().gradient_checkpointing == checkpointing
         trained.append(model.trainable_parameters())
+    assert "projector.weight" in trained[0]
     for name, value in trained[0].items():
         torch.testing.assert_close(value, trained[1][name], rtol=1e-4, atol=1e-6)
 
@@ -410,12 +787,14 @@ def test_constrained_answers_are_sequence_log_probs_and_give_auroc(trained) -> N
     items = task_items(task, test, None, CONFIG.window_context, CONFIG.run_segment_windows)
     prompts = [task_prompts(model, task, test[i.run_index], [(i.start, i.stop)])[0]
                for i in items]
+    assert all(p.features.shape == (GROUPS, FEATURES) for p in prompts)
     log_probs = score_candidates(model, prompts, task.classes, batch_size=5)
     # Against a direct computation from the full logits of one prompt + answer.
     answer = model.formatter.answer_ids(task.classes[1])
-    ids = torch.tensor([prompts[0] + answer])
+    ids = torch.tensor([prompts[0].ids + answer])
     with torch.no_grad():
-        logits = model.logits(ids, torch.ones_like(ids))[0].log_softmax(-1)
+        logits = model.logits(ids, torch.ones_like(ids), tensor(prompts[0].features))
+    logits = logits[0].log_softmax(-1)
     manual = sum(float(logits[len(prompts[0]) - 1 + j, token]) for j, token in
                  enumerate(answer))
     assert log_probs[0, 1] == pytest.approx(manual, abs=1e-4)
@@ -426,48 +805,64 @@ def test_constrained_answers_are_sequence_log_probs_and_give_auroc(trained) -> N
         roc_auc_score(positive, probabilities[:, 1]))
     accuracy = np.mean([task.classes[k] == t for k, t in zip(probabilities.argmax(1), truth,
                                                              strict=True)])
-    assert accuracy >= 0.9  # the token tells the condition (chance: 0.5)
+    assert accuracy >= 0.9  # the features tell the condition (chance: 0.5)
     assert probabilities.min() > 0.0 and probabilities.max() < 1.0
 
 
-def full_forward_scores(model: FmriLM, prompts: list[list[int]],
+def full_forward_scores(model: FmriLM, prompts: list[Prompt],
                         candidates: list[str]) -> np.ndarray:
     """Each answer's log-probability from a forward pass of its own over prompt + answer."""
     scores = np.zeros((len(prompts), len(candidates)))
     for row, prompt in enumerate(prompts):
         for column, candidate in enumerate(candidates):
             answer = model.formatter.answer_ids(candidate)
-            ids = torch.tensor([prompt + answer])
+            ids = torch.tensor([prompt.ids + answer])
             with torch.no_grad():
-                logits = model.logits(ids, torch.ones_like(ids))[0, len(prompt) - 1:-1]
+                logits = model.logits(ids, torch.ones_like(ids), tensor(prompt.features))
+            logits = logits[0, len(prompt) - 1:-1]
             scores[row, column] = float(logits.log_softmax(-1)[range(len(answer)), answer].sum())
     return scores
 
 
-@pytest.mark.parametrize("kind", ["tied", "untied", "full"])
+def shared_inputs(model: FmriLM, prompts: list[Prompt]) -> int:
+    """Tokens all ``prompts`` begin with, ids and fMRI features alike (one left to each)."""
+    seen = 0
+    for position in range(min(len(p) for p in prompts) - 1):
+        if len({p.ids[position] for p in prompts}) > 1:
+            return position
+        if prompts[0].features is not None and model.fmri_positions(
+                torch.tensor(prompts[0].ids[position])):
+            if any(not np.array_equal(p.features[seen], prompts[0].features[seen])
+                   for p in prompts):
+                return position
+            seen += 1
+    return min(len(p) for p in prompts) - 1
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied", "full", "discrete"])
 def test_cached_constrained_answers_equal_full_forward_passes(backbones, data,
                                                               kind: str) -> None:
     """Prompts read once, answers from their cache: the scores of a pass per pair."""
     runs, _ = data
-    config = FmriLMConfig(**{**CONFIG.__dict__, "full_finetune": kind == "full"})
-    model = build(backbones["untied" if kind == "untied" else "tied"], config)
-    torch.manual_seed(1)
-    with torch.no_grad():  # LoRA updates and new rows that change the outputs (both start at 0)
-        for name, parameter in model.trainable_parameters().items():
-            if "lora_B" in name or "trainable_tokens_delta" in name:
-                parameter.normal_(0.0, 0.3)
+    config = {"full": replace(CONFIG, full_finetune=True), "discrete": DISCRETE}.get(kind,
+                                                                                    CONFIG)
+    model = perturb(build(backbones["untied" if kind == "untied" else "tied"], config))
     formatter, question = model.formatter, WINDOW_DESCRIBE[0]
-    turns = [(formatter.user_message(runs[1], 0, 3, question), "faces"),
-             (formatter.user_message(runs[2], 2, 4, question), "a quiet beach at dawn.")]
-    prompts = [formatter.prompt_ids(formatter.conversation(
-        turns if few_shot else (), formatter.user_message(runs[index], 0, stop, question)))
+    turns = [(user_message(model, runs[1], 0, 3, question), "faces"),
+             (user_message(model, runs[2], 2, 4, question), "a quiet beach at dawn.")]
+    prompts = [formatter.prompt(formatter.conversation(
+        turns if few_shot else (), user_message(model, runs[index], 0, stop, question)))
         for few_shot in (False, True)
         for index, stop in ((0, 1), (3, 1), (4, 2), (5, 6), (2, 2), (1, 2))]
+    assert all((p.features is None) == (kind == "discrete") for p in prompts)
     prompts.append(prompts[1])  # read once
+    if kind != "discrete":  # the same ids, other features: scored apart
+        prompts.append(Prompt(prompts[2].ids, prompts[2].features + 0.5))
     candidates = ["faces", "rest", "a quiet beach at dawn.", ""]
     assert [len(formatter.answer_ids(c)) for c in candidates] == [2, 2, 7, 1]
     assert len({len(prompt) for prompt in prompts}) == 6
     expected = full_forward_scores(model, prompts, candidates)
+    assert kind == "discrete" or np.abs(expected[2] - expected[-1]).max() > 1e-3
     for batch_size in (1, 8, 64):  # prompts a pass: one, two, all of one length
         np.testing.assert_allclose(score_candidates(model, prompts, candidates, batch_size),
                                    expected, rtol=1e-5, atol=1e-4)
@@ -478,70 +873,184 @@ def test_cached_constrained_answers_equal_full_forward_passes(backbones, data,
     with model.merged():
         np.testing.assert_allclose(score_candidates(model, prompts, candidates), expected,
                                    rtol=1e-5, atol=1e-4)
-    # Right-padded pairs through FmriLM.__call__ (the loss path) agree too.
-    pairs = [Example(prompt + formatter.answer_ids(c),
-                     [IGNORE_INDEX] * len(prompt) + formatter.answer_ids(c), "answer", "")
+    # What is read: the few-shot turns once, then each prompt's own tokens and the answers.
+    few_shot = prompts[6:12]
+    shared = shared_inputs(model, few_shot)
+    turn_tokens = len(formatter.prompt_ids(formatter.conversation(turns, {
+        "role": "user", "content": ""})))
+    assert shared >= turn_tokens - 3  # up to the query's segment
+    read: list[int] = []
+    hook = model.model.get_input_embeddings().register_forward_hook(
+        lambda module, inputs, output: read.append(inputs[0].numel()))
+    try:
+        score_candidates(model, few_shot, candidates, 64)
+    finally:
+        hook.remove()
+    answers = sum(len(formatter.answer_ids(c)) - 1 for c in candidates)
+    assert sum(read) == shared + sum(len(p) - shared + answers for p in few_shot)
+    # Packed pairs through FmriLM.__call__ (the loss path) agree too.
+    pairs = [Example(prompt.ids + formatter.answer_ids(c),
+                     [IGNORE_INDEX] * len(prompt) + formatter.answer_ids(c), "answer", "",
+                     prompt.features)
              for prompt in prompts for c in candidates]
+    packed = pack(pairs, model.tokenizer.pad_token_id, 256, KINDS)
     with torch.no_grad():
-        nll, _ = model(**collate(pairs, model.tokenizer.pad_token_id))
-    np.testing.assert_allclose(-nll.numpy().reshape(expected.shape), expected, rtol=1e-5,
-                               atol=1e-4)
+        nll, keep = model(packed["input_ids"], packed["labels"], packed["position_ids"],
+                          features=packed["features"])
+    losses, _ = packed_losses(pairs, packed, nll, keep, model.tokenizer.pad_token_id)
+    np.testing.assert_allclose(-np.array([loss.sum() for loss in losses]).reshape(
+        expected.shape), expected, rtol=1e-5, atol=1e-4)
     # No token in common (nothing read once for all), one-token prompts.
-    raw = [[5, *prompts[0]], [6, 7], [8]]
+    raw = [Prompt([5, *prompts[0].ids], prompts[0].features), Prompt([6, 7]), Prompt([8])]
     np.testing.assert_allclose(score_candidates(model, raw, candidates, 4),
                                full_forward_scores(model, raw, candidates), rtol=1e-5,
                                atol=1e-4)
 
 
-def test_generation_is_greedy_and_batch_independent(trained) -> None:
+def test_prompts_with_equal_ids_and_other_features_are_scored_apart(trained) -> None:
+    """Two windows with the same codes, one showing faces and one places: the answers follow
+    the features (a cache keyed by ids alone would give both the first one's)."""
     model, test = trained["model"], trained["test"]
-    task = next(t for t in model.tasks if t.name == "stimulus")
-    prompts = task_prompts(model, task, test[0], [(0, 1), (1, 2), (4, 5)])
-    decoding = DecodingConfig(max_new_tokens=8, batch_size=3)
-    batched = generate(model, prompts, decoding)
-    single = [generate(model, [p], decoding)[0] for p in prompts]
-    assert batched == single
-    ids = list(prompts[1])
+    task = next(t for t in model.tasks if t.name == "condition")
+    run = test[0]
+    faces = [w for w in range(run.n_windows) if run.events["trial_type"].iloc[w] == "faces"]
+    places = [w for w in range(run.n_windows) if run.events["trial_type"].iloc[w] == "places"]
+    prompts = task_prompts(model, task, run, [(faces[0], faces[0] + 1),
+                                              (places[0], places[0] + 1)])
+    lookalike = Prompt(prompts[0].ids, prompts[1].features)  # faces' codes, places' features
+    assert lookalike.key() != prompts[0].key()
+    log_probs = score_candidates(model, [prompts[0], lookalike, prompts[0]], task.classes)
+    np.testing.assert_allclose(log_probs[:2], full_forward_scores(
+        model, [prompts[0], lookalike], list(task.classes)), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(log_probs[0], log_probs[2])
+    answers = [task.classes[i] for i in log_probs.argmax(axis=1)]
+    assert answers == ["faces", "places", "faces"]
+
+
+def greedy(model: FmriLM, prompt: Prompt, max_new: int, min_new: int) -> str:
+    """Greedy decoding by full forward passes (the stop token barred for ``min_new``)."""
+    ids = list(prompt.ids)
     with torch.no_grad():
-        for _ in range(8):
-            tensor = torch.tensor([ids])
-            token = int(model.logits(tensor, torch.ones_like(tensor))[0, -1].argmax())
+        for step in range(max_new):
+            tokens = torch.tensor([ids])
+            logits = model.logits(tokens, torch.ones_like(tokens), tensor(prompt.features))
+            logits = logits[0, -1]
+            if step < min_new:
+                logits[model.formatter.stop_id] = -float("inf")
+            token = int(logits.argmax())
             if token == model.formatter.stop_id:
                 break
             ids.append(token)
-    assert batched[1] == model.tokenizer.decode(ids[len(prompts[1]):],
-                                                skip_special_tokens=True).strip()
+    return model.tokenizer.decode(ids[len(prompt):], skip_special_tokens=True).strip()
+
+
+def test_generation_is_greedy_and_batch_independent(backbones, trained) -> None:
+    model, test = trained["model"], trained["test"]
+    task = next(t for t in model.tasks if t.name == "stimulus")
+    decoding = DecodingConfig(max_new_tokens=8, batch_size=3)
+    assert decoding.min_new_tokens == 3
+    # Left-padded batches of prompts with their features: the texts of each prompt alone.
+    # An untrained model's texts follow every input (features in the wrong place show).
+    untrained = perturb(build(backbones["tied"]))
+    for lm in (untrained, model):
+        prompts = task_prompts(lm, task, test[0], [(0, 1), (1, 2), (2, 5)])
+        assert len(prompts[2]) == len(prompts[0]) + 2 * GROUPS
+        batched = generate(lm, prompts, decoding)
+        assert batched == [generate(lm, [p], decoding)[0] for p in prompts]
+    # Greedy: the argmax of full forward passes.
+    assert batched == [greedy(model, p, 8, 3) for p in prompts]
     truth = test[0].events["caption"].iloc[1]  # the caption of window 1
-    assert words(batched[1]) == words(truth)  # learnt from the tokens
+    assert words(batched[1]) == words(truth)  # learnt from the features
+    # A one-word answer: min_new_tokens holds the stop back.
+    condition = next(t for t in model.tasks if t.name == "condition")
+    short = task_prompts(model, condition, test[0], [(1, 2)])[0]
+    one = generate(model, [short], DecodingConfig(max_new_tokens=6, min_new_tokens=1))[0]
+    assert one == test[0].events["trial_type"].iloc[1]
+    held = generate(model, [short], DecodingConfig(max_new_tokens=6))[0]
+    assert held == greedy(model, short, 6, 3) and held.startswith(one) and held != one
 
 
-@pytest.mark.parametrize("kind", ["tied", "untied", "full"])
+def test_captions_say_how_sure_the_model_is(trained) -> None:
+    assert CONFIDENT == 0.5
+    assert confidence_sentence(np.array([0.8, 0.2]), ["faces", "places"]) == \
+        "Most likely faces (p = 0.80)."
+    assert confidence_sentence(np.array([0.25, 0.5, 0.25]), ["a", "b", "c"]) == \
+        "Most likely b (p = 0.50)."
+    assert confidence_sentence(np.array([0.3, 0.45, 0.25]), ["faces", "places", "houses"]) \
+        == "Unsure what was shown: perhaps places (p = 0.45) or faces (p = 0.30)."
+
+    model, test = trained["model"], trained["test"]
+    images, rest = test[:2]
+    late = pd.DataFrame({"onset": [images.onsets[-1] + 8.0], "duration": [3.0],
+                         "trial_type": ["faces"], "caption": [CAPTIONS["faces"]]})
+    images = replace(images, events=pd.concat([images.events, late], ignore_index=True))
+    assert event_windows(images)[-1] == -1  # its response falls after the run
+    classes = ["faces", "places", "houses"]
+    probabilities = np.array([[0.9, 0.05, 0.05] if w % 3 else [0.3, 0.45, 0.25]
+                              for w in range(12)])
+    condition = pd.DataFrame({"onset": images.onsets, "duration": images.durations,
+                              "answer": [classes[i] for i in probabilities.argmax(1)]}
+                             | {f"p_{c}": probabilities[:, i] for i, c in enumerate(classes)})
+    decoding = DecodingConfig(max_new_tokens=8)
+    windows, events = run_captions(model, images, decoding, condition)
+    described, _ = run_captions(model, images, decoding)
+    assert len(windows) == 12 and len(events) == 12  # the late event left out
+    assert events["onset"].tolist() == images.events["onset"].iloc[:12].tolist()
+    for window, (caption, plain) in enumerate(zip(windows["caption"], described["caption"],
+                                                  strict=True)):
+        sentence = confidence_sentence(probabilities[window], classes)
+        assert plain and caption == f"{plain} {sentence}"
+        assert sentence.startswith("Unsure" if window % 3 == 0 else "Most likely")
+    for window, caption in enumerate(events["caption"]):
+        assert caption.endswith("(uncertain)") == (window % 3 == 0)
+        assert words(caption.removesuffix(" (uncertain)")) == words(
+            images.events["caption"].iloc[window])
+    # A run without events: its captions alone, no confidence, no events.
+    rest_windows, rest_events = run_captions(model, rest, decoding, condition)
+    assert rest_events is None and all(rest_windows["caption"])
+    assert not rest_windows["caption"].str.contains("likely|Unsure").any()
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied", "full", "discrete"])
 def test_save_load_round_trip_gives_the_same_logits(backbones, data, tmp_path,
                                                     kind: str) -> None:
     runs, participants = data
-    config = FmriLMConfig(**{**CONFIG.__dict__, "full_finetune": kind == "full"})
+    config = {"full": replace(CONFIG, full_finetune=True), "discrete": DISCRETE}.get(kind,
+                                                                                    CONFIG)
+    generator = torch.Generator().manual_seed(0)
     model = build(backbones["untied" if kind == "untied" else "tied"], config,
-                  torch.randn(CODEBOOK, 64))
-    train_fmrilm(model, stage2_examples(model.formatter, runs[:2], CONFIG), tmp_path / "t",
-                 LMTrainConfig(**{**STAGE.__dict__, "steps": 3}))
+                  torch.randn(CODEBOOK, 64, generator=generator),
+                  (torch.randn(64, LATENT, generator=generator), torch.zeros(64)))
+    train_fmrilm(model, stage2_examples(model.formatter, runs[:2], config), tmp_path / "t",
+                 replace(STAGE, steps=3))
     model.tasks = resolve_tasks(default_tasks(runs, participants), runs, participants, 1, 6)[0]
     model.card = {"data": {"runs": 2}}
     saved = model.save_pretrained(tmp_path / "model")
     loaded = FmriLM.from_pretrained(saved)
     ids = torch.tensor([[*model.vocab.segment_ids(runs[0].token_ids), 5, 6, 7]])
+    features = None if kind == "discrete" else torch.from_numpy(
+        runs[0].segment_features(0, runs[0].n_windows))
     with torch.no_grad():
-        assert torch.equal(model.logits(ids, torch.ones_like(ids)),
-                           loaded.logits(ids, torch.ones_like(ids)))
+        logits = model.logits(ids, torch.ones_like(ids), features)
+        assert torch.equal(logits, loaded.logits(ids, torch.ones_like(ids), features))
     assert loaded.vocab == model.vocab and loaded.tasks == model.tasks
     assert loaded.config == model.config
     weights = {"model.safetensors", "config.json"} if kind == "full" else {
         "adapter_model.safetensors", "adapter_config.json"}
-    assert weights | {"fmrilm.json", "tokenizer.json", "README.md"} <= {
-        p.name for p in saved.iterdir()}
+    files = {p.name for p in saved.iterdir()}
+    assert weights | {"fmrilm.json", "tokenizer.json", "README.md"} <= files
+    assert (PROJECTOR_FILE in files) == (kind != "discrete")
+    if kind == "discrete":
+        assert loaded.projector is None
+    else:
+        assert torch.equal(loaded.projector.weight, model.projector.weight)
+        assert torch.equal(loaded.projector.bias, model.projector.bias)
     card = (saved / "README.md").read_text()
     assert "| runs | 2 |" in card and "| transformers |" in card and "condition" in card
+    assert f"{GROUPS} per window" in card
+    assert ("own embedding" in card) == (kind == "discrete")
     assert not list(tmp_path.glob(".model*"))  # no staging folder left behind
-    if kind != "full":
+    if kind in ("tied", "untied"):
         with pytest.raises(ValueError, match="pass the backbone"):
             FmriLM.from_pretrained(saved, llm_dir=_other_width_backbone(tmp_path))
 
@@ -577,10 +1086,12 @@ def test_llm_text_embedder_pools_the_backbone(backbones) -> None:
 
 def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     runs, participants = data
-    quick = LMTrainConfig(**{**STAGE.__dict__, "steps": 40})
-    result = fit_fmrilm(runs, participants, tmp_path / "fmrilm", CONFIG, quick, STAGE3,
+    quick = replace(STAGE, steps=40)
+    blank = replace(CONFIG, tokens_per_window=1, feature_dim=0)  # set from the runs
+    result = fit_fmrilm(runs, participants, tmp_path / "fmrilm", blank, quick, STAGE3,
                         llm_dir=backbones["tied"], held_out_tasks=["group"], test_subjects=TEST,
                         few_shot_k=1, decoding=DecodingConfig(max_new_tokens=10))
+    assert result.model.config == CONFIG
     assert result.train_subjects == TRAIN and result.test_subjects == TEST
     metrics = json.loads((tmp_path / "fmrilm" / "metrics.json").read_text())
     assert metrics["test_subjects"] == TEST
@@ -597,8 +1108,12 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     assert fmrilm["accuracy_ci_low"] <= fmrilm["accuracy"] <= fmrilm["accuracy_ci_high"]
     assert fmrilm["p_vs_chance"] < 0.05
     assert tasks["condition"]["baseline_tokens"]["accuracy"] >= 0.75
-    assert set(tasks["stimulus"]["fmrilm"]) == {"minilm_cosine", "bleu", "rouge_l", "n",
-                                                "minilm_cosine_ci_low", "minilm_cosine_ci_high"}
+    stimulus = tasks["stimulus"]["fmrilm"]
+    assert set(stimulus) == {"minilm_cosine", "bleu", "rouge_l", "n", "minilm_cosine_ci_low",
+                             "minilm_cosine_ci_high", "shuffled_cosine", "p_vs_shuffled"}
+    # The captions follow their windows: closer to their own truth than to the others'.
+    assert stimulus["minilm_cosine"] > stimulus["shuffled_cosine"]
+    assert stimulus["p_vs_shuffled"] < 0.05
     assert "mae" in tasks["age"]["fmrilm"] and "chance_mae" in tasks["age"]
     assert set(result.throughput) == {"stage2", "stage3"}
 
@@ -612,12 +1127,29 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     assert images.patch_embeddings.shape == (12, 64) and images.run_embedding.shape == (64,)
     np.testing.assert_allclose(images.run_embedding, images.patch_embeddings.mean(axis=0),
                                rtol=1e-5)
+    # A patch: the mean last hidden state of its window's tokens, the run read at once.
+    run = test_runs[0]
+    ids = torch.tensor([result.model.vocab.segment_ids(run.token_ids)])
+    with torch.no_grad():
+        hidden = result.model.hidden_states(ids, torch.ones_like(ids), features=torch.from_numpy(
+            run.segment_features(0, run.n_windows)))[0, 1:-1]
+    np.testing.assert_allclose(images.patch_embeddings,
+                               hidden.reshape(12, GROUPS, -1).mean(dim=1).numpy(), rtol=1e-3,
+                               atol=1e-4)
     condition = images.answers["condition"]
     assert len(condition) == 12 and {"p_faces", "p_places"} <= set(condition.columns)
     np.testing.assert_allclose(condition[["p_faces", "p_places"]].sum(axis=1), 1.0)
+    # The window captions end with what the model thinks was shown.
+    for caption, row in zip(images.window_captions["caption"],
+                            condition[["p_faces", "p_places"]].to_numpy(), strict=True):
+        assert caption.endswith(" " + confidence_sentence(row, ["faces", "places"]))
+    assert (condition["answer"] == test_runs[0].events["trial_type"]).mean() >= 0.9
     assert len(images.answers["rest_vs_task"]) == 1 and "group" not in images.answers
     assert outputs[test_runs[1].key].event_captions is None
     assert images.settings["decoding"]["max_new_tokens"] == 10
+    # The same answers from the model in memory.
+    direct = answer_tasks(result.model, test_runs[0])["condition"]
+    np.testing.assert_allclose(direct["p_faces"], condition["p_faces"], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="Held-out tasks"):
         fit_fmrilm(runs, participants, tmp_path / "x", CONFIG, quick, quick,
                    llm_dir=backbones["tied"], held_out_tasks=["handedness"])
@@ -625,15 +1157,16 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
 
 DATA_PARALLEL_SCRIPT = """
 import json, os, sys, torch
+from dataclasses import replace
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_llm_model import CONFIG, STAGE, build, synthetic_runs
-from fmrilm_bids.fmrilm.llm import LMTrainConfig, train_fmrilm
+from fmrilm_bids.fmrilm.llm import train_fmrilm
 from fmrilm_bids.fmrilm.llm.examples import stage2_examples
 torch.set_num_threads(1)
 runs, _ = synthetic_runs()
 model = build({backbone!r})
-config = LMTrainConfig(**{{**STAGE.__dict__, "steps": 4, "batch_size": 2}})
+config = replace(STAGE, steps=4, batch_tokens=64)
 result = train_fmrilm(model, stage2_examples(model.formatter, runs[:2], CONFIG), {out!r},
                       config)
 rank = os.environ["RANK"]
@@ -658,6 +1191,7 @@ def test_data_parallel_training_keeps_processes_in_step(backbones, tmp_path) -> 
     weights = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
     single = build(backbones["tied"])
     assert set(weights[0]) == set(single.trainable_parameters())
+    assert "projector.weight" in weights[0]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name  # in step after every update
     assert not all(torch.equal(v, single.trainable_parameters()[k].detach())

@@ -49,10 +49,9 @@ EVENTS = pd.DataFrame({"onset": [10.0, 50.0, 90.0], "duration": [1.0, 1.0, 1.0],
                        "trial_type": ["face", "place", "face"],
                        "caption": ["A smiling woman.", "A quiet beach at dawn.", "n/a"]})
 SETTINGS = Stage1Settings(
-    tokenizer=TokenizerConfig(target_tr=TR, patch_length=4, parcel_dim=8, n_queries=8,
-                              d_model=32, n_layers=1, n_heads=2, context_windows=16,
-                              code_dim=16, codebook_size=32, n_basis=8, llm_hidden=48,
-                              text_dim=EMBEDDING_DIM),
+    tokenizer=TokenizerConfig(target_tr=TR, patch_length=4, parcel_dim=8, n_groups=4,
+                              group_pools=2, d_model=32, code_dim=16, codebook_size=32,
+                              n_basis=4, llm_hidden=48, text_dim=EMBEDDING_DIM),
     training=TrainConfig(steps=30, batch_size=8, sequence_windows=8, learning_rate=1e-2,
                          min_learning_rate=1e-3, warmup_steps=5, eval_interval=15,
                          checkpoint_interval=15),
@@ -254,14 +253,17 @@ def test_group_level_writes_every_run_and_the_model(group) -> None:
         assert run.files == {"descriptors": text_file, "tokens": tokens_file}
         tokens, meta = read_tsv(tokens_file), sidecar(tokens_file)
         n_windows = int(len(run.run.timeseries) * TR // WINDOW)
-        assert list(tokens.columns) == ["onset", "duration", "token"]
+        assert list(tokens.columns) == ["onset", "duration", "token_1", "token_2", "token_3",
+                                        "token_4"]
         assert len(tokens) == n_windows
         start = meta["StartTime"]
         np.testing.assert_allclose(tokens["onset"], start + WINDOW * np.arange(n_windows))
         assert (tokens["duration"] == WINDOW).all()
-        assert tokens["token"].between(0, SETTINGS.tokenizer.codebook_size - 1).all()
+        assert tokens.filter(like="token_").stack().between(
+            0, SETTINGS.tokenizer.codebook_size - 1).all()
         assert meta["ModelHash"] == info["TokenizerHash"]
         assert meta["CodebookSize"] == 32 and meta["PatchLength"] == 4
+        assert meta["TokensPerWindow"] == 4
         assert meta["Sources"][:2] == [
             f"bids:raw:sub-{run.run.bold.subject}/func/{run.run.key}_bold.nii.gz",
             f"bids::sub-{run.run.bold.subject}/func/{run.run.key}_seg-{ATLAS}"
@@ -336,6 +338,11 @@ def test_parcels_without_signal_are_left_out_and_recorded(group, dataset, tmp_pa
         f"{EMPTY_PARCEL[0]}: no signal (every value is n/a)")
     assert len(info["Parcels"]) == len(load_network_table(ATLAS)) - 2
     assert all(list(r.run.timeseries.columns) == info["Parcels"] for r in result.runs)
+    # Each parcel's MNI centre, the tokenizer's position features (left precentral gyrus:
+    # left, central, high).
+    coordinates = dict(zip(info["Parcels"], info["ParcelCoordinates"], strict=True))
+    x, y, z = coordinates["Precentral_L"]
+    assert x < -30 and -20 < y < 5 and z > 40
     missing_meta = sidecar(next(r for r in result.runs
                                 if r.run.key == MISSING_PARCEL[0]).files["tokens"])
     assert missing_meta["MissingParcels"] == [MISSING_PARCEL[1]]

@@ -15,7 +15,7 @@ from fmrilm_bids.fmrilm.descriptors.windows import render_windows
 from fmrilm_bids.fmrilm.tokenizer import (
     NeuralTokenizer,
     ParcelRun,
-    PCAKMeansTokenizer,
+    PCAProductQuantizer,
     TokenizerConfig,
     TrainConfig,
     TrainingResult,
@@ -29,7 +29,14 @@ from fmrilm_bids.fmrilm.tokenizer import (
 )
 from fmrilm_bids.fmrilm.tokenizer import runs as runs_module
 from fmrilm_bids.fmrilm.tokenizer.quantizer import VectorQuantizer
-from fmrilm_bids.fmrilm.tokenizer.runs import parcel_identity, resample_to_tr, robust_normalise
+from fmrilm_bids.fmrilm.tokenizer.runs import (
+    IDENTITY_DIM,
+    POSITION_DIM,
+    coordinate_features,
+    parcel_identity,
+    resample_to_tr,
+    robust_normalise,
+)
 from fmrilm_bids.fmrilm.tokenizer.train import MODEL_CARD, STATE_JSON
 from fmrilm_bids.resources.text_encoder import EMBEDDING_DIM, load_text_encoder
 from fmrilm_bids.simulate.signals import (
@@ -37,7 +44,7 @@ from fmrilm_bids.simulate.signals import (
     network_time_courses,
     parcel_fluctuations,
 )
-from fmrilm_bids.utils.devices import autocast, resolve_device
+from fmrilm_bids.utils.devices import autocast, resolve_device, set_precision
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,9 +55,9 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
-CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=8, n_queries=10, d_model=32,
-                         n_layers=1, n_heads=2, context_windows=16, code_dim=16,
-                         codebook_size=32, n_basis=8, llm_hidden=48, text_dim=EMBEDDING_DIM)
+CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=16, n_groups=4, d_model=32,
+                         code_dim=16, codebook_size=32, n_basis=4, llm_hidden=48,
+                         text_dim=EMBEDDING_DIM)
 TRAIN = TrainConfig(steps=80, batch_size=8, sequence_windows=8, learning_rate=1e-2,
                     min_learning_rate=1e-3, warmup_steps=10, eval_interval=40,
                     checkpoint_interval=40, alignment_weight=0.5)
@@ -70,9 +77,22 @@ def embed_texts(texts: list[str]) -> torch.Tensor:
     return (vectors * mask).sum(dim=1) / mask.sum(dim=1)
 
 
+def centres(table: pd.DataFrame) -> np.ndarray:
+    """MNI centre of each parcel of ``table`` (bundled atlas AAL or AAL3)."""
+    from fmrilm_bids.resources.atlases import parcel_centroids
+
+    atlas = "AAL3" if len(table) > 120 else "AAL"
+    found = CENTRES.setdefault(atlas, parcel_centroids(atlas))
+    return np.array([found.get(name, (0.0, 0.0, 0.0)) for name in table["name"]])
+
+
+CENTRES: dict[str, dict[str, tuple[float, float, float]]] = {}
+
+
 def synthetic_run(table: pd.DataFrame, subject: int, tr: float = 2.0,
                   n_volumes: int = 120) -> ParcelRun:
-    """Network-driven parcel signals (the simulator's signal model) with window texts."""
+    """Network-driven parcel signals (the simulator's signal model) with window texts and the
+    parcels' positions."""
     rng = np.random.default_rng(subject)
     order = list(NETWORKS)
     assignment = np.array([order.index(n) for n in table["network"]])
@@ -82,7 +102,8 @@ def synthetic_run(table: pd.DataFrame, subject: int, tr: float = 2.0,
                                   bandlimited_noise(n_volumes, tr, len(table), rng))
     networks = table["network"].tolist()
     texts = render_windows(window_facts(signals, tr, networks, CONFIG.window_seconds))
-    return ParcelRun(signals, tr, networks, subject=f"{subject:02d}", window_texts=texts)
+    return ParcelRun(signals, tr, networks, subject=f"{subject:02d}", window_texts=texts,
+                     coordinates=centres(table))
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +152,31 @@ def test_robust_normalisation_uses_median_and_iqr_and_clips() -> None:
     assert normalised[10, 0] == 5.0
 
 
-def test_parcel_identity_is_network_one_hot_and_fingerprint(aal: pd.DataFrame) -> None:
+def test_parcel_identity_is_network_one_hot_fingerprint_and_position(aal: pd.DataFrame) -> None:
     run = synthetic_run(aal, 0)
     identity = parcel_identity(run.timeseries, run.networks)
     index = list(NETWORKS).index
-    assert identity.shape == (len(aal), 2 * len(NETWORKS))
+    n = len(NETWORKS)
+    assert identity.shape == (len(aal), IDENTITY_DIM)
+    assert 2 * n + POSITION_DIM == IDENTITY_DIM
     for row, network in zip(identity, run.networks, strict=True):
-        assert row[: len(NETWORKS)].argmax() == index(network)
-        assert row[len(NETWORKS):].argmax() == index(network)
+        assert row[:n].argmax() == index(network)
+        assert row[n:2 * n].argmax() == index(network)
+    assert not identity[:, 2 * n:].any()  # position unknown
+    placed = parcel_identity(run.timeseries, run.networks, run.coordinates)
+    np.testing.assert_array_equal(placed[:, :2 * n], identity[:, :2 * n])
+    np.testing.assert_allclose(placed[:, 2 * n:2 * n + 3], run.coordinates / 100)
+    # Position features: sines and cosines of the scaled coordinates at each frequency.
+    features = coordinate_features(np.array([[50.0, -25.0, 0.0]]), 1)[0]
+    np.testing.assert_allclose(features[:3], [0.5, -0.25, 0.0])
+    phases = np.array([[0.5], [-0.25], [0.0]]) * np.pi * np.array([1, 2, 4])  # axis x frequency
+    np.testing.assert_allclose(features[3:12], np.sin(phases).ravel(), atol=1e-12)
+    np.testing.assert_allclose(features[12:], np.cos(phases).ravel(), atol=1e-12)
+    with pytest.raises(ValueError, match="one \\(x, y, z\\) per parcel"):
+        coordinate_features(np.zeros((3, 2)), 3)
+    unknown = coordinate_features(np.array([[50.0, -25.0, 0.0], [np.nan] * 3]), 2)
+    np.testing.assert_array_equal(unknown[0], features)
+    assert not unknown[1].any()
     # Data-driven networks: cluster k in slot k - 1; no mixing, no unknown names.
     clusters = [f"cluster {index(network) + 1}" for network in run.networks]
     np.testing.assert_array_equal(parcel_identity(run.timeseries, clusters), identity)
@@ -170,7 +208,9 @@ def reference_preparation(run: ParcelRun, target_tr: float, patch_length: int,
     parcels = standardised(normalised)
     network_means = standardised(parcels @ one_hot / np.maximum(one_hot.sum(axis=0), 1))
     correlation = parcels.T @ network_means / len(normalised)
-    return patches.transpose(0, 2, 1), np.concatenate([one_hot, correlation], axis=1)
+    position = (np.zeros((len(one_hot), POSITION_DIM)) if run.coordinates is None else
+                coordinate_features(run.coordinates, len(one_hot)))
+    return patches.transpose(0, 2, 1), np.concatenate([one_hot, correlation, position], axis=1)
 
 
 @pytest.mark.parametrize(("chunk_values", "threads"),
@@ -192,7 +232,9 @@ def test_prepare_runs_matches_a_per_run_reference(aal: pd.DataFrame, chunk_value
         signals[:, 0] = 7.0  # constant: identity correlations are 0
         signals[:, 1] = 1.0  # inter-quartile range 0 and one spike: scale 1, clipped
         signals[n_volumes // 2, 1] = 50.0
-        runs.append(ParcelRun(signals, tr, networks, subject=f"{len(runs)}"))
+        coordinates = rng.uniform(-80, 80, (len(networks), 3)) if len(runs) % 2 else None
+        runs.append(ParcelRun(signals, tr, networks, subject=f"{len(runs)}",
+                              coordinates=coordinates))
     prepared = prepare_runs(runs, 2.0, 6, 5.0, threads=threads)
     assert [p.subject for p in prepared] == [r.subject for r in runs]
     for run, result in zip(runs, prepared, strict=True):
@@ -200,7 +242,7 @@ def test_prepare_runs_matches_a_per_run_reference(aal: pd.DataFrame, chunk_value
         assert result.patches.dtype == np.float32 and result.identity.dtype == np.float32
         np.testing.assert_allclose(result.patches, patches, atol=1e-5)
         np.testing.assert_allclose(result.identity, identity, atol=1e-5)
-        assert np.abs(identity[0, len(NETWORKS):]).max() == 0.0
+        assert np.abs(identity[0, len(NETWORKS):2 * len(NETWORKS)]).max() == 0.0
         assert result.patches[:, 1].max() == 5.0
         single = prepare_run(run, 2.0, 6, 5.0)
         np.testing.assert_array_equal(single.patches, result.patches)
@@ -248,47 +290,69 @@ def test_training_learns_without_codebook_collapse(trained) -> None:
     assert metrics["usage"] >= 0.5
     assert metrics["perplexity"] >= 8.0
     assert metrics["retrieval_chance"] == pytest.approx(1 / 60)  # 2 runs x 30 windows
+    # The PCA baseline of the same size (4 tokens of 32 codes per window), held out too.
+    assert -1.0 < metrics["pca_reconstruction_r2"] < 1.0 and 0 < metrics["pca_usage"] <= 1
     assert "alignment" in trained.history[0]
     card = (trained.out_dir / MODEL_CARD).read_text()
     assert "reconstruction_r2" in card and "torch" in card and "| train_windows | 224 |" in card
+    assert "20 bits per window" in card  # 4 groups x log2(32)
 
 
-def test_tokenize_run_gives_a_token_per_window(trained, runs) -> None:
+def test_steps_follow_the_data_unless_given() -> None:
+    config = TrainConfig(epochs=10, min_steps=5, batch_size=4, sequence_windows=5)
+    assert config.for_windows(1000).steps == 500  # 10 passes of 1000 windows, 20 a step
+    assert config.for_windows(6).steps == 5  # 3 from the epochs, but at least min_steps
+    assert TrainConfig(steps=7).for_windows(1000).steps == 7
+    with pytest.raises(ValueError, match="for_windows"):
+        TrainConfig().learning_rate_at(0)
+
+
+def test_tokenize_run_gives_a_token_per_group_and_window(trained, runs) -> None:
     _, validation = runs
     tokens = trained.model.tokenize(validation[0])
     frame = tokens.to_frame()
-    assert list(frame.columns) == ["onset", "duration", "token"]
+    assert list(frame.columns) == ["onset", "duration", *(f"token_{g}" for g in range(1, 5))]
     assert frame["onset"].tolist() == window_bounds(120, 2.0, 8.0).tolist()
     assert (frame["duration"] == 8.0).all()
-    assert frame["token"].between(0, CONFIG.codebook_size - 1).all()
-    assert tokens.embeddings.shape == (30, CONFIG.code_dim)
-    np.testing.assert_allclose(np.linalg.norm(tokens.embeddings, axis=1), 1.0, rtol=1e-5)
-
-
-def test_encode_runs_matches_the_model_on_each_sequence(trained, runs) -> None:
-    """Windows encoded once per run and sequences batched across runs (long runs sliced,
-    several atlases) give the latents and tokens of encoding each sequence on its own."""
+    assert frame.filter(like="token_").stack().between(0, CONFIG.codebook_size - 1).all()
+    assert tokens.token_ids.shape == (30, 4)
+    # Features: the unit-norm latent, then the group's 4 pooled time courses of 4 samples.
     model = trained.model
-    context = model.config.context_windows
+    assert tokens.embeddings.shape == (30, 4, model.feature_dim) and model.feature_dim == 32
+    latents = tokens.embeddings[..., :CONFIG.code_dim]
+    np.testing.assert_allclose(np.linalg.norm(latents, axis=-1), 1.0, rtol=1e-5)
+    prepared = prepare_run(validation[0], CONFIG.target_tr, CONFIG.patch_length, CONFIG.clip)
+    with torch.no_grad():
+        pooled = model.encoder.pooled(torch.from_numpy(np.ascontiguousarray(prepared.patches))
+                                      [None], torch.from_numpy(prepared.identity)[None])[0]
+    np.testing.assert_allclose(tokens.embeddings[..., CONFIG.code_dim:], pooled.numpy(),
+                               atol=1e-5)
+    # The groups read different parts of the brain: their tokens differ.
+    assert len({tuple(column) for column in tokens.token_ids.T}) == 4
+
+
+def test_encode_runs_matches_the_model_on_each_run(trained, runs) -> None:
+    """Runs encoded in slices (long runs sliced, several atlases) give the latents and tokens
+    of the model's forward pass on each whole run."""
+    model = trained.model
     aal3 = load_network_table("AAL3")
     parcel_runs = [*runs[1], synthetic_run(aal3, 12, n_volumes=500),
                    synthetic_run(aal3, 13, n_volumes=28), runs[0][3]]
     prepared = prepare_runs(parcel_runs, CONFIG.target_tr, CONFIG.patch_length, CONFIG.clip)
     encoded = model.encode_runs(prepared, batch_windows=64)
-    for run, (latents, token_ids) in zip(prepared, encoded, strict=True):
-        patches = torch.from_numpy(np.ascontiguousarray(run.patches))
+    for run, (features, token_ids) in zip(prepared, encoded, strict=True):
+        patches = torch.from_numpy(np.ascontiguousarray(run.patches))[None]
         identity = torch.from_numpy(run.identity)[None]
         with torch.no_grad():
-            expected = torch.cat([model.encode(patches[start:start + context][None], identity)[0]
-                                  for start in range(0, run.n_windows, context)])
-        np.testing.assert_allclose(latents, expected.numpy(), atol=1e-5)
+            expected = model.encode(patches, identity)[0]
+        np.testing.assert_allclose(features[..., :CONFIG.code_dim], expected.numpy(), atol=1e-5)
         np.testing.assert_array_equal(token_ids, model.quantizer.lookup(expected).numpy())
 
 
 def test_a_trained_tokenizer_reads_another_atlas(trained) -> None:
     aal3 = load_network_table("AAL3")
     tokens = trained.model.tokenize(synthetic_run(aal3, 11))
-    assert tokens.token_ids.shape == (30,)
+    assert tokens.token_ids.shape == (30, 4)
 
 
 def test_token_embeddings_for_llm_project_the_codebook(trained) -> None:
@@ -350,11 +414,13 @@ def test_training_refuses_leaky_splits_and_wrong_text_widths(runs, tmp_path: Pat
 
 # Baseline and metrics ----------------------------------------------------------------------
 
-def test_pca_kmeans_baseline_tokenizes_and_reconstructs(runs, aal: pd.DataFrame) -> None:
+def test_pca_baseline_tokenizes_and_reconstructs(runs, aal: pd.DataFrame) -> None:
     train, validation = runs
-    baseline = PCAKMeansTokenizer(patch_length=4, n_components=16, codebook_size=32).fit(train)
+    baseline = PCAProductQuantizer(patch_length=4, n_tokens=4, sub_dim=2,
+                                   codebook_size=32).fit(train)
     tokens = baseline.tokenize(validation[0])
-    assert tokens.token_ids.shape == (30,) and tokens.embeddings.shape == (30, 16)
+    assert tokens.token_ids.shape == (30, 4) and tokens.embeddings.shape == (30, 4, 2)
+    assert tokens.token_ids.max() < 32
     assert tokens.to_frame()["onset"].tolist() == window_bounds(120, 2.0, 8.0).tolist()
     prepared = [baseline.prepare(run) for run in validation]
     r2 = reconstruction_r2(np.concatenate([p.patches for p in prepared]),
@@ -383,7 +449,7 @@ def test_metrics_on_known_cases() -> None:
 
 # Backend -----------------------------------------------------------------------------------
 
-def test_backend_resolves_devices_and_autocasts_only_on_gpus() -> None:
+def test_backend_resolves_devices_and_autocasts_on_cpus_only_when_chosen() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
@@ -393,6 +459,17 @@ def test_backend_resolves_devices_and_autocasts_only_on_gpus() -> None:
         with pytest.raises(ValueError, match="no GPU"):
             resolve_device("cuda")
     layer = torch.nn.Linear(3, 3)
+    with autocast(torch.device("cpu")):
+        assert layer(torch.ones(1, 3)).dtype == torch.float32
+    try:
+        assert set_precision("bfloat16") == "bfloat16"
+        with autocast(torch.device("cpu")):
+            assert layer(torch.ones(1, 3)).dtype == torch.bfloat16
+        assert set_precision("auto") in ("bfloat16", "float32")
+        with pytest.raises(ValueError, match="Unknown precision"):
+            set_precision("half")
+    finally:
+        set_precision("float32")
     with autocast(torch.device("cpu")):
         assert layer(torch.ones(1, 3)).dtype == torch.float32
 

@@ -374,6 +374,12 @@ def group_paragraphs(config: Config, facts: RunFacts,
     zero_shot = (f" The questions {', '.join(wf.zero_shot)} were kept out of tuning and "
                  f"evaluated zero-shot and few-shot ({wf.few_shot_k} examples per class)."
                  if wf.zero_shot else "")
+    tokenizer_length = (f"{wf.tokenizer_steps} steps" if wf.tokenizer_steps else
+                        "100 passes over the training windows, at least 300 steps")
+    lm_length = (f"{wf.lm_steps} steps per stage" if wf.lm_steps else
+                 f"{wf.lm_epochs[0]:g} and {wf.lm_epochs[1]:g} epochs")
+    inputs = ("each token's continuous Stage-1 features through a learned linear projection"
+              if wf.fmri_inputs == "continuous" else "the tokens' own embeddings")
     text = (
         f"fMRI-LM [@wei2025] was trained with *fmrilm-bids* {v('fmrilm-bids')} (*PyTorch* "
         f"{v('torch')}, *Transformers* {v('transformers')}, *PEFT* {v('peft')}) on the "
@@ -383,13 +389,16 @@ def group_paragraphs(config: Config, facts: RunFacts,
         f"{networks}); a seeded quarter of the participants was held out for evaluation "
         f"(seed {config.seeds.master}). Imaging descriptors (network connectivity, graph "
         f"metrics, gradients, ICA, amplitude and motion) were z-scored against {reference} "
-        f"and written as sentences. Stage 1: a neural tokenizer with a vector quantizer "
-        f"[@vandenoord2017] was trained for {wf.tokenizer_steps} steps, aligned "
-        f"contrastively to the language model's embedding of the descriptor text. Stages 2 "
-        f"and 3: {llm} was extended with the codebook's tokens and tuned with LoRA adapters "
-        f"[@hu2022] for {wf.lm_steps} steps per stage, first on fMRI tokens and descriptor "
+        f"and written as sentences. Stage 1: a neural tokenizer reading each 12 s window as "
+        f"one token per learned parcel group from a shared codebook (vector quantization "
+        f"[@vandenoord2017]) was trained ({tokenizer_length}), aligned contrastively to the "
+        f"language model's input embeddings of the descriptor text and of what was shown. "
+        f"Stages 2 and 3: {llm} was extended with the codebook's tokens and read "
+        f"{inputs}; it was tuned with LoRA adapters [@hu2022] ({lm_length}, packed "
+        f"sequences), first on fMRI tokens (the codes as next-token targets) and descriptor "
         f"text, then on questions built from the dataset.{zero_shot} Held-out results were "
-        f"compared with functional-connectivity and token baselines; the caption "
+        f"compared with parcel-amplitude, functional-connectivity and token baselines; the "
+        f"caption "
         f"embeddings use all-MiniLM-L6-v2 (*sentence-transformers* "
         f"{v('sentence-transformers')}) [@reimers2019]."
     )

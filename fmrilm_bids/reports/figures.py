@@ -99,29 +99,35 @@ def statmap_figure(stat_map: str, background: str, title: str, threshold: float 
 def token_figure(onsets: np.ndarray, durations: np.ndarray, tokens: np.ndarray,
                  codebook_size: int, events: Sequence[tuple[float, float, str]],
                  title: str) -> str:
-    """A run's token sequence over time (steps), with its events as shaded spans.
+    """A run's tokens over time (one row per parcel group, coloured by code), with its
+    events as shaded spans in a strip above.
 
     Parameters
     ----------
-    onsets, durations, tokens : arrays of shape (P,)
-        One row per time patch (seconds, token index).
+    onsets, durations : arrays of shape (P,)
+        One entry per time patch (seconds).
+    tokens : array of shape (P, G)
+        The codes of each patch's groups.
     events : sequence of (onset, duration, trial_type)
     """
-    figure, axis = plt.subplots(figsize=(10, 2.6))
+    tokens = np.asarray(tokens).reshape(len(onsets), -1)
+    figure, (strip, axis) = plt.subplots(2, 1, figsize=(10, 3.2), sharex=True,
+                                         gridspec_kw={"height_ratios": [1, 5]})
     kinds = sorted({kind for _, _, kind in events})
     colours = {kind: plt.get_cmap("tab10")(i % 10) for i, kind in enumerate(kinds)}
     for onset, duration, kind in events:
-        axis.axvspan(onset, onset + max(duration, 0.5), color=colours[kind], alpha=0.25,
-                     lw=0)
+        strip.axvspan(onset, onset + max(duration, 0.5), color=colours[kind], alpha=0.6, lw=0)
     for kind in kinds:
-        axis.plot([], [], color=colours[kind], alpha=0.5, lw=6, label=kind)
-    edges = np.append(onsets, onsets[-1] + durations[-1]) if len(onsets) else np.array([0.0])
-    axis.stairs(tokens, edges, color="k", lw=1.2, baseline=None)
-    axis.scatter(onsets + durations / 2, tokens, s=10, color="k", zorder=3)
-    axis.set(xlabel="time (s)", ylabel="token", ylim=(-0.5, codebook_size - 0.5),
-             title=title, xlim=(edges[0], edges[-1]))
+        strip.plot([], [], color=colours[kind], alpha=0.6, lw=6, label=kind)
+    edges = np.append(onsets, onsets[-1] + durations[-1]) if len(onsets) else np.array(
+        [0.0, 1.0])
+    if len(onsets):
+        axis.pcolormesh(edges, np.arange(tokens.shape[1] + 1) + 0.5, tokens.T, cmap="turbo",
+                        vmin=0, vmax=codebook_size - 1)
+    strip.set(yticks=[], title=title, xlim=(edges[0], edges[-1]))
+    axis.set(xlabel="time (s)", ylabel="parcel group", xlim=(edges[0], edges[-1]))
     if kinds:
-        axis.legend(loc="upper right", fontsize=7, ncol=min(len(kinds), 4), frameon=False)
+        strip.legend(loc="upper right", fontsize=7, ncol=min(len(kinds), 6), frameon=False)
     return figure_uri(figure)
 
 

@@ -46,7 +46,7 @@ def run_language_section(name: str, tokens: pd.DataFrame, captions: pd.DataFrame
     name : str
         The run, e.g. ``sub-01_task-faces``.
     tokens : DataFrame
-        ``onset``, ``duration``, ``token`` (``desc-fmrilm_tokens.tsv``).
+        ``onset``, ``duration``, ``token_1`` .. ``token_<G>`` (``desc-fmrilm_tokens.tsv``).
     captions, answers : DataFrame or None
         ``desc-fmrilm_captions.tsv`` and ``desc-answers_text.tsv`` (absent before Stages
         2-3 ran).
@@ -60,9 +60,11 @@ def run_language_section(name: str, tokens: pd.DataFrame, captions: pd.DataFrame
         A :func:`~fmrilm_bids.reports.html.section`: the token figure, and one table row per
         time patch with the events, the caption and the answers of that patch.
     """
-    used = tokens["token"].nunique()
-    paragraphs = [f"{len(tokens)} time patches, {used} distinct tokens of {codebook_size} "
-                  f"(the codebook's usage in this run: {used / codebook_size:.0%})."]
+    codes = tokens.filter(regex=r"^token_\d+$").to_numpy(int)
+    used = len(np.unique(codes))
+    paragraphs = [f"{len(tokens)} time patches of {codes.shape[1]} tokens (one per learned "
+                  f"parcel group), {used} distinct codes of {codebook_size} (the codebook's "
+                  f"usage in this run: {used / codebook_size:.0%})."]
     window_captions = (captions[captions["scope"] == "window"] if captions is not None
                        else pd.DataFrame(columns=["onset", "caption"]))
     patch = float(np.median(tokens["duration"])) if len(tokens) else 0.0
@@ -70,14 +72,15 @@ def run_language_section(name: str, tokens: pd.DataFrame, captions: pd.DataFrame
         columns=["question", "onset", "duration", "answer"])
     per_window = answers["duration"].astype(float) <= 1.5 * patch  # the others: whole run
     rows = []
-    for row in tokens.itertuples(index=False):
+    for row, row_codes in zip(tokens.itertuples(index=False), codes, strict=True):
         caption = window_captions.loc[np.isclose(window_captions["onset"].astype(float),
                                                  row.onset), "caption"]
         answered = [f"{a.question}: {a.answer}" for a in
                     answers[per_window].itertuples(index=False)
                     if np.isclose(float(a.onset), row.onset)]
         rows.append([f"{row.onset:.1f}", f"{row.duration:.1f}",
-                     events_during(events, row.onset, row.duration), int(row.token),
+                     events_during(events, row.onset, row.duration),
+                     " ".join(str(code) for code in row_codes),
                      caption.iloc[0] if len(caption) else "", "; ".join(answered)])
     if captions is not None:
         for event in captions[captions["scope"] == "event"].itertuples(index=False):
@@ -92,13 +95,13 @@ def run_language_section(name: str, tokens: pd.DataFrame, captions: pd.DataFrame
         (float(e.onset), float(0 if pd.isna(e.duration) else e.duration),
          str(getattr(e, "trial_type", "event"))) for e in events.itertuples(index=False)]
     figure = token_figure(tokens["onset"].to_numpy(float), tokens["duration"].to_numpy(float),
-                          tokens["token"].to_numpy(int), codebook_size, event_spans, name)
+                          codes, codebook_size, event_spans, name)
     return section(
         f"Language outputs: {name}", paragraphs,
-        [("fMRI tokens over time (one per time patch) under the run's events (shaded by "
-          "trial type).", figure)],
-        [("Time patches: the events they overlap, their token, caption and answers",
-          ["onset (s)", "duration (s)", "events", "token", "caption", "answers"], rows)])
+        [("fMRI tokens over time (a row per parcel group, coloured by code) under the run's "
+          "events (shaded by trial type).", figure)],
+        [("Time patches: the events they overlap, their tokens, caption and answers",
+          ["onset (s)", "duration (s)", "events", "tokens", "caption", "answers"], rows)])
 
 
 def metrics_figures(metrics: Mapping[str, object]) -> list[tuple[str, str]]:

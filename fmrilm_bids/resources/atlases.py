@@ -151,3 +151,31 @@ def load_atlas(name_or_path: str | Path, reference: nib.Nifti1Image | None = Non
         img = nib.Nifti1Image(np.asarray(img.dataobj).astype(np.int32), img.affine)
     return Atlas(name=name, image=img, labels=read_label_table(table),
                  source_labels=source_labels)
+
+
+def parcel_centroids(name_or_path: str | Path) -> dict[str, tuple[float, float, float]]:
+    """World coordinates (MNI mm) of the centre of mass of every region in the atlas image.
+
+    Regions listed in the label table but absent from the image are left out.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        ``"AAL3"``, ``"AAL"``, ``"HCPEx"`` or the path of a labelled NIfTI (:func:`load_atlas`).
+
+    Returns
+    -------
+    dict of str to (x, y, z)
+    """
+    atlas = load_atlas(name_or_path)
+    data = np.asarray(atlas.image.dataobj).reshape(-1)
+    present = data > 0
+    values = data[present]
+    counts = np.bincount(values)
+    voxels = np.stack(np.unravel_index(np.flatnonzero(present), atlas.image.shape), axis=1)
+    world = nib.affines.apply_affine(atlas.image.affine, voxels)
+    sums = np.stack([np.bincount(values, weights=world[:, axis], minlength=len(counts))
+                     for axis in range(3)], axis=1)
+    return {name: tuple(float(v) for v in sums[index] / counts[index])
+            for index, name in atlas.labels.items()
+            if index < len(counts) and counts[index] > 0}

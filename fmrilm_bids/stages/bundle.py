@@ -2,8 +2,9 @@
 
 ::
 
-    <model_dir>/stage1.json                 atlas, model parcels and their networks, parcels
-                                            left out (and why), descriptor settings, seed,
+    <model_dir>/stage1.json                 atlas, model parcels, their networks and MNI
+                                            centres, parcels left out (and why),
+                                            descriptor settings, seed,
                                             text embedder, subject split (``TrainSubjects``,
                                             ``TestSubjects``: held out, the tokenizer's
                                             validation), held-out metrics, tokenizer hash
@@ -23,6 +24,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fmrilm_bids.errors import InputDataError, MissingInputError
@@ -47,8 +49,8 @@ STAGE1_FILE = "stage1.json"
 REFERENCE_FILE = "descriptor_reference.json"
 TOKENIZER_FOLDER = "tokenizer"
 README_FILE = "README.md"
-#: Format of ``stage1.json``.
-STAGE1_VERSION = 1
+#: Format of ``stage1.json`` (2: tokens per parcel group, parcel coordinates).
+STAGE1_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,12 @@ class Stage1Model:
         return list(self.info["Networks"])
 
     @property
+    def coordinates(self) -> np.ndarray:
+        """MNI centre (mm) of each parcel, ``(n_parcels, 3)`` (NaN: position unknown)."""
+        return np.array([(np.nan,) * 3 if c is None else c
+                         for c in self.info["ParcelCoordinates"]], dtype=float)
+
+    @property
     def descriptor_settings(self) -> DescriptorSettings:
         return DescriptorSettings.from_dict(self.info["DescriptorSettings"])
 
@@ -205,8 +213,10 @@ Descriptor reference and neural tokenizer trained by `fmrilm-bids ... group` on 
 `seg-{info["Atlas"]}` denoised parcel series of {len(info["TrainSubjects"])} training
 participants. Apply it with `fmrilm-bids BIDS_DIR OUTPUT_DIR participant --model {{this
 folder}}`: every run gets `_desc-descriptors_text.tsv` (described against this reference) and
-`_desc-fmrilm_tokens.tsv` (one token per {tokenizer["patch_length"]} samples at TR
-{tokenizer["target_tr"]:g} s).""", {
+`_desc-fmrilm_tokens.tsv` ({tokenizer["n_groups"]} tokens, one per learned parcel group, from
+{tokenizer["codebook_size"]} codes per {tokenizer["patch_length"]} samples at TR
+{tokenizer["target_tr"]:g} s: {TokenizerConfig.from_dict(tokenizer).bits_per_window:g} bits per
+window).""", {
         "Data": {"atlas": info["Atlas"], "parcels": len(info["Parcels"]),
                  "parcels left out (no signal in some runs)": len(info["ExcludedParcels"]),
                  "training participants": ", ".join(info["TrainSubjects"]),
@@ -248,12 +258,15 @@ def save_stage1_model(folder: Path, checkpoint: Path, reference: DescriptorRefer
 
 
 def stage1_info(atlas: str, parcels: list[str], networks: list[str],
-                excluded: dict[str, str], settings: Stage1Settings, seed: int,
+                coordinates: np.ndarray, excluded: dict[str, str],
+                settings: Stage1Settings, seed: int,
                 text_embedder: str, train_subjects: list[str],
                 test_subjects: list[str], metrics: dict[str, float],
                 reference: DescriptorReference) -> dict:
     """``stage1.json`` content (without ``Version`` and ``TokenizerHash``)."""
     return {"Atlas": atlas, "Parcels": parcels, "Networks": networks,
+            "ParcelCoordinates": [None if not np.isfinite(c).all() else np.round(c, 2).tolist()
+                                  for c in np.asarray(coordinates, dtype=float)],
             "ExcludedParcels": excluded,
             "DescriptorSettings": settings.descriptor_settings().to_dict(),
             "NParaphrases": settings.n_paraphrases,

@@ -60,7 +60,7 @@ from fmrilm_bids.stages.outputs import (
     CORPUS_FILE,
 )
 from fmrilm_bids.stages.stage1 import Stage1Run, describe_and_tokenize, run_stage1_group
-from fmrilm_bids.utils.devices import distributed_context
+from fmrilm_bids.utils.devices import distributed_context, set_precision
 from fmrilm_bids.utils.files import atomic_write_text
 
 LOGGER = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def run_group_level(selection: Selection, config: Config) -> Path:
     context = distributed_context()
     # The edge: --device resolved once (this process's GPU in a parallel run), passed down.
     seed, device = config.seeds.master, context.device(workflow.device)
+    LOGGER.info("Models run on %s (CPU precision %s)", device, set_precision(workflow.precision))
     atlas = atlas_name(workflow.atlases[0])
     model_dir = output_dir / MODEL_FOLDER
     participants = read_participants(bids_dir)
@@ -168,21 +169,23 @@ def run_group_level(selection: Selection, config: Config) -> Path:
         stage1_runs = describe_and_tokenize(selection, output_dir, stage1, device)
     corpus = pd.read_csv(output_dir / CORPUS_FILE, sep="\t", keep_default_na=False)
 
-    LOGGER.info("Stages 2-3: language model (%d steps per stage)", workflow.lm_steps)
-    # Warm-up: a tenth of a short stage (the default 20 steps of 200 otherwise).
-    stage_config = LMTrainConfig(steps=workflow.lm_steps, seed=seed,
-                                 warmup_steps=max(1, min(LMTrainConfig.warmup_steps,
-                                                         workflow.lm_steps // 10)),
-                                 gradient_checkpointing=workflow.gradient_checkpointing)
+    stage2_epochs, stage3_epochs = workflow.lm_epochs
+    LOGGER.info("Stages 2-3: language model (%s)", f"{workflow.lm_steps} steps per stage"
+                if workflow.lm_steps else f"epochs {stage2_epochs:g} and {stage3_epochs:g}")
+    stage2, stage3 = (LMTrainConfig(steps=workflow.lm_steps, epochs=epochs, seed=seed,
+                                    gradient_checkpointing=workflow.gradient_checkpointing)
+                      for epochs in workflow.lm_epochs)
     test_subjects = stage1.info["TestSubjects"]
     decoding = DecodingConfig(seed=seed)
     lm_runs = [lm_run(r.run, r.tokens, r.descriptors) for r in stage1_runs]
+    tokenizer = stage1.tokenizer()
     fit = fit_fmrilm(
         lm_runs, participants, execution.work_dir / "fmrilm_training" / LM_FOLDER,
-        FmriLMConfig(codebook_size=stage1.info["Tokenizer"]["codebook_size"], seed=seed),
-        stage2=stage_config, stage3=stage_config,
-        token_embeddings=stage1.tokenizer().token_embeddings_for_llm().detach(),
-        llm_dir=workflow.llm_dir,
+        FmriLMConfig(codebook_size=stage1.info["Tokenizer"]["codebook_size"],
+                     fmri_inputs=workflow.fmri_inputs, seed=seed),
+        stage2=stage2, stage3=stage3,
+        token_embeddings=tokenizer.token_embeddings_for_llm().detach(),
+        projection=tokenizer.llm_projection(), llm_dir=workflow.llm_dir,
         tasks=stage3_questions(lm_runs, participants, test_subjects, workflow),
         held_out_tasks=workflow.zero_shot, test_subjects=test_subjects,
         few_shot_k=workflow.few_shot_k,

@@ -39,7 +39,12 @@ from fmrilm_bids.dataset.events import read_events
 from fmrilm_bids.dataset.layout import BoldRun, Selection
 from fmrilm_bids.errors import InputDataError, MissingInputError
 from fmrilm_bids.fmrilm.descriptors.networks import ATLAS_RULES, NETWORKS, load_network_table
-from fmrilm_bids.resources.atlases import ABSENT_FROM_ATLAS, load_atlas
+from fmrilm_bids.resources.atlases import (
+    ABSENT_FROM_ATLAS,
+    BUNDLED_ATLASES,
+    load_atlas,
+    parcel_centroids,
+)
 
 
 @dataclass
@@ -338,6 +343,30 @@ def network_table(atlas: str, runs: Sequence[DerivativeRun]) -> pd.DataFrame:
         raise InputDataError(f"Atlas {atlas}: networks {unknown} are not among "
                              f"{', '.join(NETWORKS)}; rename them in its network table.")
     return table
+
+
+def parcel_coordinates(atlas: str, runs: Sequence[DerivativeRun],
+                       parcels: Sequence[str]) -> np.ndarray:
+    """MNI centre (mm) of each of ``parcels`` in the image of ``atlas`` (a bundled atlas by
+    name; a user atlas from the series' ``AtlasSource``), ``(n_parcels, 3)``; NaN (position
+    unknown, said in a warning) for a parcel the image lacks.
+
+    Raises
+    ------
+    MissingInputError
+        When the atlas image cannot be found.
+    """
+    source = atlas if atlas in BUNDLED_ATLASES or not runs else str(
+        runs[0].metadata.get("AtlasSource", atlas))
+    try:
+        centres = parcel_centroids(source)
+    except FileNotFoundError as err:
+        raise MissingInputError(f"Atlas {atlas}: {err}") from err
+    missing = [name for name in parcels if name not in centres]
+    if missing:
+        LOGGER.warning("Atlas %s: no voxel of %s in its image; the tokenizer reads these "
+                       "parcels without their position.", source, ", ".join(missing[:10]))
+    return np.array([centres.get(name, (np.nan,) * 3) for name in parcels], dtype=float)
 
 
 def atlas_name(atlas: str) -> str:

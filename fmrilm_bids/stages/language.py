@@ -190,8 +190,14 @@ def publish_model(stage1: Stage1Model, lm_dir: Path, metrics: dict) -> None:
 
 
 def llm_embedder(llm_dir: Path | None, device: torch.device) -> tuple[Callable, int, str]:
-    """The language model's own text embedder (Stage 1 aligns to it), its width and name."""
+    """The language model's own text embedder (Stage 1 aligns to it), its width and name.
 
-    embedder = llm_text_embedder(llm_dir, device=device)
+    The mean of the input embeddings of a text's tokens: the space the language model
+    reads its inputs in, where the projector puts the fMRI features, and no transformer
+    pass (the full hidden states of a cohort's thousand window texts cost tens of minutes
+    on a CPU).
+    """
+
+    embedder = llm_text_embedder(llm_dir, pooling="input", device=device)
     return (embedder, int(embedder(["fMRI"]).shape[1]),
-            f"{backbone_source(llm_dir)} (mean last hidden state)")
+            f"{backbone_source(llm_dir)} (mean input embedding)")

@@ -28,7 +28,8 @@ The Stage-1 files in detail:
     (``n/a`` for none). JSON: every feature with its value and z-score, the facts stated,
     the window facts, the reference (description, size, file), the settings.
 ``_seg-<atlas>_desc-fmrilm_tokens.tsv``
-    ``onset``, ``duration``, ``token`` (one row per patch). JSON: codebook size, TRs, patch
+    ``onset``, ``duration``, ``token_1`` .. ``token_<n_groups>`` (one row per patch, one
+    code per learned parcel group). JSON: codebook size, tokens per window, TRs, patch
     length, the tokenizer's weights hash and location.
 
 Onsets are seconds from the run's first volume, as in ``events.tsv`` (row 0 of the denoised
@@ -195,9 +196,11 @@ def token_sidecar(run: DerivativeRun, model: Stage1Model, derivatives_dir: Path,
     """Sidecar of the tokens: the window format and the tokenizer that read them."""
     config = model.info["Tokenizer"]
     weights = uri(model.directory / TOKENIZER_FOLDER, derivatives_dir)
-    return {"Description": "fMRI-LM Stage-1 token of each time patch (all parcels, "
-            f"{config['patch_length']} samples at TR {config['target_tr']:g} s).",
+    return {"Description": "fMRI-LM Stage-1 tokens of each time patch "
+            f"({config['patch_length']} samples at TR {config['target_tr']:g} s): token_<g> "
+            f"is the code of learned parcel group g (1..{config['n_groups']}).",
             **run_facts(run, model), "CodebookSize": config["codebook_size"],
+            "TokensPerWindow": config["n_groups"],
             "TargetRepetitionTime": config["target_tr"], "PatchLength": config["patch_length"],
             "WindowDuration": config["patch_length"] * config["target_tr"],
             "ModelHash": model.tokenizer_hash, "Model": weights,

@@ -21,7 +21,7 @@ from fmrilm_bids.stages.language import (
     write_language_reports,
 )
 from fmrilm_bids.stages.stage1 import apply_stage1
-from fmrilm_bids.utils.devices import resolve_device
+from fmrilm_bids.utils.devices import resolve_device, set_precision
 
 
 def load_model(model_dir: Path) -> Stage1Model:
@@ -51,6 +51,7 @@ def apply_model(selection: Selection, config: Config) -> None:
     model_dir = Path(workflow.model_dir)
     stage1 = load_model(model_dir)
     device = resolve_device(workflow.device)  # the edge: resolved once, passed down
+    set_precision(workflow.precision)
     stage1_runs = apply_stage1(selection, execution.output_dir, execution.bids_dir,
                                stage1.directory, device=device)
     apply_language_model(model_dir / LM_FOLDER, stage1_runs, execution.output_dir,

@@ -35,6 +35,7 @@ from fmrilm_bids.stages.inputs import (
     collect_runs,
     common_parcels,
     network_table,
+    parcel_coordinates,
     read_participants,
     series_parcels,
     stage1_view,
@@ -113,10 +114,10 @@ def check_lengths(runs: Sequence[DerivativeRun], window_seconds: float) -> None:
 
 
 def tokenize(tokenizer: NeuralTokenizer, runs: Sequence[DerivativeRun],
-             networks: Sequence[str]) -> list[TokenizedRun]:
+             networks: Sequence[str], coordinates: np.ndarray) -> list[TokenizedRun]:
     """Tokens of every run (batched), onsets in seconds from each run's first volume."""
     parcel_runs = [ParcelRun(run.timeseries.to_numpy(dtype=float), run.tr, list(networks),
-                             run.bold.subject) for run in runs]
+                             run.bold.subject, coordinates=coordinates) for run in runs]
     return [replace(tokens, onsets=tokens.onsets + run.start_time)
             for run, tokens in zip(runs, tokenizer.tokenize_runs(parcel_runs), strict=True)]
 
@@ -168,7 +169,8 @@ def split_subjects(subjects: Sequence[str], fraction: float,
 
 
 def default_embedder(device: torch.device) -> tuple[TextEmbedder, str]:
-    """all-MiniLM-L6-v2 sentence embeddings (384 wide) and its name."""
+    """all-MiniLM-L6-v2 sentence embeddings (384 wide) and its name: the default text
+    embedder, and always the embedder of what was shown (the event alignment)."""
 
     def embed(texts: list[str]) -> np.ndarray:
         return encode_sentences(texts, device=device)
@@ -177,13 +179,17 @@ def default_embedder(device: torch.device) -> tuple[TextEmbedder, str]:
 
 
 def data_hash(runs: dict[str, ParcelRun]) -> str:
-    """SHA-256 of the tokenizer's training data: run keys, signals, TRs, window texts."""
+    """SHA-256 of the tokenizer's training data: run keys, signals, TRs, window texts and
+    events, parcel positions."""
     digest = hashlib.sha256()
     for key in sorted(runs):
         run = runs[key]
         digest.update(f"{key}:{run.tr}:{run.subject}:{run.timeseries.shape}".encode())
         digest.update(np.ascontiguousarray(run.timeseries).tobytes())
         digest.update("\n".join(run.window_texts or ()).encode())
+        digest.update("\n".join(str(e) for e in run.window_events or ()).encode())
+        if run.coordinates is not None:
+            digest.update(np.ascontiguousarray(run.coordinates, dtype=float).tobytes())
     return digest.hexdigest()
 
 
@@ -274,6 +280,7 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
         reference_runs=reference_runs(runs, bids_dir, settings.reference_group),
         settings=descriptor_settings, seed=seed)
     networks = list(reference.networks)
+    coordinates = parcel_coordinates(atlas, runs, parcels)
 
     # Tokenizer, trained on the training participants, validated on the others.
     train_subjects, test_subjects = split_subjects(
@@ -282,7 +289,8 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
         text_embedder, text_embedder_name = default_embedder(device)
     name = text_embedder_name or getattr(text_embedder, "__name__", "custom text embedder")
     parcel_runs = {run.key: ParcelRun(run.timeseries.to_numpy(dtype=float), run.tr, networks,
-                                      run.bold.subject, described[run.key].window_texts)
+                                      run.bold.subject, described[run.key].window_texts,
+                                      coordinates, described[run.key].window_events)
                    for run in runs}
     training_config = settings.training
     checkpoint = (Path(work_dir) if work_dir else
@@ -296,17 +304,17 @@ def run_stage1_group(selection: Selection, derivatives_dir: Path, bids_dir: Path
     training = train_tokenizer(
         [parcel_runs[run.key] for run in runs if run.bold.subject in train_subjects],
         [parcel_runs[run.key] for run in runs if run.bold.subject in test_subjects],
-        checkpoint, settings.tokenizer, training_config, text_embedder, resume=resume,
-        text_embedder_name=name, device=device)
+        checkpoint, settings.tokenizer, training_config, text_embedder,
+        default_embedder(device)[0], resume=resume, text_embedder_name=name, device=device)
 
     # The model folder appears whole; every output is made with the published model.
 
-    info = stage1_info(atlas, parcels, networks, excluded, settings, seed, name,
+    info = stage1_info(atlas, parcels, networks, coordinates, excluded, settings, seed, name,
                        train_subjects, test_subjects, training.metrics, reference)
     publish_directory(model_dir, lambda folder: save_stage1_model(folder, checkpoint,
                                                                   reference, info))
     model = Stage1Model.load(model_dir)
-    tokens = tokenize(model.tokenizer(device), runs, networks)
+    tokens = tokenize(model.tokenizer(device), runs, networks, coordinates)
     results = [Stage1Run(run=run, descriptors=described[run.key], tokens=run_tokens,
                          files=write_stage1_run(run, described[run.key], run_tokens, model,
                                                 derivatives_dir, bids_dir))
@@ -343,7 +351,7 @@ def describe_and_tokenize(selection: Selection, derivatives_dir: Path, model: St
     check_lengths(runs, model.info["Tokenizer"]["patch_length"]
                   * model.info["Tokenizer"]["target_tr"])
     described = describe_with_model(runs, model)
-    tokens = tokenize(model.tokenizer(device), runs, model.networks)
+    tokens = tokenize(model.tokenizer(device), runs, model.networks, model.coordinates)
     return [Stage1Run(run=run, descriptors=described[run.key], tokens=run_tokens)
             for run, run_tokens in zip(runs, tokens, strict=True)]
 

@@ -130,6 +130,13 @@ class RunDescriptors:
         return self.records.loc[self.records["scope"] == "window", "text"].tolist()
 
     @property
+    def window_events(self) -> list[str | None]:
+        """What was shown in every window (its events' captions or trial types, joined by
+        ``"; "``), None for a window without events: the tokenizer's event alignment
+        targets."""
+        return ["; ".join(window["events"]) or None for window in self.metadata["windows"]]
+
+    @property
     def run_text(self) -> str:
         """The run paragraph."""
         return " ".join(self.records.loc[self.records["scope"] == "run", "text"])

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.training import warmup_cosine
 
+#: What the language model can read at an fMRI position (:attr:`FmriLMConfig.fmri_inputs`).
+FMRI_INPUTS = ("continuous", "discrete")
+
 #: Llama-style projections (SmolLM2's): the modules that get LoRA adapters by default.
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                      "down_proj")
@@ -26,6 +29,17 @@ class FmriLMConfig:
     ----------
     codebook_size : int
         fMRI tokens (the Stage-1 codebook size).
+    tokens_per_window : int
+        fMRI tokens per window (the Stage-1 parcel groups).
+    feature_dim : int
+        Width of the features read at each fMRI position (:meth:`~.runs.LMRun.
+        segment_features`; 0: not known yet, set from the runs by
+        :func:`~.pipeline.fit_fmrilm`).
+    fmri_inputs : {"continuous", "discrete"}
+        What the model reads at an fMRI position: the token's continuous Stage-1 features
+        through a learned linear projection (the reference design; its codes stay the
+        targets of the fMRI head), or the token's own embedding row (the discrete
+        ablation).
     lora_r, lora_alpha : int
         LoRA rank and scale (``alpha / r``).
     lora_dropout : float
@@ -38,7 +52,8 @@ class FmriLMConfig:
     run_segment_windows : int
         Windows of a run-level prompt (longer runs give several segments).
     fmri_sequence_windows : int
-        Windows of a next-fMRI-token training sequence.
+        Windows of a next-fMRI-token training sequence (fewer when ``max_length`` is
+        reached).
     max_length : int
         Tokens of a training sequence (longer targets are cut).
     system_prompt : str
@@ -46,24 +61,36 @@ class FmriLMConfig:
     loss_weights : dict of str to float
         Weight of each example kind: ``fmri``, ``describe``, ``text`` (Stage 2), ``answer``
         (Stage 3). The loss is the weighted mean of each kind's token-mean loss.
+    sampling_weights : dict of str to float
+        Multiplies how often an example group is drawn (:class:`~.examples.EpochSampler`;
+        default 1): the text-only corpus, the largest group, is drawn less.
     seed : int
         Seed of LoRA and new-row initialisation.
     """
 
-    codebook_size: int = 256
+    codebook_size: int = 1024
+    tokens_per_window: int = 1
+    feature_dim: int = 0
+    fmri_inputs: str = "continuous"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
     full_finetune: bool = False
     window_context: int = 2
-    run_segment_windows: int = 16
-    fmri_sequence_windows: int = 128
+    run_segment_windows: int = 8
+    fmri_sequence_windows: int = 8
     max_length: int = 256
-    system_prompt: str = "You read fMRI recordings, written as tokens, and describe them."
+    system_prompt: str = "You describe fMRI scans."
     loss_weights: dict[str, float] = field(default_factory=lambda: {
         "fmri": 1.0, "describe": 1.0, "text": 0.5, "answer": 1.0})
+    sampling_weights: dict[str, float] = field(default_factory=lambda: {"text": 0.25})
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fmri_inputs not in FMRI_INPUTS:
+            raise ValueError(f"fmri_inputs must be one of {', '.join(FMRI_INPUTS)}, not "
+                             f"{self.fmri_inputs!r}.")
 
     def to_dict(self) -> dict[str, object]:
         values = asdict(self)
@@ -82,15 +109,23 @@ class LMTrainConfig:
 
     Attributes
     ----------
-    steps : int
-        Optimiser steps in all.
-    batch_size : int
-        Sequences per micro-batch and process.
+    steps : int, optional
+        Optimiser steps in all; None (the default) sets them from the data: ``epochs``
+        passes' worth of the stage's example tokens (:meth:`~.examples.EpochSampler.
+        steps_for`).
+    epochs : float
+        Passes over the examples when ``steps`` is None.
+    batch_tokens : int
+        Tokens per micro-batch and process (whole examples, packed into rows).
+    row_length : int
+        Longest packed row (attention costs grow with its square).
     grad_accum : int
-        Micro-batches per step (effective batch: ``batch_size * grad_accum * processes``).
+        Micro-batches per step (effective batch: ``batch_tokens * grad_accum * processes``
+        tokens).
     learning_rate, min_learning_rate : float
         Peak and final learning rate (linear warm-up, then cosine decay).
     warmup_steps : int
+        Linear warm-up (at most a tenth of the steps).
     weight_decay : float
         AdamW decay of the adapter matrices (never of embedding rows).
     grad_clip : float
@@ -104,9 +139,11 @@ class LMTrainConfig:
         Progress bar: None shows it on a terminal only.
     """
 
-    steps: int = 200
-    batch_size: int = 8
-    grad_accum: int = 1
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_tokens: int = 1024
+    row_length: int = 512
+    grad_accum: int = 2
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
     warmup_steps: int = 20
@@ -119,7 +156,10 @@ class LMTrainConfig:
 
     def learning_rate_at(self, step: int) -> float:
         """Warm-up then cosine schedule (:func:`~fmrilm_bids.fmrilm.training.warmup_cosine`)."""
-        return warmup_cosine(step, steps=self.steps, warmup_steps=self.warmup_steps,
+        if self.steps is None:
+            raise ValueError("Set the number of steps first (e.g. from the epochs).")
+        return warmup_cosine(step, steps=self.steps,
+                             warmup_steps=min(self.warmup_steps, max(1, self.steps // 10)),
                              peak=self.learning_rate, floor=self.min_learning_rate)
 
 
@@ -130,6 +170,8 @@ class DecodingConfig:
     Attributes
     ----------
     max_new_tokens : int
+    min_new_tokens : int
+        Tokens generated before the end of the answer may come (no empty caption).
     do_sample : bool
         Sample (with ``temperature`` and ``top_p``) instead of greedy decoding.
     num_beams : int
@@ -145,6 +187,7 @@ class DecodingConfig:
     """
 
     max_new_tokens: int = 48
+    min_new_tokens: int = 3
     do_sample: bool = False
     num_beams: int = 1
     temperature: float = 1.0

@@ -11,9 +11,10 @@
 * **Baselines**: scikit-learn on the same items: logistic regression (classes), ridge
   regression (numbers), or ridge regression to the MiniLM embedding of the caption and the
   nearest training caption (text), on three feature sets: the **amplitude** of every parcel
-  in each window of the prompt (the mean signal over the window, which holds the response
+  in the window asked about (the mean signal over the window, which holds the response
   to the window's events since events are assigned to windows after the haemodynamic
-  delay; window questions only: the strongest simple baseline there), the functional
+  delay; window questions only: the strongest simple baseline there, stronger alone than
+  with the prompt's earlier windows, whose features only add noise), the functional
   **connectivity** of the parcel signals over the prompt's time span (Fisher-z
   correlations; for run and participant questions), and the Stage-1 **token features** of
   the prompt's windows (concatenated for a window question, averaged for a run question;
@@ -40,7 +41,14 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
-from fmrilm_bids.fmrilm.llm.inference import generate, parse_number, score_candidates, task_prompts
+from fmrilm_bids.fmrilm.llm.inference import (
+    generate,
+    parse_number,
+    score_candidates,
+    task_prompts,
+    user_message,
+    window_prompts,
+)
 from fmrilm_bids.fmrilm.llm.metrics import (
     caption_similarity,
     classification_metrics,
@@ -50,7 +58,7 @@ from fmrilm_bids.fmrilm.llm.metrics import (
 )
 from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE
-from fmrilm_bids.fmrilm.llm.runs import LMRun, window_segment
+from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.tasks import TaskItem, TaskSpec, task_items
 from fmrilm_bids.resources.text_encoder import encode_sentences
 from fmrilm_bids.utils.progress import Heartbeat
@@ -73,27 +81,25 @@ def connectivity_features(run: LMRun, start: int, stop: int) -> np.ndarray:
     return np.arctanh(np.clip(correlation[upper], -0.999, 0.999))
 
 
-def amplitude_features(run: LMRun, start: int, stop: int, context: int) -> np.ndarray:
-    """Mean signal of every parcel in each window ``[start, stop)``, zero-padded in front to
-    ``context + 1`` windows (module docstring)."""
+def amplitude_features(run: LMRun, window: int) -> np.ndarray:
+    """Mean signal of every parcel in ``window`` (module docstring)."""
     if run.timeseries is None:
         raise ValueError(f"Run {run.key} has no parcel signals; the amplitude baseline "
                          "needs LMRun.timeseries and tr.")
     times = np.arange(len(run.timeseries)) * run.tr
-    features = np.zeros((context + 1, run.timeseries.shape[1]))
-    for row, window in enumerate(range(start, stop), start=context + 1 - (stop - start)):
-        inside = (times >= run.onsets[window]) & (
-            times < run.onsets[window] + run.durations[window])
-        if inside.any():
-            features[row] = run.timeseries[inside].mean(axis=0)
-    return features.reshape(-1)
+    inside = (times >= run.onsets[window]) & (
+        times < run.onsets[window] + run.durations[window])
+    return run.timeseries[inside].mean(axis=0) if inside.any() else np.zeros(
+        run.timeseries.shape[1])
 
 
 def token_features(run: LMRun, start: int, stop: int, level: str, context: int,
                    codebook_size: int) -> np.ndarray:
-    """Stage-1 features of windows ``[start, stop)`` (module docstring)."""
-    features = (run.token_features if run.token_features is not None
-                else np.eye(codebook_size)[run.token_ids])[start:stop]
+    """Stage-1 features of windows ``[start, stop)`` (module docstring), the groups of a
+    window side by side."""
+    features = (run.token_features[start:stop] if run.token_features is not None
+                else np.eye(codebook_size)[run.token_ids[start:stop]])
+    features = features.reshape(len(features), -1)
     if level == "run":
         return features.mean(axis=0)
     padded = np.zeros((context + 1, features.shape[1]))
@@ -107,7 +113,7 @@ def item_features(items: Sequence[TaskItem], runs: Sequence[LMRun], kind: str, l
     def features(item: TaskItem) -> np.ndarray:
         run = runs[item.run_index]
         if kind == "amplitude":
-            return amplitude_features(run, item.start, item.stop, context)
+            return amplitude_features(run, item.stop - 1)
         if kind == "fc":
             return connectivity_features(run, item.start, item.stop)
         return token_features(run, item.start, item.stop, level, context, codebook_size)
@@ -156,7 +162,7 @@ def baseline_predictions(task: TaskSpec, train_x: np.ndarray, train_answers: Seq
 
 def few_shot_turns(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
                    items: Sequence[TaskItem], k: int,
-                   rng: np.random.Generator) -> list[tuple[dict[str, str], str]]:
+                   rng: np.random.Generator) -> list[tuple[dict[str, object], str]]:
     """``k`` answered examples per class (``k`` in all without classes), shuffled."""
     if task.kind == "class":
         chosen = []
@@ -168,13 +174,14 @@ def few_shot_turns(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
         chosen = [items[i] for i in rng.choice(len(items), size=min(k, len(items)),
                                                replace=False)]
     chosen = [chosen[i] for i in rng.permutation(len(chosen))]
-    return [(model.formatter.user_message(runs[item.run_index], item.start, item.stop,
-                                          task.question(0)), item.answer) for item in chosen]
+    return [(user_message(model, runs[item.run_index], item.start, item.stop,
+                          task.question(0)), item.answer) for item in chosen]
 
 
 def model_answers(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
                   items: Sequence[TaskItem], decoding: DecodingConfig,
-                  turns: Sequence[tuple[dict[str, str], str]] = ()) -> np.ndarray | list[str]:
+                  turns: Sequence[tuple[dict[str, object], str]] = ()
+                  ) -> np.ndarray | list[str]:
     """The model's answers to ``items`` (probabilities, numbers or texts)."""
     prompts = [task_prompts(model, task, runs[item.run_index], [(item.start, item.stop)],
                             turns)[0] for item in items]
@@ -182,6 +189,29 @@ def model_answers(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
         return softmax(score_candidates(model, prompts, task.classes))
     texts = generate(model, prompts, decoding)
     return np.array([parse_number(t) for t in texts]) if task.kind == "number" else texts
+
+
+def shuffled_pairs(predicted: Sequence[str], truth: Sequence[str], n_permutations: int = 2000,
+                   seed: int = 0) -> dict[str, float]:
+    """How much closer each caption is to its own true caption than to the others'.
+
+    The mean all-MiniLM-L6-v2 cosine of the matched (caption, true caption) pairs against
+    its distribution when the true captions are shuffled among the items.
+
+    Returns
+    -------
+    dict
+        ``shuffled_cosine`` (the mean over permutations) and ``p_vs_shuffled`` (one-sided
+        permutation p-value, ``(1 + #{shuffled >= matched}) / (1 + n_permutations)``).
+    """
+    a, b = encode_sentences(list(predicted)), encode_sentences(list(truth))
+    similarity = a @ b.T
+    matched = float(np.trace(similarity)) / len(a)
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([similarity[np.arange(len(a)), rng.permutation(len(a))].mean()
+                         for _ in range(n_permutations)])
+    return {"shuffled_cosine": float(shuffled.mean()),
+            "p_vs_shuffled": float((1 + (shuffled >= matched).sum()) / (1 + n_permutations))}
 
 
 def score(task: TaskSpec, truth: Sequence[str], predicted: np.ndarray | list[str],
@@ -209,6 +239,7 @@ def score(task: TaskSpec, truth: Sequence[str], predicted: np.ndarray | list[str
     else:
         metrics = caption_similarity(list(predicted), list(truth))
         main, per_item = "minilm_cosine", pairwise_cosines(list(predicted), list(truth))
+        metrics |= shuffled_pairs(list(predicted), list(truth), seed=seed)
     low, high = subject_bootstrap(per_item, subjects, seed=seed)
     return metrics | {f"{main}_ci_low": low, f"{main}_ci_high": high}
 
@@ -268,10 +299,8 @@ def evaluate_descriptions(model: FmriLM, runs: Sequence[LMRun], decoding: Decodi
         pairs = pairs[:max_windows]
     if not pairs:
         return {"skipped": "no window descriptor text"}
-    formatter = model.formatter
-    prompts = [formatter.prompt_ids([formatter.user_message(
-        run, *window_segment(window, model.config.window_context), WINDOW_DESCRIBE[0])])
-        for run, window in pairs]
+    prompts = [window_prompts(model, run, [window], WINDOW_DESCRIBE[0])[0]
+               for run, window in pairs]
     started = time.perf_counter()
     texts = generate(model, prompts, decoding)
     rate = len(texts) / (time.perf_counter() - started)

@@ -8,9 +8,12 @@
   and a softmax over those sequence log-probabilities gives each answer's probability (the
   scores AUROC is computed from). Each prompt is read once and its answers continue from
   its cached keys and values; what all prompts begin with (few-shot turns) is read once.
-* **Embeddings** (:func:`fmri_embeddings`): the last hidden state at each fMRI token of a
-  run read as ``<fmri> t1 ... tn </fmri>``: one vector per time patch; their mean is the
-  run's vector.
+* **Embeddings** (:func:`fmri_embeddings`): the last hidden states at the fMRI tokens of a
+  run read as ``<fmri> t1 ... tn </fmri>``, averaged over each window's tokens: one vector
+  per time patch; their mean is the run's vector.
+
+Every function takes :class:`~.prompts.Prompt` objects: ids, and the features the model
+reads at their fMRI positions.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from transformers import DynamicCache
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.metrics import softmax
 from fmrilm_bids.fmrilm.llm.model import FmriLM
-from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE
+from fmrilm_bids.fmrilm.llm.prompts import WINDOW_DESCRIBE, Prompt
 from fmrilm_bids.fmrilm.llm.runs import LMRun, event_windows, run_segments, window_segment
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec
 from fmrilm_bids.utils.devices import autocast
@@ -39,12 +42,20 @@ if TYPE_CHECKING:
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-@torch.inference_mode()
-def generate(model: FmriLM, prompts: Sequence[list[int]],
-             decoding: DecodingConfig | None = None) -> list[str]:
-    """Generate the answer to each prompt (ids from :class:`~.prompts.Formatter`).
+def _features(prompts: Sequence[Prompt], device: torch.device) -> torch.Tensor | None:
+    """The features of ``prompts``, one after the other (None when none has any)."""
+    parts = [p.features for p in prompts if p.features is not None]
+    return torch.from_numpy(np.concatenate(parts)).to(device) if parts else None
 
-    Without sampling, identical prompts are answered once.
+
+@torch.inference_mode()
+def generate(model: FmriLM, prompts: Sequence[Prompt],
+             decoding: DecodingConfig | None = None) -> list[str]:
+    """Generate the answer to each prompt (from :class:`~.prompts.Formatter`).
+
+    Prompts are left-padded and read as input embeddings (:meth:`~.model.FmriLM.embed`),
+    so the model sees the features of their fMRI tokens. Without sampling, identical
+    prompts are answered once.
 
     Returns
     -------
@@ -56,6 +67,7 @@ def generate(model: FmriLM, prompts: Sequence[list[int]],
     device = model.device
     pad_id = model.tokenizer.pad_token_id
     options: dict[str, object] = {"max_new_tokens": decoding.max_new_tokens,
+                                  "min_new_tokens": decoding.min_new_tokens,
                                   "do_sample": decoding.do_sample,
                                   "num_beams": decoding.num_beams,
                                   "repetition_penalty": decoding.repetition_penalty,
@@ -68,8 +80,8 @@ def generate(model: FmriLM, prompts: Sequence[list[int]],
         options |= {"temperature": None, "top_p": None, "top_k": None}
     rows = list(range(len(prompts)))
     if not decoding.do_sample:  # greedy and beam search: identical prompts, identical texts
-        first: dict[tuple[int, ...], int] = {}
-        rows = [first.setdefault(tuple(prompt), row) for row, prompt in enumerate(prompts)]
+        first: dict[tuple, int] = {}
+        rows = [first.setdefault(prompt.key(), row) for row, prompt in enumerate(prompts)]
     distinct = sorted(set(rows))
     texts = {}
     for start in range(0, len(distinct), decoding.batch_size):
@@ -78,24 +90,46 @@ def generate(model: FmriLM, prompts: Sequence[list[int]],
         ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for index, row in enumerate(chosen):
-            ids[index, width - len(prompts[row]):] = torch.tensor(prompts[row])
+            ids[index, width - len(prompts[row]):] = torch.tensor(prompts[row].ids)
             mask[index, width - len(prompts[row]):] = 1
         with autocast(device):
-            output = model.model.generate(input_ids=ids.to(device),
+            embeddings = model.embed(ids.to(device),
+                                     _features([prompts[row] for row in chosen], device))
+            output = model.model.generate(inputs_embeds=embeddings,
                                           attention_mask=mask.to(device), **options)
-        texts |= {row: model.tokenizer.decode(tokens[width:], skip_special_tokens=True)
-                  .strip() for row, tokens in zip(chosen, output, strict=True)}
+        texts |= {row: model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                  for row, tokens in zip(chosen, output, strict=True)}
     return [texts[row] for row in rows]
 
 
-def _read(model: FmriLM, cache: DynamicCache, ids: torch.Tensor) -> torch.Tensor:
+def _read(model: FmriLM, cache: DynamicCache, ids: torch.Tensor,
+          features: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states ``(N, T, hidden)`` of ``ids`` read after the sequences in ``cache``.
 
-    ``cache`` (one unpadded sequence per row, or none yet) keeps the new tokens too.
+    ``cache`` (one unpadded sequence per row, or none yet) keeps the new tokens too;
+    ``features`` are those of the fMRI tokens of ``ids`` (row-major).
     """
     mask = torch.ones((len(ids), cache.get_seq_length() + ids.shape[1]), dtype=torch.long,
                       device=ids.device)
-    return model.hidden_states(ids, mask, cache)
+    return model.hidden_states(ids, mask, cache, features=features)
+
+
+def _shared_prefix(model: FmriLM, prompts: Sequence[Prompt]) -> int:
+    """Tokens that all ``prompts`` begin with, inputs included: ids, and the features of
+    the fMRI tokens among them (cut before the first fMRI token whose features differ);
+    every prompt keeps at least one token of its own."""
+    ordered = sorted(prompts, key=lambda p: p.ids)
+    low, high = ordered[0].ids, ordered[-1].ids  # lexicographic extremes share what all do
+    most = min(len(p) for p in prompts) - 1
+    shared = next((i for i in range(most) if low[i] != high[i]), most)
+    positions = np.flatnonzero(model.fmri_positions(torch.tensor(low[:shared])).numpy())
+    if len(positions) and prompts[0].features is not None:
+        reference = prompts[0].features[:len(positions)]
+        same = np.logical_and.reduce([(p.features[:len(positions)] == reference).all(axis=1)
+                                      for p in prompts[1:]]) if len(prompts) > 1 else None
+        if same is not None and not same.all():
+            shared = int(positions[np.argmin(same)])
+    return shared
 
 
 def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
@@ -105,7 +139,7 @@ def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
 
 
 @torch.inference_mode()
-def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Sequence[str],
+def score_candidates(model: FmriLM, prompts: Sequence[Prompt], candidates: Sequence[str],
                      batch_size: int = 32) -> np.ndarray:
     """Log-probability of each allowed answer after each prompt.
 
@@ -118,8 +152,8 @@ def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Se
     Parameters
     ----------
     model : FmriLM
-    prompts : sequence of list of int
-        Prompt ids (:class:`~.prompts.Formatter`), none empty.
+    prompts : sequence of Prompt
+        From :class:`~.prompts.Formatter`, none empty.
     candidates : sequence of str
         Allowed answers.
     batch_size : int, default=32
@@ -137,23 +171,26 @@ def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Se
     by_length: dict[int, list[int]] = {}
     for index, answer in enumerate(answers):
         by_length.setdefault(len(answer), []).append(index)
-    unique = sorted(dict.fromkeys(tuple(prompt) for prompt in prompts), key=len)
-    most = len(unique[0]) - 1  # every prompt keeps a token at least of its own
-    low, high = min(unique), max(unique)  # lexicographic extremes share what all share
-    shared = next((i for i in range(most) if low[i] != high[i]), most)
+    unique = sorted({prompt.key(): prompt for prompt in prompts}.values(), key=len)
+    shared = _shared_prefix(model, unique)
+    n_shared = int(model.fmri_positions(torch.tensor(unique[0].ids[:shared])).sum())
     per_pass = max(1, batch_size // len(answers))
     prefix = DynamicCache()
     scores = {}
     with autocast(device):
         if shared:
-            _read(model, prefix, torch.tensor([unique[0][:shared]], device=device))
+            _read(model, prefix, torch.tensor([unique[0].ids[:shared]], device=device),
+                  _features([Prompt(unique[0].ids[:shared], None if unique[0].features is None
+                                    else unique[0].features[:n_shared])], device))
         for same in (list(group) for _, group in itertools.groupby(unique, key=len)):
             for start in range(0, len(same), per_pass):
                 batch = same[start:start + per_pass]
                 cache = _select(prefix, torch.zeros(len(batch), dtype=torch.long,
                                                     device=device))
-                ends = _read(model, cache, torch.tensor([prompt[shared:] for prompt in batch],
-                                                        device=device))[:, -1]
+                rest = [Prompt(p.ids[shared:], None if p.features is None
+                               else p.features[n_shared:]) for p in batch]
+                ends = _read(model, cache, torch.tensor([p.ids for p in rest], device=device),
+                             _features(rest, device))[:, -1]
                 found = np.zeros((len(batch), len(answers)), dtype=np.float32)
                 for length, group in by_length.items():
                     pairs = torch.arange(len(batch), device=device).repeat_interleave(
@@ -166,17 +203,28 @@ def score_candidates(model: FmriLM, prompts: Sequence[list[int]], candidates: Se
                                                           targets[:, :-1])], dim=1)
                     nll = model.target_nll(states, targets).cpu().numpy()
                     found[:, group] = -nll.reshape(len(batch), len(group))
-                scores |= dict(zip(batch, found, strict=True))
-    return np.stack([scores[tuple(prompt)] for prompt in prompts])
+                scores |= {prompt.key(): row for prompt, row in zip(batch, found,
+                                                                    strict=True)}
+    return np.stack([scores[prompt.key()] for prompt in prompts])
+
+
+def user_message(model: FmriLM, run: LMRun, start: int, stop: int,
+                 question: str) -> dict[str, object]:
+    """A user turn about windows ``[start, stop)`` of ``run``, with the segment's features
+    when the model reads them."""
+    message = model.formatter.user_message(run, start, stop, question)
+    if model.projector is None:
+        message.pop("fmri", None)
+    return message
 
 
 def task_prompts(model: FmriLM, task: TaskSpec, run: LMRun,
                  segments: Sequence[tuple[int, int]],
-                 turns: Sequence[tuple[dict[str, str], str]] = ()) -> list[list[int]]:
-    """Prompt ids asking ``task``'s first phrasing about each segment (after ``turns``)."""
+                 turns: Sequence[tuple[dict[str, object], str]] = ()) -> list[Prompt]:
+    """Prompts asking ``task``'s first phrasing about each segment (after ``turns``)."""
     formatter = model.formatter
-    return [formatter.prompt_ids(formatter.conversation(
-        turns, formatter.user_message(run, start, stop, task.question(0))))
+    return [formatter.prompt(formatter.conversation(
+        turns, user_message(model, run, start, stop, task.question(0))))
         for start, stop in segments]
 
 
@@ -197,14 +245,19 @@ def fmri_embeddings(model: FmriLM, run: LMRun) -> tuple[np.ndarray, np.ndarray]:
     """
     model.eval()
     device = model.device
-    length = max(1, model.config.max_length - 2)
+    per_window = run.tokens_per_window
+    length = max(1, (model.config.max_length - 2) // per_window)
     vectors = []
     for start in range(0, run.n_windows, length):
-        ids = torch.tensor([model.vocab.segment_ids(run.token_ids[start:start + length])],
-                           device=device)
+        stop = min(start + length, run.n_windows)
+        ids = torch.tensor([model.vocab.segment_ids(run.token_ids[start:stop])], device=device)
+        features = run.segment_features(start, stop) if model.projector is not None else None
         with autocast(device):
-            hidden = model.hidden_states(ids, torch.ones_like(ids))
-        vectors.append(hidden[0, 1:-1].float().cpu().numpy())
+            hidden = model.hidden_states(ids, torch.ones_like(ids), features=None
+                                         if features is None else
+                                         torch.from_numpy(features).to(device))
+        tokens = hidden[0, 1:-1].float().cpu().numpy()
+        vectors.append(tokens.reshape(stop - start, per_window, -1).mean(axis=1))
     patches = np.concatenate(vectors).astype(np.float32)
     return patches, patches.mean(axis=0)
 
@@ -216,30 +269,60 @@ def caption_task(model: FmriLM) -> TaskSpec | None:
 
 
 def window_prompts(model: FmriLM, run: LMRun, windows: Sequence[int],
-                   question: str) -> list[list[int]]:
-    """Prompt ids asking ``question`` about each of ``windows`` (with its context)."""
-    formatter = model.formatter
-    return [formatter.prompt_ids([formatter.user_message(
-        run, *window_segment(window, model.config.window_context), question)])
+                   question: str) -> list[Prompt]:
+    """Prompts asking ``question`` about each of ``windows`` (with its context)."""
+    return [model.formatter.prompt([user_message(
+        model, run, *window_segment(window, model.config.window_context), question)])
         for window in windows]
 
 
-def run_captions(model: FmriLM, run: LMRun, decoding: DecodingConfig | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """A description of every window and a caption of every event, generated together.
+#: Below this probability of its most likely class, a caption says the model is unsure.
+CONFIDENT = 0.5
 
-    An event is captioned from the window holding its response, with the tuned stimulus
-    question (:func:`caption_task`), else with the window description (then generated once,
-    for the window and its events). Events whose response falls outside the run get no
-    caption (``n/a``).
+
+def condition_task(model: FmriLM) -> TaskSpec | None:
+    """The tuned classification question about a window's trial type, if the model has one."""
+    return next((task for task in model.tasks if task.level == "window"
+                 and task.kind == "class" and task.source == "trial_type"), None)
+
+
+def confidence_sentence(probabilities: np.ndarray, classes: Sequence[str]) -> str:
+    """What the model thinks was shown, in words: the most likely class and its probability,
+    or, below :data:`CONFIDENT`, that it is unsure (with the two most likely classes)."""
+    order = np.argsort(probabilities)[::-1]
+    best = order[0]
+    if probabilities[best] >= CONFIDENT:
+        return f"Most likely {classes[best]} (p = {probabilities[best]:.2f})."
+    second = order[1] if len(order) > 1 else best
+    return (f"Unsure what was shown: perhaps {classes[best]} (p = {probabilities[best]:.2f}) "
+            f"or {classes[second]} (p = {probabilities[second]:.2f}).")
+
+
+def run_captions(model: FmriLM, run: LMRun, decoding: DecodingConfig | None = None,
+                 condition: pd.DataFrame | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A caption of every window and of every event, generated together.
+
+    A window's caption is its generated description; in a run with events, followed by what
+    the model thinks was shown (:func:`confidence_sentence` of ``condition``, the window
+    answers of the tuned trial-type question). An event is captioned from the window holding
+    its response, with the tuned stimulus question (:func:`caption_task`), else with the
+    window description; when that window's most likely class is below :data:`CONFIDENT`,
+    the caption ends with "(uncertain)". Events whose response falls after the run's end
+    are left out (nothing of them was recorded).
+
+    Parameters
+    ----------
+    condition : DataFrame, optional
+        :func:`answer_tasks`' table of the trial-type question (``p_<class>`` per window).
 
     Returns
     -------
     windows : DataFrame
         ``onset``, ``duration``, ``caption`` of every window.
     events : DataFrame or None
-        ``onset``, ``duration``, ``trial_type`` (when the events have one), ``caption``;
-        None for a run without events.
+        ``onset``, ``duration``, ``trial_type`` (when the events have one), ``caption`` of
+        the events inside the run; None for a run without events.
     """
     prompts = window_prompts(model, run, range(run.n_windows), WINDOW_DESCRIBE[0])
     response_windows = event_windows(run)
@@ -248,16 +331,26 @@ def run_captions(model: FmriLM, run: LMRun, decoding: DecodingConfig | None = No
     prompts += window_prompts(model, run, inside,
                               task.question(0) if task else WINDOW_DESCRIBE[0])
     texts = generate(model, prompts, decoding)
+    captions = texts[:run.n_windows]
+    unsure = np.zeros(run.n_windows, dtype=bool)
+    if condition is not None and len(response_windows):
+        classes = [c.removeprefix("p_") for c in condition.columns if c.startswith("p_")]
+        probabilities = condition[[f"p_{c}" for c in classes]].to_numpy(float)
+        captions = [f"{text.rstrip()} {confidence_sentence(p, classes)}".strip()
+                    for text, p in zip(captions, probabilities, strict=True)]
+        unsure = probabilities.max(axis=1) < CONFIDENT
     windows = pd.DataFrame({"onset": run.onsets, "duration": run.durations,
-                            "caption": texts[:run.n_windows]})
+                            "caption": captions})
     if not len(response_windows):
         return windows, None
-    by_window = dict(zip(inside, texts[run.n_windows:], strict=True))
-    events = pd.DataFrame({"onset": run.events["onset"].to_numpy(),
-                           "duration": run.events["duration"].to_numpy()})
+    by_window = {window: text + (" (uncertain)" if unsure[window] else "")
+                 for window, text in zip(inside, texts[run.n_windows:], strict=True)}
+    kept = response_windows >= 0
+    events = pd.DataFrame({"onset": run.events["onset"].to_numpy()[kept],
+                           "duration": run.events["duration"].to_numpy()[kept]})
     if "trial_type" in run.events:
-        events["trial_type"] = run.events["trial_type"].to_numpy()
-    events["caption"] = [by_window.get(int(w), "n/a") for w in response_windows]
+        events["trial_type"] = run.events["trial_type"].to_numpy()[kept]
+    events["caption"] = [by_window[int(w)] for w in response_windows[kept]]
     return windows, events
 
 

@@ -12,13 +12,25 @@ extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What tra
 * **Full fine-tuning** (``full_finetune=True``): every weight trains; the whole model is
   saved.
 
+* **The projector** (``fmri_inputs="continuous"``, the default): a linear map from each
+  fMRI token's continuous Stage-1 features (:meth:`~.runs.LMRun.segment_features`) to the
+  LLM's embedding space; its output replaces the token's embedding at every fMRI position
+  (:meth:`FmriLM.embed`), as in the reference design, where the LLM reads the encoder's
+  features and the discrete codes are only the targets of its fMRI head (the output rows
+  of the fMRI tokens). It starts as Stage 1's alignment projection (``to_llm``, scaled to
+  the backbone's embedding norms), so the first step already reads the features in the
+  LLM's text space. With ``fmri_inputs="discrete"`` (the ablation) the model reads the
+  tokens' own embedding rows.
+
 The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
-where labels are set, so prompt tokens cost no vocabulary projection.
+where labels are set, so prompt tokens cost no vocabulary projection; packed rows (several
+examples, positions restarting at 0) are read with block-diagonal attention.
 
 A saved model (:meth:`FmriLM.save_pretrained`) is a folder: ``adapter_model.safetensors`` +
 ``adapter_config.json`` (LoRA and the new rows; or ``model.safetensors`` + ``config.json``
-for full fine-tuning), ``fmrilm.json`` (this config, the vocabulary ids, the backbone, the
-tuned questions), the extended tokenizer, and a model card ``README.md``.
+for full fine-tuning), ``projector.safetensors``, ``fmrilm.json`` (this config, the
+vocabulary ids, the backbone, the tuned questions), the extended tokenizer, and a model
+card ``README.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -52,6 +65,7 @@ if TYPE_CHECKING:
     from transformers import Cache
 
 METADATA_FILE = "fmrilm.json"
+PROJECTOR_FILE = "projector.safetensors"
 #: Packages whose versions the model card records.
 LM_SOFTWARE = ("fmrilm-bids", "torch", "transformers", "peft", "numpy")
 MODEL_CARD = "README.md"
@@ -104,6 +118,8 @@ class FmriLM(nn.Module):
         Questions it was tuned on (saved with it).
     card : dict
         Sections of the model card (data used, metrics, training settings).
+    projector : torch.nn.Linear or None
+        Features -> embedding at the fMRI positions (continuous inputs).
     """
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, vocab: FmriVocabulary,
@@ -115,12 +131,21 @@ class FmriLM(nn.Module):
         self.formatter = Formatter(tokenizer, vocab, config.system_prompt)
         self.tasks: list[TaskSpec] = []
         self.card: dict[str, dict[str, object]] = {}
+        hidden = model.get_input_embeddings().weight.shape[1]
+        if config.fmri_inputs == "continuous" and config.feature_dim < 1:
+            raise ValueError("A model reading continuous fMRI inputs needs feature_dim (the "
+                             "width of LMRun.segment_features); or use fmri_inputs='discrete'.")
+        self.projector = (nn.Linear(config.feature_dim, hidden)
+                          if config.fmri_inputs == "continuous" else None)
+        if self.projector is not None:
+            self.projector.to(model.get_input_embeddings().weight.device)
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase, backbone_model: nn.Module,
               config: FmriLMConfig,
               token_embeddings: torch.Tensor | np.ndarray | None = None,
-              backbone: str = DEFAULT_BACKBONE) -> FmriLM:
+              backbone: str = DEFAULT_BACKBONE,
+              projection: tuple[torch.Tensor, torch.Tensor] | None = None) -> FmriLM:
         """Extend the vocabulary of a loaded backbone and add what trains.
 
         Parameters
@@ -132,9 +157,15 @@ class FmriLM(nn.Module):
             Stage-1 ``token_embeddings_for_llm()``: initial fMRI-token embeddings.
         backbone : str
             Recorded source of the backbone (reloaded by :meth:`from_pretrained`).
+        projection : (Tensor (hidden, code_dim), Tensor (hidden,)), optional
+            Stage-1 ``llm_projection()``: the initial projector, read from the first
+            ``code_dim`` features (the latents), scaled as the token embeddings are
+            (:func:`~.vocabulary.extend_vocabulary`); the other features start at 0.
+            Without it the projector starts at random (seeded).
         """
 
         torch.manual_seed(config.seed)
+        reference = backbone_model.get_input_embeddings().weight.detach().float()
         vocab = extend_vocabulary(tokenizer, backbone_model, config.codebook_size,
                                   token_embeddings, config.seed)
         if config.full_finetune:
@@ -143,7 +174,33 @@ class FmriLM(nn.Module):
             with _quiet_peft():
                 model = get_peft_model(backbone_model, lora_config(config, backbone_model,
                                                                    vocab))
-        return cls(model, tokenizer, vocab, config, backbone).eval()
+        lm = cls(model, tokenizer, vocab, config, backbone)
+        if lm.projector is not None and projection is not None:
+            lm.initialise_projector(*projection, reference[:vocab.base_vocab_size],
+                                    token_embeddings)
+        return lm.eval()
+
+    @torch.no_grad()
+    def initialise_projector(self, weight: torch.Tensor, bias: torch.Tensor,
+                             reference: torch.Tensor,
+                             token_embeddings: torch.Tensor | np.ndarray | None) -> None:
+        """Start the projector as Stage 1's ``to_llm`` (see :meth:`build`), scaled so that
+        the codebook's images have the mean norm of the backbone's embedding rows
+        ``reference``."""
+        weight, bias = torch.as_tensor(weight).float(), torch.as_tensor(bias).float()
+        if weight.shape[0] != self.projector.out_features or \
+                weight.shape[1] > self.projector.in_features:
+            raise ValueError(f"The Stage-1 projection is {tuple(weight.shape)}; this model "
+                             f"reads {self.projector.in_features} features into "
+                             f"{self.projector.out_features} dimensions.")
+        scale = 1.0
+        if token_embeddings is not None:
+            rows = torch.as_tensor(np.asarray(token_embeddings)).float()
+            scale = float(reference.norm(dim=1).mean() / rows.norm(dim=1).mean().clamp(
+                min=1e-12))
+        self.projector.weight.zero_()
+        self.projector.weight[:, :weight.shape[1]] = weight * scale
+        self.projector.bias.copy_(bias * scale)
 
     @contextlib.contextmanager
     def merged(self) -> Iterator[FmriLM]:
@@ -171,42 +228,91 @@ class FmriLM(nn.Module):
         self.model.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False})
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      cache: Cache | None = None) -> torch.Tensor:
-        """Last hidden states ``(B, T, hidden)``.
+    def fmri_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the fMRI tokens (``<fmri_k>``) of ``input_ids``."""
+        first = self.vocab.first_id
+        return (input_ids >= first) & (input_ids < first + self.vocab.codebook_size)
+
+    def embed(self, input_ids: torch.Tensor,
+              features: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings ``(B, T, hidden)``: the tokens' rows, and at the fMRI positions
+        the projected ``features`` (one row per fMRI token of ``input_ids``, row-major
+        order) when the model reads continuous inputs.
+
+        Raises
+        ------
+        ValueError
+            When a continuous model is given fMRI tokens without as many feature rows.
+        """
+        embeddings = self.model.get_input_embeddings()(input_ids)
+        if self.projector is None:
+            return embeddings
+        positions = self.fmri_positions(input_ids)
+        count = int(positions.sum())
+        if count == 0:
+            return embeddings
+        if features is None or len(features) != count:
+            raise ValueError(f"The input holds {count} fMRI tokens but "
+                             f"{0 if features is None else len(features)} feature rows; "
+                             "build prompts with Formatter.prompt (LMRun.token_features "
+                             "set).")
+        projected = self.projector(features.to(self.projector.weight.device,
+                                               self.projector.weight.dtype))
+        return embeddings.masked_scatter(positions[..., None], projected.to(embeddings.dtype))
+
+    def hidden_states(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None,
+                      cache: Cache | None = None, features: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden states ``(B, T, hidden)`` (inputs: :meth:`embed`).
 
         With a ``cache`` (a transformers ``DynamicCache``) the tokens continue the sequences
         it holds (``attention_mask`` then covers those too), and it holds them afterwards.
+        Packed rows give ``position_ids`` restarting at each example and no
+        ``attention_mask``.
         """
         decoder = self.model.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, cache=cache,
+        return decoder(inputs_embeds=self.embed(input_ids, features),
+                       attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                        use_cache=cache is not None).last_hidden_state
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               features: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits ``(B, T, vocab)`` of every position."""
-        return self.model.get_output_embeddings()(self.hidden_states(input_ids,
-                                                                     attention_mask))
+        return self.model.get_output_embeddings()(self.hidden_states(
+            input_ids, attention_mask, features=features))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Negative log-likelihood of the labelled tokens.
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative log-likelihood of every labelled token.
 
         Parameters
         ----------
-        input_ids, attention_mask, labels : LongTensor (B, T)
+        input_ids, labels : LongTensor (B, T)
             ``labels`` as :class:`~.examples.Example` (position ``t`` is predicted from the
             tokens before it; :data:`~.examples.IGNORE_INDEX` where no loss applies).
+        position_ids : LongTensor (B, T), optional
+            Packed rows (:func:`~.examples.pack`): positions restarting at each example.
+        attention_mask : LongTensor (B, T), optional
+            Padded rows instead.
+        features : Tensor (n_fmri_tokens, feature_dim), optional
+            Continuous inputs (:meth:`embed`).
 
         Returns
         -------
-        nll : Tensor (B,)
-            Summed over each sequence's labelled tokens (float32).
-        n_tokens : LongTensor (B,)
-            Labelled tokens per sequence.
+        nll : Tensor (n_labelled,)
+            Of each labelled token, row by row (float32).
+        keep : BoolTensor (B, T - 1)
+            Where the labelled targets are (``labels[:, 1:]``).
         """
-        hidden = self.hidden_states(input_ids, attention_mask)
+        hidden = self.hidden_states(input_ids, attention_mask, features=features,
+                                    position_ids=position_ids)
         targets = labels[:, 1:]
-        return self.target_nll(hidden[:, :-1], targets), (targets != IGNORE_INDEX).sum(dim=1)
+        keep = targets != IGNORE_INDEX
+        logits = self.model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+        return F.cross_entropy(logits, targets[keep], reduction="none"), keep
 
     def target_nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Negative log-likelihood of ``targets`` read from the hidden states before them.
@@ -231,8 +337,12 @@ class FmriLM(nn.Module):
         return torch.zeros(len(targets), device=losses.device).index_add(0, rows, losses)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """The parameters that train, by name."""
-        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        """The parameters that train, by name (the projector's under ``projector.``)."""
+        parameters = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        if self.projector is not None:
+            parameters |= {f"projector.{name}": p
+                           for name, p in self.projector.named_parameters()}
+        return parameters
 
     def metadata(self) -> dict[str, object]:
         """Content of ``fmrilm.json``."""
@@ -258,6 +368,10 @@ class FmriLM(nn.Module):
                 self.model.save_pretrained(folder)
             else:
                 self.model.save_pretrained(folder, save_embedding_layers=False)
+            if self.projector is not None:
+                save_file({name: p.detach().cpu().contiguous()
+                           for name, p in self.projector.state_dict().items()},
+                          folder / PROJECTOR_FILE)
             self.tokenizer.save_pretrained(folder)
             atomic_write_text(folder / METADATA_FILE, json.dumps(metadata, indent=1))
             atomic_write_text(folder / MODEL_CARD, model_card(metadata))
@@ -309,6 +423,9 @@ class FmriLM(nn.Module):
             model.to(device)
             backbone = metadata["backbone"] if llm_dir is None else str(llm_dir)
         lm = cls(model, tokenizer, saved_vocab, config, backbone)
+        if lm.projector is not None:
+            lm.projector.load_state_dict(load_file(directory / PROJECTOR_FILE))
+            lm.projector.to(device)
         lm.tasks = [TaskSpec.from_dict(task) for task in metadata["tasks"]]
         lm.card = metadata.get("card", {})
         return lm.eval()
@@ -320,13 +437,18 @@ def model_card(metadata: dict[str, object]) -> str:
     mode = ("full fine-tuning" if config["full_finetune"] else
             f"LoRA (r={config['lora_r']}, alpha={config['lora_alpha']}) on "
             f"{', '.join(config['lora_target_modules'])}, plus the new token embeddings")
+    inputs = ("each token's continuous Stage-1 features through a learned linear projection "
+              "(the codes are the targets of its fMRI head)"
+              if config.get("fmri_inputs", "continuous") == "continuous" else
+              "each token's own embedding (discrete inputs)")
     tasks = ", ".join(f"{task['name']} ({task['kind']}, {task['level']})"
                       for task in metadata["tasks"]) or "none"
     sections = {title.capitalize(): values for title, values in metadata.get("card", {}).items()}
     return render_card("fMRI-LM (fmrilm-bids)", f"""
 A causal language model that reads fMRI tokens (fMRI-LM Stages 2 and 3, Wei et al., 2025,
 arXiv:2511.21760). Backbone: {metadata['backbone']}; {config['codebook_size']} fMRI tokens
-`<fmri_0>`..`<fmri_{config['codebook_size'] - 1}>` between `<fmri>` and `</fmri>`; trained
+`<fmri_0>`..`<fmri_{config['codebook_size'] - 1}>` between `<fmri>` and `</fmri>`,
+{config['tokens_per_window']} per window; at an fMRI position it reads {inputs}; trained
 with {mode}. Tuned questions: {tasks}.
 Load with `FmriLM.from_pretrained(folder)`.""", {
         **sections, "Model": config, "Software": metadata["software"],

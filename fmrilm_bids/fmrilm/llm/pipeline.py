@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,12 @@ from fmrilm_bids.fmrilm.llm.backbone import backbone_source, load_backbone
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig, FmriLMConfig, LMTrainConfig
 from fmrilm_bids.fmrilm.llm.evaluate import evaluate_fmrilm
 from fmrilm_bids.fmrilm.llm.examples import Example, instruction_examples, stage2_examples
-from fmrilm_bids.fmrilm.llm.inference import answer_tasks, fmri_embeddings, run_captions
+from fmrilm_bids.fmrilm.llm.inference import (
+    answer_tasks,
+    condition_task,
+    fmri_embeddings,
+    run_captions,
+)
 from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.llm.runs import LMRun
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
@@ -104,14 +109,39 @@ def _card_metrics(metrics: dict[str, object]) -> dict[str, str]:
     return rows
 
 
+def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
+    """``config`` with ``tokens_per_window`` and ``feature_dim`` of ``runs``.
+
+    Raises
+    ------
+    ValueError
+        When the runs differ in tokens per window or feature width, or a model reading
+        continuous inputs is given runs without features.
+    """
+    shapes = {(run.tokens_per_window, None if run.token_features is None
+               else run.segment_features(0, 1).shape[1]) for run in runs}
+    if len(shapes) != 1:
+        raise ValueError(f"The runs differ in tokens per window or feature width: "
+                         f"{sorted(shapes, key=str)}; tokenise them with one Stage-1 model.")
+    (per_window, width), = shapes
+    if config.fmri_inputs == "continuous" and width is None:
+        raise ValueError("The runs carry no Stage-1 features (LMRun.token_features) for a "
+                         "model reading continuous inputs; pass them, or use "
+                         "fmri_inputs='discrete'.")
+    return replace(config, tokens_per_window=per_window,
+                   feature_dim=width if config.fmri_inputs == "continuous" else 0)
+
+
 def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
                out_dir: str | Path, config: FmriLMConfig | None = None,
                stage2: LMTrainConfig | None = None, stage3: LMTrainConfig | None = None,
                token_embeddings: torch.Tensor | np.ndarray | None = None,
+               projection: tuple[torch.Tensor, torch.Tensor] | None = None,
                llm_dir: str | Path | None = None, cache_dir: str | Path | None = None,
                tasks: Sequence[TaskSpec] | None = None, held_out_tasks: Sequence[str] = (),
                test_subjects: Sequence[str] | None = None, few_shot_k: int = 2,
                corpus_texts: Sequence[str] | None = None, replay: Sequence[str] = ("describe",),
+               replay_fraction: float = 0.25,
                decoding: DecodingConfig | None = None, evaluate: bool = True,
                max_describe: int | None = 32, resume: bool = False,
                device: torch.device = CPU) -> FitResult:
@@ -126,11 +156,14 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     out_dir : str or Path
         Model, checkpoints and metrics (module docstring).
     config : FmriLMConfig, optional
-        ``codebook_size`` must match the Stage-1 tokenizer.
+        ``codebook_size`` must match the Stage-1 tokenizer; ``tokens_per_window`` and
+        ``feature_dim`` are set from the runs.
     stage2, stage3 : LMTrainConfig, optional
         Optimisation of each stage.
     token_embeddings : Tensor or ndarray of shape (codebook_size, hidden), optional
         Stage-1 ``token_embeddings_for_llm()`` (initial fMRI-token embeddings).
+    projection : (Tensor, Tensor), optional
+        Stage-1 ``llm_projection()`` (initial projector of the continuous inputs).
     llm_dir, cache_dir : str or Path, optional
         Backbone folder (default SmolLM2) and models cache (:func:`~.backbone.load_backbone`).
     tasks : sequence of TaskSpec, optional
@@ -146,6 +179,8 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
         Descriptor corpus of the text-only term (default: the runs' descriptor texts).
     replay : sequence of str, default=("describe",)
         Stage-2 example groups mixed into Stage 3, so that window descriptions survive.
+    replay_fraction : float, default=0.25
+        Share of those examples mixed in (a seeded subset).
     decoding : DecodingConfig, optional
         Generation settings of the evaluation.
     evaluate : bool, default=True
@@ -175,12 +210,13 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     test_runs = [run for run in runs if run.subject in test]
     if not train_runs:
         raise ValueError("fit_fmrilm needs runs of at least one training subject.")
+    config = with_inputs(config, runs)
     context = distributed_context()
 
     # Backbone with fMRI tokens, adapters; the questions.
     tokenizer, backbone = load_backbone(llm_dir, cache_dir, device)
     model = FmriLM.build(tokenizer, backbone, config, token_embeddings,
-                         backbone_source(llm_dir))
+                         backbone_source(llm_dir), projection)
     tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
     unknown = sorted(set(held_out_tasks) - {task.name for task in tasks})
     if unknown:
@@ -202,7 +238,9 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     # Stage 3: instruction tuning (with some Stage-2 replay).
     examples3 = instruction_examples(model.formatter, tuned, train_runs, participants, config,
                                      config.seed)
-    examples3 += [example for example in examples2 if example.group in replay]
+    replayed = [example for example in examples2 if example.group in replay]
+    keep = np.random.default_rng(config.seed).permutation(len(replayed))
+    examples3 += [replayed[i] for i in sorted(keep[:round(replay_fraction * len(replayed))])]
     result3 = train_fmrilm(model, examples3, out_dir / "stage3", stage3, resume,
                            description="Stage 3") if tuned else None
     model.tasks = tuned
@@ -307,14 +345,18 @@ def apply_fmrilm(model: FmriLM | str | Path, runs: Sequence[LMRun],
                                    "runs") as beat:
         for number, run in enumerate(runs, start=1):
             started = time.perf_counter()
-            windows, events = run_captions(model, run, decoding) if captions else (None, None)
+            answers = answer_tasks(model, run, decoding)
+            condition = condition_task(model)
+            windows, events = run_captions(
+                model, run, decoding, answers.get(condition.name) if condition else None
+            ) if captions else (None, None)
             n_captions = (len(windows) if windows is not None else 0) + (
                 int((events["caption"] != "n/a").sum()) if events is not None else 0)
             rate = n_captions / (time.perf_counter() - started) if n_captions else None
             patches, vector = fmri_embeddings(model, run)
             outputs[run.key] = RunOutputs(
                 window_captions=windows, event_captions=events, patch_embeddings=patches,
-                run_embedding=vector, answers=answer_tasks(model, run, decoding),
+                run_embedding=vector, answers=answers,
                 settings={"model": source, "backbone": model.backbone,
                           "decoding": decoding.to_dict(), "captions_per_second": rate})
             beat.advance()

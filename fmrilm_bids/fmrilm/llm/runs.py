@@ -1,11 +1,15 @@
 """A run as Stages 2 and 3 take it, and the windows its prompts show.
 
-A run (:class:`LMRun`) is its fMRI tokens, one per window, with what is known about it:
-descriptor texts, events, its subject. A prompt shows the model an fMRI **segment**
-``<fmri> t_a ... t_b </fmri>``: for a window ``i``, the window and the ``window_context``
-windows before it (the question is about the *last* window of the segment,
-:func:`window_segment`); for a whole run, up to ``run_segment_windows`` consecutive windows
-(long runs give several segments, :func:`run_segments`).
+A run (:class:`LMRun`) is its fMRI tokens, ``n_groups`` per window (one per Stage-1 parcel
+group), their continuous Stage-1 features, and what is known about the run: descriptor
+texts, events, its subject. A prompt shows the model an fMRI **segment**
+``<fmri> t_a,1 ... t_a,G ... t_b,G </fmri>``: for a window ``i``, the window and the
+``window_context`` windows before it (the question is about the *last* window of the
+segment, :func:`window_segment`); for a whole run, up to ``run_segment_windows`` consecutive
+windows (long runs give several segments, :func:`run_segments`). At the fMRI positions the
+model reads each token's features (:meth:`LMRun.segment_features`: the Stage-1 latent, the
+group's time course in the window and the group's one-hot), or, in the discrete ablation,
+the token's own embedding.
 
 Events are assigned to windows by their haemodynamic response: an event belongs to the
 window holding its midpoint shifted by
@@ -38,8 +42,8 @@ class LMRun:
         Participant label (``"01"``; a ``sub-`` prefix is dropped). Splits are by subject.
     task : str
         BIDS task label (``rest`` in the name makes it a resting run).
-    token_ids : ndarray of shape (n_windows,)
-        Stage-1 token of each window.
+    token_ids : ndarray of shape (n_windows, n_groups)
+        Stage-1 tokens of each window (a 1-D array is one token per window).
     onsets, durations : ndarray of shape (n_windows,)
         Window onsets and durations (s).
     session, run : str, optional
@@ -50,8 +54,9 @@ class LMRun:
         Run-level descriptor paragraph.
     events : DataFrame, optional
         BIDS events (``onset``, ``duration``, ``trial_type``, optional ``caption``).
-    token_features : ndarray of shape (n_windows, dim), optional
-        Stage-1 features of each window (``TokenizedRun.embeddings``), for the baseline.
+    token_features : ndarray of shape (n_windows, n_groups, dim), optional
+        Continuous Stage-1 features of each token (``TokenizedRun.embeddings``): what the
+        language model reads at the fMRI positions, and the tokens baseline.
     timeseries : ndarray of shape (n_timepoints, n_parcels), optional
         Parcel signals, for the connectivity baseline.
     tr : float, optional
@@ -76,7 +81,9 @@ class LMRun:
         self.subject = str(self.subject).removeprefix("sub-")
         self.session = None if self.session is None else str(self.session)
         self.run = None if self.run is None else str(self.run)
-        self.token_ids = np.asarray(self.token_ids, dtype=np.int64).reshape(-1)
+        self.token_ids = np.asarray(self.token_ids, dtype=np.int64)
+        if self.token_ids.ndim == 1:
+            self.token_ids = self.token_ids[:, None]
         self.onsets = np.asarray(self.onsets, dtype=float).reshape(-1)
         self.durations = np.broadcast_to(np.asarray(self.durations, dtype=float),
                                          self.onsets.shape).copy()
@@ -87,6 +94,16 @@ class LMRun:
                     and len(value) != n]
         if n == 0:
             problems.append("there are no windows")
+        if self.token_ids.ndim != 2:
+            problems.append(f"token_ids has shape {self.token_ids.shape}, not (windows, "
+                            "groups)")
+        if self.token_features is not None:
+            self.token_features = np.asarray(self.token_features, dtype=np.float32)
+            if self.token_features.ndim == 2:
+                self.token_features = self.token_features[:, None]
+            if self.token_features.shape[:2] != self.token_ids.shape:
+                problems.append(f"token_features has shape {self.token_features.shape}, "
+                                f"tokens {self.token_ids.shape}")
         if self.timeseries is not None and not self.tr:
             problems.append("timeseries is given without its tr")
         if problems:
@@ -110,6 +127,23 @@ class LMRun:
     @property
     def n_windows(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def tokens_per_window(self) -> int:
+        return self.token_ids.shape[1]
+
+    def segment_features(self, start: int, stop: int) -> np.ndarray | None:
+        """Features of the tokens of windows ``[start, stop)``, in token order (window by
+        window, group by group): each token's Stage-1 features, then the one-hot of its
+        group; ``(n_tokens, dim + n_groups)`` float32, None without features."""
+        if self.token_features is None:
+            return None
+        features = self.token_features[start:stop]
+        groups = np.broadcast_to(np.eye(self.tokens_per_window, dtype=np.float32),
+                                 (len(features), self.tokens_per_window,
+                                  self.tokens_per_window))
+        return np.concatenate([features, groups], axis=-1).reshape(
+            -1, features.shape[-1] + self.tokens_per_window)
 
     @property
     def is_rest(self) -> bool:

@@ -3,10 +3,13 @@
 :func:`train_fmrilm` reads top to bottom: find this process's place (single process, or one
 of several under ``torchrun``; :mod:`.distributed`), move the model to its device, build
 AdamW over the trainable parameters (or resume model, optimiser and random states from the
-stage's checkpoint), then the loop: per step, ``grad_accum`` micro-batches are drawn
-(:func:`~.examples.sample_examples`: one example group each), run under the device's autocast
-(bfloat16 on GPUs), and their weighted losses back-propagated; gradients are averaged
-across processes, clipped, and AdamW steps on a warm-up + cosine schedule. Every
+stage's checkpoint), set the number of steps (given, or ``epochs`` passes' worth of the
+examples' tokens), then the loop: per step, ``grad_accum`` micro-batches of
+``batch_tokens`` tokens are drawn (:class:`~.examples.EpochSampler`) and packed into rows
+(:func:`~.examples.pack`), run under the device's autocast (bfloat16 where the device
+computes it natively, :func:`~fmrilm_bids.utils.devices.autocast_dtype`), and their
+weighted losses back-propagated; gradients are averaged across processes, clipped, and
+AdamW steps on a warm-up + cosine schedule. Every
 ``checkpoint_interval`` steps (and at the end) the main process writes
 ``<out_dir>/checkpoint``: the trainable weights, the optimiser state, every process's torch
 RNG state and the JSON trainer state (step, numpy RNG, history), as one folder that appears
@@ -19,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fmrilm_bids.fmrilm.llm.config import LMTrainConfig
-from fmrilm_bids.fmrilm.llm.examples import Example, collate, sample_examples
+from fmrilm_bids.fmrilm.llm.examples import EpochSampler, Example, pack
 from fmrilm_bids.fmrilm.llm.model import FmriLM
 from fmrilm_bids.fmrilm.training import TrainingProgress, optimizer_tensors, restore_optimizer
 from fmrilm_bids.utils.devices import DistributedContext, autocast, distributed_context
@@ -51,7 +54,8 @@ class StageResult:
     history : list of dict
         One entry per step: ``loss``, each kind's loss, ``lr``, ``tokens``.
     tokens_per_second : float
-        Training throughput of the steps run now (input tokens, all processes).
+        Training throughput of the steps run now (input tokens, all processes; packing
+        leaves almost no padding).
     steps : int
         Steps done in all.
     out_dir : Path
@@ -63,9 +67,18 @@ class StageResult:
     out_dir: Path
 
 
-def weighted_loss(nll: torch.Tensor, n_tokens: torch.Tensor, kinds: Sequence[str],
+def weighted_loss(nll: torch.Tensor, kind_ids: torch.Tensor, kinds: Sequence[str],
                   weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted mean over kinds of each kind's token-mean loss.
+
+    Parameters
+    ----------
+    nll : Tensor (n,)
+        Loss of each labelled token.
+    kind_ids : LongTensor (n,)
+        Its kind (index into ``kinds``).
+    kinds : sequence of str
+    weights : dict of str to float
 
     Returns
     -------
@@ -74,12 +87,11 @@ def weighted_loss(nll: torch.Tensor, n_tokens: torch.Tensor, kinds: Sequence[str
         Each kind's token-mean loss (for the history).
     """
     total, weight_sum, parts = nll.new_zeros(()), 0.0, {}
-    for kind in sorted(set(kinds)):
-        rows = torch.tensor([k == kind for k in kinds], device=nll.device)
-        count = n_tokens[rows].sum()
-        if count == 0:
+    for index, kind in enumerate(kinds):
+        rows = kind_ids == index
+        if not rows.any():
             continue
-        mean = nll[rows].sum() / count
+        mean = nll[rows].mean()
         total = total + weights.get(kind, 1.0) * mean
         weight_sum += weights.get(kind, 1.0)
         parts[kind] = mean.item()
@@ -203,12 +215,20 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         rng.bit_generator.state = state["numpy_rng"]
         LOGGER.info("Resumed %s from %s at step %d.", description, out_dir, start)
     context.broadcast_parameters(parameters)
+    sampler = EpochSampler(examples, config.batch_tokens * context.world_size, rng,
+                           model.config.sampling_weights)
+    if config.steps is None:
+        config = replace(config, steps=sampler.steps_for(config.epochs, config.grad_accum))
+    if start:
+        sampler.queues = {name: list(queue) for name, queue in state["sampler"].items()}
     last = config.steps if until_step is None else min(until_step, config.steps)
     pad_id = model.tokenizer.pad_token_id
+    kinds = sorted({example.kind for example in examples})
+    batches = sampler.batches()
 
     progress = TrainingProgress(description, start, last, show=config.progress,
                                 enabled=context.is_main, unit="tokens")
-    tokens = 0
+    tokens = int(history[-1]["tokens"]) if history else 0  # seen before a resume too
     for step in range(start, last):
         learning_rate = config.learning_rate_at(step)
         for group in optimizer.param_groups:
@@ -217,15 +237,17 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         kind_losses: dict[str, list[float]] = {}
         step_tokens = 0
         for _ in range(config.grad_accum):
-            batch = sample_examples(examples, rng, config.batch_size * context.world_size)
-            mine = batch[context.rank::context.world_size]
-            tensors = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
+            batch = next(batches)
+            mine = batch[context.rank::context.world_size] or batch[:1]
+            packed = pack(mine, pad_id, config.row_length, kinds)
+            kind_ids = packed.pop("kind_ids").to(device)
+            tensors = {k: v.to(device) for k, v in packed.items() if v is not None}
             with autocast(device):
-                nll, n_tokens = model(**tensors)
-            loss, parts = weighted_loss(nll, n_tokens, [e.kind for e in mine],
+                nll, keep = model(**tensors)
+            loss, parts = weighted_loss(nll, kind_ids[:, 1:][keep], kinds,
                                         model.config.loss_weights)
             (loss / config.grad_accum).backward()
-            step_tokens += int(tensors["attention_mask"].sum()) * context.world_size
+            step_tokens += sum(len(example) for example in mine) * context.world_size
             entry["loss"] += loss.item() / config.grad_accum
             for kind, value in parts.items():
                 kind_losses.setdefault(kind, []).append(value)
@@ -242,8 +264,9 @@ def train_fmrilm(model: FmriLM, examples: Sequence[Example], out_dir: str | Path
         if (step + 1) % config.checkpoint_interval == 0 or step + 1 == last:
             save_checkpoint(out_dir, model, optimizer, {
                 "step": step + 1, "numpy_rng": rng.bit_generator.state, "history": history,
+                "sampler": sampler.queues,
                 "train_config": asdict(config)}, context, device)
     progress.close()
     model.eval()
-    return StageResult(history=history, tokens_per_second=progress.rate if tokens else 0.0,
+    return StageResult(history=history, tokens_per_second=progress.rate if last > start else 0.0,
                        steps=max(last, start), out_dir=out_dir)

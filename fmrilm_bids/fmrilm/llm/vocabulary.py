@@ -62,7 +62,8 @@ class FmriVocabulary:
                 self.close_id]
 
     def check_tokens(self, tokens: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Token ids as an int array; raises for ids outside the codebook."""
+        """Token ids as a flat int array (windows by groups: in token order); raises for ids
+        outside the codebook."""
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
             raise ValueError(f"fMRI token ids must lie in [0, {self.codebook_size}); got "
@@ -71,7 +72,7 @@ class FmriVocabulary:
         return tokens
 
     def segment_ids(self, tokens: Sequence[int] | np.ndarray) -> list[int]:
-        """``<fmri> t1 ... tn </fmri>`` as model ids."""
+        """``<fmri> t1 ... tn </fmri>`` as model ids (``tokens`` flattened in order)."""
         return [self.open_id, *(self.check_tokens(tokens) + self.first_id).tolist(),
                 self.close_id]
 

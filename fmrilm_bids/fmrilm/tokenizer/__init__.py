@@ -2,11 +2,11 @@
 
 Modules: :mod:`.runs` (common TR, robust normalisation, patches, parcel identity),
 :mod:`.quantizer` (EMA codebook), :mod:`.model` (the neural tokenizer and its config),
-:mod:`.train` (group training, checkpoints, model card), :mod:`.baseline` (PCA + k-means),
+:mod:`.train` (group training, checkpoints, model card), :mod:`.baseline` (PCA, product-quantised),
 :mod:`.metrics` (reconstruction R², codebook use, fMRI -> text retrieval).
 """
 
-from fmrilm_bids.fmrilm.tokenizer.baseline import PCAKMeansTokenizer
+from fmrilm_bids.fmrilm.tokenizer.baseline import PCAProductQuantizer
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
 from fmrilm_bids.fmrilm.tokenizer.metrics import (
     codebook_usage,
@@ -25,7 +25,7 @@ from fmrilm_bids.fmrilm.tokenizer.runs import (
 from fmrilm_bids.fmrilm.tokenizer.train import TrainingResult, evaluate, train_tokenizer
 
 __all__ = [
-    "NeuralTokenizer", "PCAKMeansTokenizer", "ParcelRun", "PreparedRun", "TokenizedRun",
+    "NeuralTokenizer", "PCAProductQuantizer", "ParcelRun", "PreparedRun", "TokenizedRun",
     "TokenizerConfig", "TrainConfig", "TrainingResult", "codebook_usage", "evaluate",
     "prepare_run", "prepare_runs", "reconstruction_r2", "retrieval_top1", "token_text_means",
     "train_tokenizer",

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.fmrilm.training import warmup_cosine
@@ -26,25 +27,26 @@ class TokenizerConfig:
     clip : float
         Robust-normalised signals are clipped to ``[-clip, clip]``.
     parcel_dim : int
-        Hidden width of the parcel-identity networks (encoder scores, decoder loadings).
-    n_queries : int
-        Parcel groups the encoder pools (attention queries over parcels).
+        Hidden width of the parcel-identity networks (group weights, decoder loadings).
+    n_groups : int
+        Parcel groups, hence tokens per window.
+    group_pools : int
+        Pooled signals per group (a token's continuous features hold them all).
     d_model : int
-        Width of the time transformer.
-    n_layers, n_heads : int
-        Time-transformer blocks and attention heads.
-    context_windows : int
-        Windows the time transformer sees at once.
+        Hidden width of the group encoder and decoder.
     code_dim : int
         Width of the latents and codes.
     codebook_size : int
-        Number of tokens.
+        Number of codes (one codebook shared by the groups).
     n_basis : int
-        Decoder time courses per window.
+        Decoder time courses per group and window.
     llm_hidden : int
         Hidden size of the language model (576 for SmolLM2-135M).
     text_dim : int
         Width of the text embeddings the alignment loss compares with.
+    event_dim : int
+        Width of the sentence embeddings of what was shown (the event alignment; 384 for
+        all-MiniLM-L6-v2; 0: embedded like the descriptors, ``text_dim``).
     ema_decay : float
         EMA decay of the codebook.
     dead_after : int
@@ -54,17 +56,16 @@ class TokenizerConfig:
     target_tr: float = 2.0
     patch_length: int = 6
     clip: float = 5.0
-    parcel_dim: int = 16
-    n_queries: int = 16
+    parcel_dim: int = 64
+    n_groups: int = 16
+    group_pools: int = 4
     d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    context_windows: int = 32
     code_dim: int = 32
-    codebook_size: int = 256
-    n_basis: int = 16
+    codebook_size: int = 1024
+    n_basis: int = 4
     llm_hidden: int = 576
     text_dim: int = 576
+    event_dim: int = 384
     ema_decay: float = 0.99
     dead_after: int = 20
 
@@ -72,6 +73,11 @@ class TokenizerConfig:
     def window_seconds(self) -> float:
         """Duration of a window (s): the descriptor ``window_length`` that pairs with it."""
         return self.patch_length * self.target_tr
+
+    @property
+    def bits_per_window(self) -> float:
+        """Information the tokens of one window can carry: ``n_groups * log2(codebook_size)``."""
+        return self.n_groups * math.log2(self.codebook_size)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -88,13 +94,18 @@ class TrainConfig:
 
     Attributes
     ----------
-    steps : int
-        Optimiser steps in all.
+    steps : int, optional
+        Optimiser steps in all; None (the default) sets them from the data
+        (:meth:`for_windows`): ``epochs`` passes over the training windows, at least
+        ``min_steps``.
+    epochs : float
+        Passes over the training windows when ``steps`` is None.
+    min_steps : int
+        Fewest steps when ``steps`` is None (small cohorts need more passes).
     batch_size : int
-        Sequences per step.
+        Samples per step.
     sequence_windows : int
-        Consecutive windows per sequence (at most the model's ``context_windows``; shorter
-        when a run is shorter).
+        Consecutive windows of one run per sample (fewer when a run is shorter).
     learning_rate, min_learning_rate : float
         Peak and final learning rate (linear warm-up, then cosine decay).
     warmup_steps : int
@@ -102,8 +113,12 @@ class TrainConfig:
         AdamW decay of the weight matrices (not of biases, norms, embeddings).
     grad_clip : float
         Gradient-norm clip.
-    reconstruction_weight, commitment_weight, alignment_weight : float
-        Loss weights.
+    reconstruction_weight, amplitude_weight, commitment_weight : float
+        Loss weights of the patches' reconstruction, of the reconstruction of each parcel's
+        window mean (the amplitude pattern, which holds the responses to events but only a
+        sixth of the patch variance), and of the commitment.
+    alignment_weight, event_alignment_weight : float
+        Loss weights of the alignment to the descriptor texts and to what was shown.
     eval_interval, checkpoint_interval : int
         Steps between evaluations / checkpoints (and always at the end).
     seed : int
@@ -111,23 +126,38 @@ class TrainConfig:
         Show a progress bar (steps/s, ETA, loss); default: when stderr is a terminal.
     """
 
-    steps: int = 2000
+    steps: int | None = None
+    epochs: float = 100.0
+    min_steps: int = 300
     batch_size: int = 16
-    sequence_windows: int = 16
+    sequence_windows: int = 8
     learning_rate: float = 2e-3
     min_learning_rate: float = 2e-4
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     reconstruction_weight: float = 1.0
+    amplitude_weight: float = 0.0
     commitment_weight: float = 0.25
     alignment_weight: float = 0.1
+    event_alignment_weight: float = 0.5
     eval_interval: int = 250
     checkpoint_interval: int = 500
     seed: int = 0
     progress: bool | None = None
 
+    def for_windows(self, n_windows: int) -> TrainConfig:
+        """These settings with ``steps`` set: as given, else from ``epochs`` over
+        ``n_windows`` training windows (at least ``min_steps``)."""
+        if self.steps is not None:
+            return self
+        per_step = self.batch_size * self.sequence_windows
+        return replace(self, steps=max(self.min_steps,
+                                       math.ceil(self.epochs * n_windows / per_step)))
+
     def learning_rate_at(self, step: int) -> float:
         """Warm-up then cosine schedule (:func:`~fmrilm_bids.fmrilm.training.warmup_cosine`)."""
+        if self.steps is None:
+            raise ValueError("Set the number of steps first (TrainConfig.for_windows).")
         return warmup_cosine(step, steps=self.steps, warmup_steps=self.warmup_steps,
                              peak=self.learning_rate, floor=self.min_learning_rate)

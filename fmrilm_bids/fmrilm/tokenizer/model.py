@@ -1,29 +1,43 @@
-"""The neural fMRI tokenizer: parcel patches -> encoder -> vector quantiser -> decoder.
+"""The neural fMRI tokenizer: parcel patches -> parcel groups -> vector quantiser -> decoder.
 
-One token per window (``patch_length`` samples at ``target_tr``, all parcels):
+``n_groups`` tokens per window (``patch_length`` samples at ``target_tr``), one per learned
+parcel group, from a codebook of ``codebook_size`` codes:
 
-1. **Parcel-set encoder** (:class:`ParcelSetEncoder`). A small network maps each parcel's
-   identity (network one-hot and connectivity fingerprint, :func:`~.runs.parcel_identity`)
-   to attention scores for ``n_queries`` groups; a softmax across parcels turns them into
-   pooling weights, and each group's weighted mean patch (learned, soft "networks") goes
-   through a linear layer into one window vector. Nothing depends on the parcel count or
-   order, so a model trained on one atlas tokenises another; the weights are computed once
-   per run, so a window costs ``n_queries x n_parcels x patch_length`` multiply-adds.
-2. **Time transformer**: ``n_layers`` pre-norm transformer blocks (nanoGPT style,
-   bidirectional) over up to ``context_windows`` consecutive windows of a run, then a linear
-   map to a unit-norm latent of width ``code_dim``: the pre-quantisation feature.
-3. **Quantiser** (:class:`~.quantizer.VectorQuantizer`): the latent's nearest code is the
-   token.
-4. **Decoder** (:class:`PatchDecoder`): the code becomes ``n_basis`` time courses; each
-   parcel's loadings on them come from its identity, so the patch of every parcel is
-   reconstructed for any atlas.
-5. **Alignment to language**: the latent is projected to the LLM's hidden size
-   (``to_llm``) and pulled towards the text embedding of its window's descriptor with a
-   sigmoid contrastive loss (SigLIP, Zhai et al., 2023; windows with the same text are all
-   positives). Applied to the codebook, the same projection gives the initial embedding of
-   each fMRI token in the LLM (:meth:`NeuralTokenizer.token_embeddings_for_llm`). When the
-   text encoder is not the LLM (``text_dim != llm_hidden``) a learned linear map brings the
-   text embeddings to the LLM width.
+1. **Parcel groups** (:class:`ParcelGroupEncoder`). A small network maps each parcel's
+   identity (network one-hot, connectivity fingerprint and MNI position,
+   :func:`~.runs.parcel_identity`) to signed weights for ``group_pools`` pooled signals of
+   each of ``n_groups`` groups; the weights of a signal are scaled to unit absolute sum over
+   the parcels, so it is a weighted contrast of parcels (learned, soft "networks" and
+   regions). Nothing depends on the parcel count or order, so a model trained on one atlas
+   tokenises another; the weights are computed once per run, so a window costs
+   ``n_groups x group_pools x n_parcels x patch_length`` multiply-adds.
+2. **Group encoder**: each group's pooled time courses in the window (``group_pools x
+   patch_length`` samples) go through a small MLP, with a learned embedding of the group,
+   to a unit-norm latent of width ``code_dim``. The token's continuous features, which the
+   language model reads, are that latent and the pooled time courses themselves
+   (:meth:`NeuralTokenizer.encode_runs`): ``group_pools`` times wider a path to the language
+   model than one signal per token, at the same number of tokens.
+3. **Quantiser** (:class:`~.quantizer.VectorQuantizer`): the latent's nearest code (one
+   codebook shared by the groups) is the token.
+4. **Decoder** (:class:`GroupDecoder`): each code becomes ``n_basis`` time courses of its
+   group; each parcel's loadings on every group's time courses come from its identity, so
+   the patch of every parcel is reconstructed for any atlas (a factor model whose factors
+   are read from the tokens).
+5. **Alignment to language**: the window's latents are projected to the LLM's hidden size
+   (``to_llm``) and averaged over the groups; the mean is pulled towards the text embedding
+   of the window's descriptor with a sigmoid contrastive loss (SigLIP, Zhai et al., 2023;
+   windows with the same text are all positives), and, in windows where something was
+   shown, towards the sentence embedding of what was shown (the events' captions, embedded
+   by the app's sentence encoder; the latents are projected into its space by ``to_events``
+   and averaged over the groups; a second SigLIP term), so that the groups keep what tells
+   stimuli apart and not only what reconstructs the largest fluctuations. The sentence
+   encoder's space is not learned, so its geometry (captions of one kind of scene close
+   together) is what the windows are pulled into. The same projection, applied to the
+   codebook, gives the initial output embedding of each fMRI token in the LLM
+   (:meth:`NeuralTokenizer.token_embeddings_for_llm`), and, applied to the latents, the
+   initial projection by which the LLM reads them (:meth:`NeuralTokenizer.llm_projection`).
+   When the text encoder is not the LLM (``text_dim != llm_hidden``) a learned linear map
+   brings the text embeddings to the LLM width.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,11 +87,14 @@ class TokenizerOutput:
     Attributes
     ----------
     reconstruction : Tensor (batch, windows, parcels, patch_length)
-    latents : Tensor (batch, windows, code_dim)
+    latents : Tensor (batch, windows, n_groups, code_dim)
         Unit-norm pre-quantisation features.
-    token_ids : LongTensor (batch, windows)
+    token_ids : LongTensor (batch, windows, n_groups)
     losses : dict of str to Tensor
-        ``reconstruction``, ``commitment`` and, with texts, ``alignment``.
+        ``reconstruction`` (of the patches), ``amplitude`` (of each parcel's mean over the
+        window: its response to what happened then), ``commitment`` and one per alignment
+        target given (``alignment`` for the descriptor texts, ``event_alignment`` for the
+        events).
     """
 
     reconstruction: torch.Tensor
@@ -86,102 +103,65 @@ class TokenizerOutput:
     losses: dict[str, torch.Tensor]
 
 
-class ParcelSetEncoder(nn.Module):
-    """Pool the parcels of each window into soft groups chosen by parcel identity."""
+def _mlp(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(width_in, hidden), nn.GELU(), nn.Linear(hidden, width_out))
+
+
+class ParcelGroupEncoder(nn.Module):
+    """Pool the parcels of each window into signed groups chosen by parcel identity, then
+    encode each group's time course into a unit-norm latent."""
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
-        self.scores = nn.Sequential(nn.Linear(IDENTITY_DIM, config.parcel_dim), nn.GELU(),
-                                    nn.Linear(config.parcel_dim, config.n_queries))
-        self.out = nn.Linear(config.n_queries * config.patch_length, config.d_model)
+        self.n_groups, self.pools = config.n_groups, config.group_pools
+        self.scores = _mlp(IDENTITY_DIM, config.parcel_dim, config.n_groups * config.group_pools)
+        self.time = _mlp(config.group_pools * config.patch_length, config.d_model,
+                         config.d_model)
+        self.group_embedding = nn.Parameter(torch.randn(config.n_groups, config.d_model) * 0.02)
+        self.head = nn.Sequential(nn.LayerNorm(config.d_model),
+                                  _mlp(config.d_model, 2 * config.d_model, config.code_dim))
 
     def pooling_weights(self, identity: torch.Tensor) -> torch.Tensor:
-        """``(B, P, n_queries)``: each group's weights over the parcels (they sum to 1)."""
-        return torch.softmax(self.scores(identity), dim=1)
+        """``(B, P, n_groups * group_pools)``: each pooled signal's signed weights over the
+        parcels (unit absolute sum)."""
+        scores = self.scores(identity)
+        return scores / scores.abs().sum(dim=1, keepdim=True).clamp(min=1e-6)
+
+    def pooled(self, patches: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+        """``(B, W, P, L)`` patches -> ``(B, W, n_groups, group_pools * L)``: each group's
+        pooled time courses, one after the other."""
+        pooled = torch.einsum("bps,bwpl->bwsl", self.pooling_weights(identity), patches)
+        return pooled.unflatten(2, (self.n_groups, self.pools)).flatten(-2)
+
+    def encode_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled time courses ``(..., n_groups, group_pools * L)`` -> unit-norm latents
+        ``(..., n_groups, code_dim)``."""
+        hidden = self.time(pooled) + self.group_embedding
+        return F.normalize(self.head(hidden).float(), dim=-1)
 
     def forward(self, patches: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """``(B, W, P, L)`` patches and ``(B, P, I)`` identities -> ``(B, W, d_model)``."""
-        pooled = torch.einsum("bpq,bwpl->bwql", self.pooling_weights(identity), patches)
-        return self.out(pooled.flatten(-2))
+        """``(B, W, P, L)`` patches and ``(B, P, I)`` identities -> ``(B, W, G, code_dim)``."""
+        return self.encode_pooled(self.pooled(patches, identity))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head bidirectional self-attention over windows."""
-
-    def __init__(self, config: TokenizerConfig) -> None:
-        super().__init__()
-        if config.d_model % config.n_heads:
-            raise ValueError(f"d_model ({config.d_model}) must be divisible by n_heads "
-                             f"({config.n_heads}).")
-        self.n_heads = config.n_heads
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
-        self.proj = nn.Linear(config.d_model, config.d_model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2)
-                   for t in self.qkv(x).split(width, dim=2))
-        attended = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, width))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block."""
+class GroupDecoder(nn.Module):
+    """Codes -> ``n_basis`` time courses per group; parcel identity -> loadings on them."""
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.d_model)
-        self.attn = SelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.d_model)
-        self.mlp = nn.Sequential(nn.Linear(config.d_model, 4 * config.d_model), nn.GELU(),
-                                 nn.Linear(4 * config.d_model, config.d_model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class PatchDecoder(nn.Module):
-    """Code -> ``n_basis`` time courses; parcel identity -> loadings; patch = their product."""
-
-    def __init__(self, config: TokenizerConfig) -> None:
-        super().__init__()
-        self.n_basis, self.patch_length = config.n_basis, config.patch_length
-        self.basis = nn.Sequential(nn.Linear(config.code_dim, config.d_model), nn.GELU(),
-                                   nn.Linear(config.d_model, config.n_basis * config.patch_length))
-        self.loadings = nn.Sequential(nn.Linear(IDENTITY_DIM, config.parcel_dim), nn.GELU(),
-                                      nn.Linear(config.parcel_dim, config.n_basis))
+        self.n_groups, self.n_basis = config.n_groups, config.n_basis
+        self.patch_length = config.patch_length
+        self.basis = _mlp(config.code_dim, config.d_model, config.n_basis * config.patch_length)
+        self.group_basis = nn.Parameter(torch.zeros(config.n_groups,
+                                                    config.n_basis * config.patch_length))
+        self.loadings = _mlp(IDENTITY_DIM, config.parcel_dim, config.n_groups * config.n_basis)
 
     def forward(self, codes: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """``(B, W, code_dim)`` codes and ``(B, P, I)`` identities -> ``(B, W, P, L)``."""
-        basis = self.basis(codes).unflatten(-1, (self.n_basis, self.patch_length))
-        return self.loadings(identity)[:, None] @ basis
-
-
-def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.cat`` that returns a lone tensor as it is (no copy)."""
-    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``torch.stack`` that returns a lone tensor as a view (no copy)."""
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
-
-
-def _batches(spans: list[tuple[int, int, int, int]],
-             size: int) -> Iterator[list[tuple[int, int, int, int]]]:
-    """Split spans of sequences (last item: how many) into batches of ``size`` sequences."""
-    batch, filled = [], 0
-    for index, start, length, count in spans:
-        while count:
-            taken = min(count, size - filled)
-            batch.append((index, start, length, taken))
-            start, count, filled = start + taken * length, count - taken, filled + taken
-            if filled == size:
-                yield batch
-                batch, filled = [], 0
-    if batch:
-        yield batch
+        """``(B, W, G, code_dim)`` codes and ``(B, P, I)`` identities -> ``(B, W, P, L)``."""
+        basis = (self.basis(codes) + self.group_basis).unflatten(
+            -1, (self.n_basis, self.patch_length))
+        loadings = self.loadings(identity).unflatten(-1, (self.n_groups, self.n_basis))
+        return torch.einsum("bpgn,bwgnl->bwpl", loadings, basis)
 
 
 class NeuralTokenizer(nn.Module):
@@ -190,39 +170,30 @@ class NeuralTokenizer(nn.Module):
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ParcelSetEncoder(config)
-        self.position = nn.Embedding(config.context_windows, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model)
-        self.to_code = nn.Linear(config.d_model, config.code_dim)
+        self.encoder = ParcelGroupEncoder(config)
         self.quantizer = VectorQuantizer(config.codebook_size, config.code_dim,
                                          config.ema_decay, config.dead_after)
-        self.decoder = PatchDecoder(config)
+        self.decoder = GroupDecoder(config)
         self.to_llm = nn.Linear(config.code_dim, config.llm_hidden)
         self.text_projection = (nn.Linear(config.text_dim, config.llm_hidden)
                                 if config.text_dim != config.llm_hidden else None)
+        self.to_events = (nn.Linear(config.code_dim, config.event_dim) if config.event_dim
+                          else None)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
     def encode(self, patches: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
-        """Unit-norm pre-quantisation latents ``(B, W, code_dim)`` of ``(B, W, P, L)``."""
-        return self.encode_windows(self.encoder(patches, identity))
-
-    def encode_windows(self, windows: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, W, code_dim)`` of window vectors ``(B, W, d_model)`` (the output of
-        the parcel-set encoder): the time transformer and the map to unit-norm latents."""
-        n_windows = windows.shape[1]
-        if n_windows > self.config.context_windows:
-            raise ValueError(f"{n_windows} windows exceed context_windows "
-                             f"({self.config.context_windows}); encode shorter sequences.")
-        x = windows + self.position.weight[:n_windows]
-        for block in self.blocks:
-            x = block(x)
-        return F.normalize(self.to_code(self.ln_f(x)).float(), dim=-1)
+        """Unit-norm pre-quantisation latents ``(B, W, G, code_dim)`` of ``(B, W, P, L)``."""
+        return self.encoder(patches, identity)
 
     def llm_features(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents (or codes) in the LLM's embedding space, ``(..., llm_hidden)``."""
         return self.to_llm(latents)
+
+    def window_features(self, latents: torch.Tensor) -> torch.Tensor:
+        """A window's latents ``(..., G, code_dim)`` as one vector in the LLM's space (the
+        mean over its groups; what the alignment loss compares with the text)."""
+        return self.llm_features(latents).mean(dim=-2)
 
     def text_features(self, text_embeddings: torch.Tensor) -> torch.Tensor:
         """Text embeddings in the LLM's embedding space."""
@@ -230,172 +201,138 @@ class NeuralTokenizer(nn.Module):
             return text_embeddings
         return self.text_projection(text_embeddings)
 
-    def alignment_loss(self, latents: torch.Tensor, text_ids: torch.Tensor,
-                       text_table: torch.Tensor) -> torch.Tensor:
+    def alignment_loss(self, window_latents: torch.Tensor, text_ids: torch.Tensor,
+                       text_table: torch.Tensor, events: bool = False) -> torch.Tensor:
         """Sigmoid contrastive loss between windows and the distinct texts of the batch.
 
         Parameters
         ----------
-        latents : Tensor (N, code_dim)
+        window_latents : Tensor (N, G, code_dim)
         text_ids : LongTensor (N,)
             Row of ``text_table`` holding each window's text.
-        text_table : Tensor (n_texts, text_dim)
+        text_table : Tensor (n_texts, text_dim or event_dim)
+        events : bool, default=False
+            The texts are what was shown (sentence embeddings, compared in their own space
+            through ``to_events``), not descriptors.
         """
         unique, positive_of = torch.unique(text_ids, return_inverse=True)
-        windows = F.normalize(self.llm_features(latents).float(), dim=-1)
-        texts = F.normalize(self.text_features(text_table[unique]).float(), dim=-1)
+        if events and self.to_events is not None:
+            windows = self.to_events(window_latents).mean(dim=-2)
+            texts = text_table[unique]
+        else:
+            windows = self.window_features(window_latents)
+            texts = self.text_features(text_table[unique])
+        windows, texts = F.normalize(windows.float(), dim=-1), F.normalize(texts.float(), dim=-1)
         logits = windows @ texts.T * self.logit_scale.exp() + self.logit_bias
         labels = -torch.ones_like(logits)
         labels[torch.arange(len(positive_of)), positive_of] = 1.0
-        return -F.logsigmoid(labels * logits).sum() / len(latents)
+        return -F.logsigmoid(labels * logits).sum() / len(window_latents)
 
     def forward(self, patches: torch.Tensor, identity: torch.Tensor,
-                text_ids: torch.Tensor | None = None,
-                text_table: torch.Tensor | None = None) -> TokenizerOutput:
+                alignments: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> TokenizerOutput:
         """Encode, quantise, decode; losses.
 
         Parameters
         ----------
         patches : Tensor (B, W, P, L)
         identity : Tensor (B, P, IDENTITY_DIM)
-        text_ids : LongTensor (B, W), optional
-            Row of ``text_table`` of each window's descriptor, -1 for none.
-        text_table : Tensor (n_texts, text_dim), optional
+        alignments : mapping of str to (LongTensor (B, W), Tensor (n_texts, text_dim))
+            Per alignment loss (``"alignment"``, ``"event_alignment"``): the row of the
+            table holding each window's text (-1 for none) and the table of embeddings.
         """
         latents = self.encode(patches, identity)
         quantized = self.quantizer(latents)
         reconstruction = self.decoder(quantized.codes.to(latents.dtype), identity)
         losses = {"reconstruction": F.mse_loss(reconstruction.float(), patches.float()),
+                  "amplitude": F.mse_loss(reconstruction.float().mean(dim=-1),
+                                          patches.float().mean(dim=-1)),
                   "commitment": quantized.commitment}
-        if text_ids is not None and text_table is not None:
+        for name, (text_ids, text_table) in (alignments or {}).items():
             described = text_ids.reshape(-1) >= 0
             if described.any():
-                losses["alignment"] = self.alignment_loss(
-                    latents.reshape(-1, latents.shape[-1])[described],
-                    text_ids.reshape(-1)[described], text_table)
+                losses[name] = self.alignment_loss(
+                    latents.flatten(0, 1)[described], text_ids.reshape(-1)[described],
+                    text_table, events=name == "event_alignment")
         return TokenizerOutput(reconstruction=reconstruction, latents=latents,
                                token_ids=quantized.indices, losses=losses)
 
     @torch.no_grad()
     def token_embeddings_for_llm(self) -> torch.Tensor:
-        """Initial LLM input embedding of every token, ``(codebook_size, llm_hidden)``."""
+        """Initial LLM output embedding of every token, ``(codebook_size, llm_hidden)``."""
         return self.llm_features(self.quantizer.codebook).float().cpu()
+
+    @torch.no_grad()
+    def llm_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(llm_hidden, code_dim)`` and bias of ``to_llm``: the initial projection by
+        which the language model reads the latents."""
+        return self.to_llm.weight.detach().float().cpu(), self.to_llm.bias.detach().float().cpu()
 
     @property
     def device(self) -> torch.device:
         """Where the parameters are (inference runs there)."""
         return self.to_llm.weight.device
 
-    @torch.inference_mode()
-    def window_vectors(self, prepared: Sequence[PreparedRun],
-                       batch_windows: int = 4096) -> list[torch.Tensor]:
-        """Parcel-set encoder output ``(n_windows, d_model)`` of each prepared run.
-
-        Runs with the same window and parcel counts go through the encoder together, up to
-        ``batch_windows`` windows a pass (a longer run, in slices of that many windows); the
-        patches are stacked parcel-major, so that the pooling over parcels is one matrix
-        product per run and a lone run is read in place. Float32, on the model's device.
-        """
-        device = self.device
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for index, run in enumerate(prepared):
-            by_shape.setdefault(run.patches.shape, []).append(index)
-        # Encoder passes: lists of (run, first window, end window) of one shape.
-        passes = []
-        for (n_windows, *_), members in by_shape.items():
-            if n_windows > batch_windows:
-                passes += [[(index, start, min(start + batch_windows, n_windows))]
-                           for index in members for start in range(0, n_windows, batch_windows)]
-            else:
-                per_pass = batch_windows // n_windows
-                passes += [[(index, 0, n_windows) for index in members[first:first + per_pass]]
-                           for first in range(0, len(members), per_pass)]
-        vectors = [torch.empty(run.n_windows, self.config.d_model, device=device)
-                   for run in prepared]
-        for runs in passes:
-            # (W, P, L) patches of parcel-major signals, stacked as (R, P, W, L).
-            patches = _stack([torch.from_numpy(prepared[index].patches[start:end]).transpose(0, 1)
-                              for index, start, end in runs]).transpose(1, 2)
-            identity = _stack([torch.from_numpy(prepared[index].identity)
-                               for index, _, _ in runs])
-            with autocast(device):
-                encoded = self.encoder(patches.to(device), identity.to(device))
-            for windows, (index, start, end) in zip(encoded, runs, strict=True):
-                vectors[index][start:end] = windows
-        return vectors
+    @property
+    def feature_dim(self) -> int:
+        """Width of a token's continuous features (:meth:`encode_runs`)."""
+        return self.config.code_dim + self.config.group_pools * self.config.patch_length
 
     @torch.inference_mode()
     def encode_runs(self, prepared: Sequence[PreparedRun],
                     batch_windows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Latents and token ids of prepared runs, batched across runs.
+        """Continuous features and token ids of prepared runs.
 
-        The parcel-set encoder maps every window to a vector (:meth:`window_vectors`; its
-        output does not depend on the other windows). Then each run is cut into sequences
-        of ``context_windows`` windows (the last one shorter); sequences of the same length,
-        from any run, go through the time transformer together, so many short runs cost
-        about as much as one long run of the same length.
-
-        Parameters
-        ----------
-        prepared : sequence of PreparedRun
-        batch_windows : int, default=4096
-            Windows per forward pass (bounds the memory).
+        A window's tokens depend on its own patch and its run's parcel identities only, so
+        each run is encoded in slices of at most ``batch_windows`` windows (bounding memory).
 
         Returns
         -------
-        list of (latents, token_ids)
-            Per run, in order: ``(n_windows, code_dim)`` float32 latents and
-            ``(n_windows,)`` int64 token ids.
+        list of (features, token_ids)
+            Per run, in order: ``(n_windows, n_groups, feature_dim)`` float32 features (the
+            unit-norm latent, ``code_dim`` wide, then the group's pooled time courses) and
+            ``(n_windows, n_groups)`` int64 token ids.
         """
         self.eval()
-        device, context = self.device, self.config.context_windows
-        vectors = self.window_vectors(prepared, batch_windows)
-        # Spans of consecutive sequences: (run, first window, sequence length, sequences).
-        groups: dict[int, list[tuple[int, int, int, int]]] = {}
-        for index, run in enumerate(prepared):
-            n_full, rest = divmod(run.n_windows, context)
-            if n_full:
-                groups.setdefault(context, []).append((index, 0, context, n_full))
-            if rest:
-                groups.setdefault(rest, []).append((index, n_full * context, rest, 1))
-        latents = [torch.empty(run.n_windows, self.config.code_dim) for run in prepared]
-        token_ids = [torch.empty(run.n_windows, dtype=torch.long) for run in prepared]
-        for length, spans in groups.items():
-            per_batch = max(1, batch_windows // length)
-            for batch in _batches(spans, per_batch):
-                views = [vectors[i][s:s + length * n].view(n, length, -1) for i, s, _, n in batch]
+        device = self.device
+        encoded = []
+        for run in prepared:
+            identity = torch.from_numpy(run.identity)[None].to(device)
+            features = []
+            for start in range(0, run.n_windows, batch_windows):
+                patches = torch.from_numpy(np.ascontiguousarray(
+                    run.patches[start:start + batch_windows]))[None].to(device)
                 with autocast(device):
-                    encoded = self.encode_windows(_cat(views)).float().flatten(0, 1)
-                ids, encoded = self.quantizer.lookup(encoded).cpu(), encoded.cpu()
-                offset = 0
-                for i, s, _, n in batch:
-                    latents[i][s:s + length * n] = encoded[offset:offset + length * n]
-                    token_ids[i][s:s + length * n] = ids[offset:offset + length * n]
-                    offset += length * n
-        return [(lat.numpy(), ids.numpy()) for lat, ids in zip(latents, token_ids, strict=True)]
+                    pooled = self.encoder.pooled(patches, identity)[0].float()
+                    latents = self.encoder.encode_pooled(pooled).float()
+                features.append(torch.cat([latents, pooled], dim=-1))
+            feature = torch.cat(features)
+            ids = self.quantizer.lookup(feature[..., :self.config.code_dim])
+            encoded.append((feature.cpu().numpy(), ids.cpu().numpy()))
+        return encoded
 
     def encode_prepared(self, prepared: PreparedRun,
                         batch_windows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-        """Latents and token ids of one prepared run (:meth:`encode_runs`)."""
+        """Features and token ids of one prepared run (:meth:`encode_runs`)."""
         return self.encode_runs([prepared], batch_windows)[0]
 
     def tokenize_runs(self, runs: Sequence[ParcelRun],
                       batch_windows: int = 4096) -> list[TokenizedRun]:
-        """Token per window of each run, with onsets and pre-quantisation embeddings.
+        """Tokens of every window of each run, with onsets and continuous features.
 
         Runs are prepared (:func:`~.runs.prepare_runs`, with as many threads as torch) and
-        encoded (:meth:`encode_runs`) together.
+        encoded (:meth:`encode_runs`).
         """
         config = self.config
         prepared = prepare_runs(runs, config.target_tr, config.patch_length, config.clip,
                                 threads=torch.get_num_threads())
         return [TokenizedRun(token_ids=token_ids, onsets=run.onsets,
-                             window_duration=run.window_duration, embeddings=latents)
-                for run, (latents, token_ids) in zip(
+                             window_duration=run.window_duration, embeddings=features)
+                for run, (features, token_ids) in zip(
                     prepared, self.encode_runs(prepared, batch_windows), strict=True)]
 
     def tokenize(self, run: ParcelRun) -> TokenizedRun:
-        """Token per window of a run, with onsets and pre-quantisation embeddings."""
+        """Tokens of every window of a run, with onsets and continuous features."""
         return self.tokenize_runs([run])[0]
 
     @torch.inference_mode()

@@ -18,8 +18,10 @@
    target_tr``, so descriptor window ``i`` is the text of patch ``i``.
 4. **Parcel identity.** The model never sees parcel indices (any atlas, any parcel count).
    A parcel is known by :func:`parcel_identity`: a one-hot of its canonical network
-   (:data:`~fmrilm_bids.fmrilm.descriptors.networks.NETWORKS`) and its correlation, over the run,
-   with the mean signal of each canonical network (0 for networks the atlas lacks). With
+   (:data:`~fmrilm_bids.fmrilm.descriptors.networks.NETWORKS`), its correlation, over the run,
+   with the mean signal of each canonical network (0 for networks the atlas lacks), and its
+   position: the MNI coordinates of its centre and their sines and cosines at three spatial
+   frequencies (:func:`coordinate_features`; zeros when the position is unknown). With
    data-driven networks (:func:`~fmrilm_bids.fmrilm.descriptors.networks.cluster_networks`),
    ``cluster k`` takes the k-th of those slots (:func:`network_slots`): a model trained on
    clusters reads clusters, one trained on canonical networks reads those.
@@ -41,8 +43,12 @@ from scipy.signal import butter, sosfiltfilt
 
 from fmrilm_bids.fmrilm.descriptors.networks import NETWORKS
 
+#: Spatial frequencies (radians per 100 mm) of a parcel's position features.
+POSITION_FREQUENCIES = (math.pi, 2 * math.pi, 4 * math.pi)
+#: Width of a parcel's position features (:func:`coordinate_features`).
+POSITION_DIM = 3 * (1 + 2 * len(POSITION_FREQUENCIES))
 #: Width of a parcel identity vector.
-IDENTITY_DIM = 2 * len(NETWORKS)
+IDENTITY_DIM = 2 * len(NETWORKS) + POSITION_DIM
 
 
 @dataclass
@@ -61,6 +67,10 @@ class ParcelRun:
         Participant label (held-out validation is by subject).
     window_texts : sequence of str, optional
         Descriptor text of each patch window (for the alignment loss).
+    coordinates : ndarray of shape (n_parcels, 3), optional
+        MNI coordinates (mm) of each parcel's centre (unknown: position features are 0).
+    window_events : sequence of str or None, optional
+        What was shown in each patch window (None: nothing), for the event alignment loss.
     """
 
     timeseries: np.ndarray = field(repr=False)
@@ -68,6 +78,8 @@ class ParcelRun:
     networks: Sequence[str] = field(repr=False)
     subject: str = ""
     window_texts: Sequence[str] | None = field(default=None, repr=False)
+    coordinates: np.ndarray | None = field(default=None, repr=False)
+    window_events: Sequence[str | None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -86,6 +98,7 @@ class PreparedRun:
         Seconds per window.
     subject : str
     window_texts : list of str or None
+    window_events : list of (str or None) or None
     """
 
     patches: np.ndarray = field(repr=False)
@@ -94,6 +107,7 @@ class PreparedRun:
     window_duration: float
     subject: str = ""
     window_texts: list[str] | None = field(default=None, repr=False)
+    window_events: list[str | None] | None = field(default=None, repr=False)
 
     @property
     def n_windows(self) -> int:
@@ -280,8 +294,33 @@ def network_membership(networks: Sequence[str]) -> np.ndarray:
     return np.eye(len(NETWORKS))[network_slots(networks)]
 
 
+def coordinate_features(coordinates: np.ndarray | None, n_parcels: int) -> np.ndarray:
+    """Position features ``(n_parcels, POSITION_DIM)`` of parcels centred at ``coordinates``
+    (MNI mm): the coordinates over 100 mm, then their sines and cosines at
+    :data:`POSITION_FREQUENCIES`. Zeros (position unknown) when ``coordinates`` is None, and
+    for the parcels whose coordinates are not finite.
+
+    Raises
+    ------
+    ValueError
+        When ``coordinates`` is not ``(n_parcels, 3)``.
+    """
+    if coordinates is None:
+        return np.zeros((n_parcels, POSITION_DIM))
+    scaled = np.asarray(coordinates, dtype=float) / 100.0
+    if scaled.shape != (n_parcels, 3):
+        raise ValueError(f"Parcel coordinates must be one (x, y, z) per parcel "
+                         f"({n_parcels}); got shape {scaled.shape}.")
+    phases = scaled[:, :, None] * np.asarray(POSITION_FREQUENCIES)
+    features = np.concatenate([scaled, np.sin(phases).reshape(n_parcels, -1),
+                               np.cos(phases).reshape(n_parcels, -1)], axis=1)
+    features[~np.isfinite(scaled).all(axis=1)] = 0.0
+    return features
+
+
 def identities(rows: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
-    """Parcel identities of ``(..., n_parcels, n_samples)`` signals (module docstring).
+    """Network identities of ``(..., n_parcels, n_samples)`` signals (module docstring): the
+    network one-hot and connectivity fingerprint, without the position.
 
     The leading axes are runs of the same parcels (``one_hot``, from
     :func:`network_membership`); each run is identified on its own. Parcels that do not vary
@@ -292,7 +331,7 @@ def identities(rows: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of shape (..., n_parcels, IDENTITY_DIM), float64
+    ndarray of shape (..., n_parcels, 2 * len(NETWORKS)), float64
     """
     *leading, n_parcels, n_samples = rows.shape
     n_runs, n_networks = math.prod(leading), one_hot.shape[1]
@@ -319,15 +358,19 @@ def identities(rows: np.ndarray, one_hot: np.ndarray) -> np.ndarray:
                            correlation / n_samples], axis=-1)
 
 
-def parcel_identity(timeseries: np.ndarray, networks: Sequence[str]) -> np.ndarray:
-    """Network one-hot and network-signal correlations of each parcel (module docstring).
+def parcel_identity(timeseries: np.ndarray, networks: Sequence[str],
+                    coordinates: np.ndarray | None = None) -> np.ndarray:
+    """Network one-hot, network-signal correlations and position of each parcel (module
+    docstring).
 
     Returns
     -------
     ndarray of shape (n_parcels, IDENTITY_DIM)
-        See :func:`identities`.
+        :func:`identities`, then :func:`coordinate_features`.
     """
-    return identities(np.asarray(timeseries).T, network_membership(networks))
+    timeseries = np.asarray(timeseries)
+    return np.concatenate([identities(timeseries.T, network_membership(networks)),
+                           coordinate_features(coordinates, timeseries.shape[1])], axis=1)
 
 
 def _resampled(run: ParcelRun, target_tr: float, patch_length: int) -> np.ndarray:
@@ -342,19 +385,24 @@ def _resampled(run: ParcelRun, target_tr: float, patch_length: int) -> np.ndarra
     if n_windows == 0:
         raise ValueError(f"Run of subject {run.subject!r} lasts {len(timeseries) * run.tr:.0f}"
                          f" s, shorter than one {patch_length * target_tr:.0f} s patch.")
-    if run.window_texts is not None and len(run.window_texts) != n_windows:
-        raise ValueError(f"Run of subject {run.subject!r}: {len(run.window_texts)} window "
-                         f"texts for {n_windows} patches; describe the run with "
-                         f"window_length={patch_length * target_tr:g} s.")
+    for name in ("window_texts", "window_events"):
+        values = getattr(run, name)
+        if values is not None and len(values) != n_windows:
+            raise ValueError(f"Run of subject {run.subject!r}: {len(values)} {name} for "
+                             f"{n_windows} patches; describe the run with "
+                             f"window_length={patch_length * target_tr:g} s.")
     return resampled
 
 
-def _normalise_and_identify(signals: list[np.ndarray], one_hot: np.ndarray, clip: float,
+def _normalise_and_identify(signals: list[np.ndarray], one_hot: np.ndarray,
+                            position: np.ndarray, clip: float,
                             threads: int) -> tuple[np.ndarray, np.ndarray]:
     """Parcel-major normalised signals ``(runs, parcels, samples)`` and identities of runs
-    of one length and atlas (:func:`prepare_runs`)."""
+    of one length and atlas (:func:`prepare_runs`); ``position`` holds the parcels'
+    :func:`coordinate_features`."""
     rows = np.empty((len(signals), *signals[0].shape[::-1]), dtype=np.float32)
     identity = np.empty((*rows.shape[:2], IDENTITY_DIM), dtype=np.float32)
+    identity[..., one_hot.shape[1] * 2:] = position
     # A few runs at a time, while they are in cache; a lone chunk shares out its rows.
     per_chunk = max(1, CHUNK_VALUES // rows[0].size)
     n_chunks = -(-len(signals) // per_chunk)
@@ -366,7 +414,8 @@ def _normalise_and_identify(signals: list[np.ndarray], one_hot: np.ndarray, clip
             for slot, timeseries in enumerate(signals[first:first + per_chunk]):
                 parcel_major(timeseries, out=chunk[slot], threads=inner)
             normalise_rows(chunk, clip, threads=inner)
-            identity[first:first + per_chunk] = identities(chunk, one_hot)
+            identity[first:first + per_chunk, :, :one_hot.shape[1] * 2] = identities(chunk,
+                                                                                     one_hot)
 
     _in_parallel(prepare, n_chunks, 1 if inner > 1 else threads)
     return rows, identity
@@ -394,21 +443,25 @@ def prepare_runs(runs: Sequence[ParcelRun], target_tr: float, patch_length: int,
         one to one.
     """
     resampled = [_resampled(run, target_tr, patch_length) for run in runs]
-    groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    positions = [coordinate_features(run.coordinates, len(run.networks)) for run in runs]
+    groups: dict[tuple[int, tuple[str, ...], bytes], list[int]] = {}
     for index, (run, signals) in enumerate(zip(runs, resampled, strict=True)):
-        groups.setdefault((len(signals), tuple(run.networks)), []).append(index)
+        key = (len(signals), tuple(run.networks), positions[index].tobytes())
+        groups.setdefault(key, []).append(index)
     duration = patch_length * target_tr
     prepared: dict[int, PreparedRun] = {}
-    for (_, networks), members in groups.items():
+    for (_, networks, _), members in groups.items():
         rows, identity = _normalise_and_identify([resampled[index] for index in members],
-                                                 network_membership(networks), clip, threads)
+                                                 network_membership(networks),
+                                                 positions[members[0]], clip, threads)
         for slot, index in enumerate(members):
             patches = cut_patches(rows[slot].T, patch_length)
-            texts = runs[index].window_texts
+            texts, events = runs[index].window_texts, runs[index].window_events
             prepared[index] = PreparedRun(
                 patches=patches, identity=identity[slot],
                 onsets=np.arange(patches.shape[0]) * duration, window_duration=duration,
-                subject=runs[index].subject, window_texts=None if texts is None else list(texts))
+                subject=runs[index].subject, window_texts=None if texts is None else list(texts),
+                window_events=None if events is None else list(events))
     return [prepared[index] for index in range(len(runs))]
 
 
@@ -420,17 +473,19 @@ def prepare_run(run: ParcelRun, target_tr: float, patch_length: int,
 
 @dataclass
 class TokenizedRun:
-    """Tokens of one run: one token per window.
+    """Tokens of one run: ``n_groups`` tokens per window, one per parcel group.
 
     Attributes
     ----------
-    token_ids : ndarray of shape (n_windows,), int64
+    token_ids : ndarray of shape (n_windows, n_groups), int64
     onsets : ndarray of shape (n_windows,)
         Window onsets (s).
     window_duration : float
         Seconds per window.
-    embeddings : ndarray of shape (n_windows, dim), float32
-        Pre-quantisation features (the continuous representation the token was read from).
+    embeddings : ndarray of shape (n_windows, n_groups, dim), float32
+        Continuous features of each token (the representation it was read from; the
+        neural tokenizer's: its pre-quantisation latent, then its group's pooled time
+        courses).
     """
 
     token_ids: np.ndarray
@@ -439,7 +494,10 @@ class TokenizedRun:
     embeddings: np.ndarray = field(repr=False)
 
     def to_frame(self) -> pd.DataFrame:
-        """``onset``, ``duration``, ``token`` rows (a ``_desc-fmrilm_tokens.tsv`` table)."""
-        return pd.DataFrame({"onset": self.onsets,
-                             "duration": np.full(len(self.onsets), self.window_duration),
-                             "token": self.token_ids.astype(np.int64)})
+        """``onset``, ``duration``, ``token_1`` .. ``token_<n_groups>`` rows (a
+        ``_desc-fmrilm_tokens.tsv`` table: one row per window, one column per group)."""
+        frame = pd.DataFrame({"onset": self.onsets,
+                              "duration": np.full(len(self.onsets), self.window_duration)})
+        for group, column in enumerate(np.asarray(self.token_ids, dtype=np.int64).T, start=1):
+            frame[f"token_{group}"] = column
+        return frame

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fmrilm_bids.fmrilm.card import render_card
+from fmrilm_bids.fmrilm.tokenizer.baseline import PCAProductQuantizer
 from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
 from fmrilm_bids.fmrilm.tokenizer.metrics import codebook_usage, reconstruction_r2, retrieval_top1
 from fmrilm_bids.fmrilm.tokenizer.model import NeuralTokenizer
@@ -70,18 +71,24 @@ class TextTable:
     texts: list[str]
     embeddings: torch.Tensor
 
-    def ids(self, texts: Sequence[str] | None, n_windows: int) -> np.ndarray:
+    def ids(self, texts: Sequence[str | None] | None, n_windows: int) -> np.ndarray:
         """Row of each window's text (-1 for windows without text)."""
         if texts is None:
             return np.full(n_windows, -1, dtype=np.int64)
         index = {text: i for i, text in enumerate(self.texts)}
-        return np.array([index[text] for text in texts], dtype=np.int64)
+        return np.array([-1 if text is None else index[text] for text in texts],
+                        dtype=np.int64)
 
 
-def embed_texts(runs: Sequence[PreparedRun], text_embedder: TextEmbedder | None,
-                text_dim: int) -> TextTable | None:
-    """Embed the distinct window texts of ``runs`` (None without texts or embedder)."""
-    texts = sorted({text for run in runs for text in (run.window_texts or ())})
+#: What each alignment loss pulls a window towards (:class:`~.runs.PreparedRun` attribute).
+ALIGNMENT_TEXTS = {"alignment": "window_texts", "event_alignment": "window_events"}
+
+
+def embed_texts(texts: Sequence[Sequence[str | None] | None],
+                text_embedder: TextEmbedder | None, text_dim: int) -> TextTable | None:
+    """Embed the distinct texts of ``texts`` (the windows of each run; None without texts
+    or embedder)."""
+    texts = sorted({text for run in texts for text in (run or ()) if text is not None})
     if not texts or text_embedder is None:
         return None
     embeddings = torch.as_tensor(np.asarray(text_embedder(texts)), dtype=torch.float32)
@@ -91,14 +98,14 @@ def embed_texts(runs: Sequence[PreparedRun], text_embedder: TextEmbedder | None,
     return TextTable(texts=texts, embeddings=embeddings)
 
 
-def sample_batch(runs: Sequence[PreparedRun], text_ids: Sequence[np.ndarray],
+def sample_batch(runs: Sequence[PreparedRun], text_ids: dict[str, list[np.ndarray]],
                  rng: np.random.Generator, batch_size: int,
-                 length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 length: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Random sequences of ``length`` consecutive windows (every start equally likely).
 
     Returns
     -------
-    patches (B, length, P, L), identity (B, P, I), text ids (B, length)
+    patches (B, length, P, L), identity (B, P, I), text ids (B, length) per alignment
     """
     starts_per_run = np.array([run.n_windows - length + 1 for run in runs])
     chosen = rng.choice(starts_per_run.sum(), size=batch_size)
@@ -107,8 +114,9 @@ def sample_batch(runs: Sequence[PreparedRun], text_ids: Sequence[np.ndarray],
     patches = np.stack([runs[r].patches[s:s + length] for r, s in zip(run_index, starts,
                                                                       strict=True)])
     identity = np.stack([runs[r].identity for r in run_index])
-    ids = np.stack([text_ids[r][s:s + length] for r, s in zip(run_index, starts, strict=True)])
-    return torch.from_numpy(patches), torch.from_numpy(identity), torch.from_numpy(ids)
+    ids = {name: torch.from_numpy(np.stack([per_run[r][s:s + length] for r, s in zip(
+        run_index, starts, strict=True)])) for name, per_run in text_ids.items()}
+    return torch.from_numpy(patches), torch.from_numpy(identity), ids
 
 
 @torch.no_grad()
@@ -117,14 +125,15 @@ def evaluate(model: NeuralTokenizer, runs: Sequence[PreparedRun],
     """Held-out reconstruction R², codebook perplexity/usage, fMRI -> text retrieval top-1."""
     device = model.device
     was_training = model.training
-    encoded = [model.encode_prepared(run) for run in runs]
+    encoded = model.encode_runs(runs)
     targets = np.concatenate([run.patches for run in runs])
     reconstructions = np.concatenate([model.reconstruct(run) for run in runs])
-    token_ids = np.concatenate([ids for _, ids in encoded])
+    token_ids = np.concatenate([ids.reshape(-1) for _, ids in encoded])
     metrics = {"reconstruction_r2": reconstruction_r2(targets, reconstructions),
                **codebook_usage(token_ids, model.config.codebook_size)}
-    described = [(latents, run.window_texts) for (latents, _), run in zip(encoded, runs,
-                                                                          strict=True)
+    code_dim = model.config.code_dim
+    described = [(features[..., :code_dim], run.window_texts)
+                 for (features, _), run in zip(encoded, runs, strict=True)
                  if run.window_texts is not None]
     if text_table is not None and described:
         latents = torch.from_numpy(np.concatenate([lat for lat, _ in described])).to(device)
@@ -132,7 +141,7 @@ def evaluate(model: NeuralTokenizer, runs: Sequence[PreparedRun],
         candidates = sorted(set(texts))
         rows = torch.from_numpy(text_table.ids(candidates, len(candidates)))
         with autocast(device):
-            window_features = model.llm_features(latents).float().cpu().numpy()
+            window_features = model.window_features(latents).float().cpu().numpy()
             text_features = model.text_features(
                 text_table.embeddings[rows].to(device)).float().cpu().numpy()
         retrieval = retrieval_top1(window_features, texts, text_features, candidates)
@@ -181,6 +190,23 @@ def load_checkpoint(out_dir: Path, model: NeuralTokenizer,
     return content
 
 
+def pca_baseline_metrics(train: Sequence[PreparedRun], validation: Sequence[PreparedRun],
+                         config: TokenizerConfig, seed: int) -> dict[str, float]:
+    """Held-out reconstruction R² and codebook usage of the PCA baseline of the same size
+    (:class:`~.baseline.PCAProductQuantizer`: as many tokens per window, as many codes),
+    fitted on the training windows."""
+    baseline = PCAProductQuantizer(n_tokens=config.n_groups,
+                                   codebook_size=config.codebook_size, seed=seed)
+    baseline.fit_prepared(train)
+    targets = np.concatenate([run.patches for run in validation])
+    reconstructions = np.concatenate([baseline.reconstruct(run) for run in validation])
+    tokens = np.concatenate([baseline.encode_prepared(run)[1].reshape(-1)
+                             for run in validation])
+    usage = codebook_usage(tokens, config.codebook_size)
+    return {"pca_reconstruction_r2": reconstruction_r2(targets, reconstructions),
+            "pca_usage": usage["usage"], "pca_perplexity": usage["perplexity"]}
+
+
 def data_summary(train: Sequence[PreparedRun], validation: Sequence[PreparedRun],
                  train_runs: Sequence[ParcelRun]) -> dict[str, object]:
     """What the tokenizer was trained on (for the model card)."""
@@ -198,9 +224,13 @@ def write_model_card(out_dir: Path, config: TokenizerConfig, train_config: Train
                      summary: dict[str, object], metrics: dict[str, float], step: int) -> None:
     """Markdown model card: data used, held-out metrics, settings, software versions."""
     text = render_card("fMRI tokenizer (fmrilm-bids)", f"""
-Neural tokenizer of fMRI-LM: one token per {config.window_seconds:g} s window of parcel time
-series (resampled to TR {config.target_tr:g} s), {config.codebook_size} tokens, features
-aligned to a language model of hidden size {config.llm_hidden}. Trained for {step} steps.
+Neural tokenizer of fMRI-LM: {config.n_groups} tokens (one per learned parcel group) per
+{config.window_seconds:g} s window of parcel time series (resampled to TR
+{config.target_tr:g} s) from a codebook of {config.codebook_size} codes, i.e.
+{config.bits_per_window:g} bits per window; features aligned to a language model of hidden
+size {config.llm_hidden}. Trained for {step} steps. The held-out metrics put its
+reconstruction R² beside that of a PCA baseline of the same size (`pca_*`: PCA of the
+window patches, product-quantised into as many tokens from as many codes).
 Load with `NeuralTokenizer.from_pretrained(folder)`.""", {
         "Data": summary,
         "Held-out metrics (validation subjects)":
@@ -216,7 +246,8 @@ table of the atlas."""})
 def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[ParcelRun],
                     out_dir: str | Path, config: TokenizerConfig | None = None,
                     train_config: TrainConfig | None = None,
-                    text_embedder: TextEmbedder | None = None, resume: bool = False,
+                    text_embedder: TextEmbedder | None = None,
+                    event_embedder: TextEmbedder | None = None, resume: bool = False,
                     until_step: int | None = None,
                     text_embedder_name: str | None = None,
                     device: torch.device = CPU) -> TrainingResult:
@@ -234,6 +265,9 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
     train_config : TrainConfig, optional
     text_embedder : callable, optional
         ``list[str] -> (n, config.text_dim)``; with window texts, enables the alignment loss.
+    event_embedder : callable, optional
+        ``list[str] -> (n, config.event_dim)`` (the sentence encoder); with window events,
+        enables the event alignment loss (``config.event_dim`` 0: the text embedder's).
     resume : bool, default=False
         Continue from the checkpoint in ``out_dir``.
     until_step : int, optional
@@ -265,14 +299,21 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
     train, validation = prepare(train_runs), prepare(validation_runs)
     if not train:
         raise ValueError("train_tokenizer needs at least one training run.")
+    train_config = train_config.for_windows(sum(run.n_windows for run in train))
     if len({run.patches.shape[1] for run in train}) > 1:
         raise ValueError("Training runs have different parcel counts; train on one atlas.")
-    text_table = embed_texts(train + validation, text_embedder, config.text_dim)
-    text_ids = [text_table.ids(run.window_texts, run.n_windows) if text_table else
-                np.full(run.n_windows, -1) for run in train]
-    table_on_device = text_table.embeddings.to(device) if text_table else None
-    length = min(train_config.sequence_windows, config.context_windows,
-                 min(run.n_windows for run in train))
+    embedders = {"alignment": (text_embedder, config.text_dim),
+                 "event_alignment": (event_embedder, config.event_dim) if config.event_dim
+                 else (text_embedder, config.text_dim)}
+    tables = {name: embed_texts([getattr(run, attribute) for run in train + validation],
+                                *embedders[name])
+              for name, attribute in ALIGNMENT_TEXTS.items()}
+    tables = {name: table for name, table in tables.items() if table is not None}
+    text_table = tables.get("alignment")
+    text_ids = {name: [table.ids(getattr(run, ALIGNMENT_TEXTS[name]), run.n_windows)
+                       for run in train] for name, table in tables.items()}
+    on_device = {name: table.embeddings.to(device) for name, table in tables.items()}
+    length = min(train_config.sequence_windows, min(run.n_windows for run in train))
     summary = data_summary(train, validation, train_runs)
     summary["text_embedder"] = (text_embedder_name or getattr(text_embedder, "__name__", "custom")
                                 if text_embedder is not None else "none (no alignment loss)")
@@ -288,8 +329,10 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         LOGGER.info("Resumed from %s at step %d.", out_dir, start)
     last = train_config.steps if until_step is None else min(until_step, train_config.steps)
     weights = {"reconstruction": train_config.reconstruction_weight,
+               "amplitude": train_config.amplitude_weight,
                "commitment": train_config.commitment_weight,
-               "alignment": train_config.alignment_weight}
+               "alignment": train_config.alignment_weight,
+               "event_alignment": train_config.event_alignment_weight}
     metrics: dict[str, float] = {}
 
     model.train()
@@ -301,8 +344,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         patches, identity, ids = sample_batch(train, text_ids, rng, train_config.batch_size,
                                               length)
         with autocast(device):
-            output = model(patches.to(device), identity.to(device), ids.to(device),
-                           table_on_device)
+            output = model(patches.to(device), identity.to(device),
+                           {name: (ids[name].to(device), on_device[name]) for name in ids})
         loss = sum(weights[name] * value for name, value in output.losses.items())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -315,6 +358,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
         done = step + 1 == last
         if validation and ((step + 1) % train_config.eval_interval == 0 or done):
             metrics = evaluate(model, validation, text_table)
+            if done:
+                metrics |= pca_baseline_metrics(train, validation, config, train_config.seed)
             history.append({"step": step + 1, "eval": metrics})
             LOGGER.info("step %d: loss %.4f, held-out %s", step + 1, loss.item(), metrics)
         if (step + 1) % train_config.checkpoint_interval == 0 or done:
@@ -324,6 +369,8 @@ def train_tokenizer(train_runs: Sequence[ParcelRun], validation_runs: Sequence[P
             write_model_card(out_dir, config, train_config, summary, metrics, step + 1)
     progress.close()
     if start >= last:  # resumed from a finished run: nothing trained, the card may be missing
-        metrics = evaluate(model, validation, text_table) if validation else {}
+        metrics = (evaluate(model, validation, text_table)
+                   | pca_baseline_metrics(train, validation, config, train_config.seed)
+                   if validation else {})
         write_model_card(out_dir, config, train_config, summary, metrics, start)
     return TrainingResult(model=model, history=history, metrics=metrics, out_dir=out_dir)
