@@ -28,11 +28,12 @@ parcel group, from a codebook of ``codebook_size`` codes:
    of the window's descriptor with a sigmoid contrastive loss (SigLIP, Zhai et al., 2023;
    windows with the same text are all positives), and, in windows where something was
    shown, towards the sentence embedding of what was shown (the events' captions, embedded
-   by the app's sentence encoder; the latents are projected into its space by ``to_events``
-   and averaged over the groups; a second SigLIP term), so that the groups keep what tells
-   stimuli apart and not only what reconstructs the largest fluctuations. The sentence
-   encoder's space is not learned, so its geometry (captions of one kind of scene close
-   together) is what the windows are pulled into. The same projection, applied to the
+   by the app's sentence encoder and placed in the LLM width by a fixed orthonormal map,
+   ``event_basis``, which keeps its geometry: captions of one kind of scene stay close
+   together; a second SigLIP term on the same window vector), so that the groups keep what
+   tells stimuli apart and not only what reconstructs the largest fluctuations, and the
+   projection the language model starts reading the latents with (``to_llm``) already
+   orders windows by what was shown. The same projection, applied to the
    codebook, gives the initial output embedding of each fMRI token in the LLM
    (:meth:`NeuralTokenizer.token_embeddings_for_llm`), and, applied to the latents, the
    initial projection by which the LLM reads them (:meth:`NeuralTokenizer.llm_projection`).
@@ -177,8 +178,10 @@ class NeuralTokenizer(nn.Module):
         self.to_llm = nn.Linear(config.code_dim, config.llm_hidden)
         self.text_projection = (nn.Linear(config.text_dim, config.llm_hidden)
                                 if config.text_dim != config.llm_hidden else None)
-        self.to_events = (nn.Linear(config.code_dim, config.event_dim) if config.event_dim
-                          else None)
+        generator = torch.Generator().manual_seed(0)
+        basis = torch.linalg.qr(torch.randn(config.llm_hidden, config.event_dim or 1,
+                                            generator=generator))[0].T
+        self.register_buffer("event_basis", basis if config.event_dim else None)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
 
@@ -212,17 +215,17 @@ class NeuralTokenizer(nn.Module):
             Row of ``text_table`` holding each window's text.
         text_table : Tensor (n_texts, text_dim or event_dim)
         events : bool, default=False
-            The texts are what was shown (sentence embeddings, compared in their own space
-            through ``to_events``), not descriptors.
+            The texts are what was shown (sentence embeddings, placed in the LLM width by
+            ``event_basis``), not descriptors.
         """
         unique, positive_of = torch.unique(text_ids, return_inverse=True)
-        if events and self.to_events is not None:
-            windows = self.to_events(window_latents).mean(dim=-2)
-            texts = text_table[unique]
+        windows = F.normalize(self.window_features(window_latents).float(), dim=-1)
+        texts = text_table[unique]
+        if events and self.event_basis is not None:
+            texts = texts.float() @ self.event_basis
         else:
-            windows = self.window_features(window_latents)
-            texts = self.text_features(text_table[unique])
-        windows, texts = F.normalize(windows.float(), dim=-1), F.normalize(texts.float(), dim=-1)
+            texts = self.text_features(texts)
+        texts = F.normalize(texts.float(), dim=-1)
         logits = windows @ texts.T * self.logit_scale.exp() + self.logit_bias
         labels = -torch.ones_like(logits)
         labels[torch.arange(len(positive_of)), positive_of] = 1.0
