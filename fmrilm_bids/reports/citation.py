@@ -530,8 +530,8 @@ def to_html(paragraphs: Sequence[tuple[str, str]]) -> str:
         escaped = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
         escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
         return _CITE.sub(lambda m: "[" + ", ".join(
-            f'<a href="#ref-{k.strip()}">{number[k.strip()]}</a>'
-            for k in m.group(1).split(";")) + "]", escaped)
+            f'<a href="#ref-{key}">{number[key]}</a>'
+            for key in (k.strip().lstrip("@") for k in m.group(1).split(";"))) + "]", escaped)
 
     sections = "\n".join(f"<h2>{html.escape(heading)}</h2>\n<p>{render(text)}</p>"
                          for heading, text in paragraphs)
