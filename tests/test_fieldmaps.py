@@ -294,3 +294,94 @@ def test_ignore_is_a_setting_of_the_parser_and_the_config_file(tmp_path: Path) -
                               "--config-file", str(settings)])
     with pytest.raises(InputDataError, match="fieldmaps, slicetiming, fmap-jacobian"):
         build_config(opts, parser)
+
+
+# --- the simulator's field maps, and their estimation -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated_maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One participant, one short run, 6 mm voxels: with each kind of field map."""
+    from fmrilm_bids.simulate import simulate_dataset
+
+    root = tmp_path_factory.mktemp("fmaps")
+    return {kind: simulate_dataset(root / kind, n_subjects=1, runs=("rest",), n_volumes=10,
+                                   bold_voxel_size=6.0, seed=4, fieldmap=kind)
+            for kind in ("phasediff", "pepolar")}
+
+
+def _true_field_on(dataset: Path, image: nib.Nifti1Image) -> np.ndarray:
+    """The recorded B0 field (Hz) on a field map's grid, with the head where it was."""
+    from fmrilm_bids.simulate import load_subject_truth
+    from fmrilm_bids.simulate.fieldmap import sample_template
+    from fmrilm_bids.simulate.simulator import B0_TRUTH
+    from fmrilm_bids.simulate.truth import TRUTH_DIR
+
+    template = nib.load(dataset / TRUTH_DIR / B0_TRUTH)
+    mni_to_fmap = np.asarray(load_subject_truth(dataset, "01")["fieldmap"]["mni_to_fieldmap"])
+
+    class _Grid:  # the template grid that sample_template reads
+        affine = template.affine
+
+    return sample_template(np.asarray(template.dataobj), _Grid, mni_to_fmap, image.affine,
+                           image.shape[:3])
+
+
+def test_simulated_field_maps_are_valid_and_found(simulated_maps: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    from fmrilm_bids.dataset.validator import validate_dataset
+
+    for kind, dataset in simulated_maps.items():
+        report = validate_dataset(dataset)
+        assert report.ok, report.describe_errors(5)
+        (run,) = select_runs(index_dataset(dataset, tmp_path / kind)).bold_runs
+        assert run.fieldmap is not None and run.fieldmap.method == kind
+        assert run.fieldmap.identifier == "b0map"  # through B0FieldIdentifier
+        check_selection(select_runs(index_dataset(dataset, tmp_path / kind)))
+        sidecar = json.loads(run.path.with_name(run.name + "_bold.json").read_text())
+        assert sidecar["PhaseEncodingDirection"] == "j-" and sidecar["B0FieldSource"] == "b0map"
+        fmap = json.loads(run.fieldmap.sources[0].with_name(
+            run.fieldmap.sources[0].name.replace(".nii.gz", ".json")).read_text())
+        (intent,) = fmap["IntendedFor"]
+        assert resolve_intent(intent, dataset, "01") == run.path
+
+
+def test_simulated_phasediff_encodes_the_recorded_field(
+        simulated_maps: dict[str, Path]) -> None:
+    from fmrilm_bids.simulate.fieldmap import ECHO_TIMES
+
+    fmap = simulated_maps["phasediff"] / "sub-01" / "fmap"
+    phasediff = nib.load(fmap / "sub-01_phasediff.nii.gz")
+    magnitude = nib.load(fmap / "sub-01_magnitude1.nii.gz").get_fdata()
+    truth = _true_field_on(simulated_maps["phasediff"], phasediff)
+    head = fm.magnitude_mask(magnitude)
+    stored = fm.phase_to_radians(phasediff.get_fdata())
+    expected = 2 * np.pi * truth * (ECHO_TIMES[1] - ECHO_TIMES[0])
+    assert np.abs(expected[head]).max() > np.pi  # the strongest field wraps
+    difference = np.angle(np.exp(1j * (stored - expected)))[head]
+    assert np.abs(difference).max() < 0.01
+    field, _ = fm.phasediff_fieldmap(phasediff.get_fdata(), magnitude, *ECHO_TIMES,
+                                     phasediff.header.get_zooms()[:3])
+    inner = ndimage.binary_erosion(head, iterations=2)
+    assert np.abs(field - truth)[inner].mean() < 3.0  # Hz (the peak is 100 Hz)
+
+
+def test_simulated_epi_references_give_the_recorded_field(
+        simulated_maps: dict[str, Path], tmp_path: Path) -> None:
+    """The PEPOLAR node on the simulator's AP/PA references recovers the recorded field."""
+    from fmrilm_bids.interfaces.fieldmap import PepolarFieldmap
+
+    fmap = simulated_maps["pepolar"] / "sub-01" / "fmap"
+    files = [fmap / "sub-01_dir-AP_epi.nii.gz", fmap / "sub-01_dir-PA_epi.nii.gz"]
+    metadata = [json.loads(f.with_name(f.name.replace(".nii.gz", ".json")).read_text())
+                for f in files]
+    result = PepolarFieldmap(
+        in_files=[str(f) for f in files], pe_axis=1, polarities=[-1, 1],
+        readout_times=[m["TotalReadoutTime"] for m in metadata]).run(cwd=str(tmp_path))
+    image = nib.load(result.outputs.fieldmap)
+    truth = _true_field_on(simulated_maps["pepolar"], image)
+    brain = nib.load(result.outputs.mask).get_fdata() > 0
+    strong = brain & (np.abs(truth) > 30)
+    error = np.abs(image.get_fdata() - truth)
+    assert strong.sum() > 20
+    assert error[brain].mean() < 5.0 and error[strong].mean() < 0.3 * np.abs(truth)[strong].mean()

@@ -47,13 +47,14 @@ def unwarp_figure(before: str, after: str, anatomy: str, title: str) -> str:
 
     t1w = np.asarray(nib.load(anatomy).dataobj, dtype=np.float64)
     level = float(filters.threshold_otsu(t1w[t1w > 0])) if (t1w > 0).any() else 0.5
+    cuts = plotting.find_cut_slices(nib.load(after), direction="z", n_cuts=6)
     figure = plt.figure(figsize=(10, 5.6))
     for row, (image, label) in enumerate(((before, "before"), (after, "after"))):
         values = np.asarray(nib.load(image).dataobj, dtype=np.float64)
         values = values[np.isfinite(values) & (values > 0)]
         vmin, vmax = np.percentile(values, [2, 99.5]) if values.size else (0.0, 1.0)
         axes = figure.add_axes((0.0, 0.5 * (1 - row), 1.0, 0.48))
-        display = plotting.plot_anat(image, display_mode="z", cut_coords=6, axes=axes,
+        display = plotting.plot_anat(image, display_mode="z", cut_coords=cuts, axes=axes,
                                      title=f"{title}: {label} distortion correction", dim=0,
                                      vmin=vmin, vmax=max(vmax, vmin + 1e-6),
                                      draw_cross=False, colorbar=False)

@@ -31,9 +31,10 @@ FIELDMAP_KINDS = ("none", "phasediff", "pepolar")
 FIELD_BLOBS = (((0.0, 36.0, -32.0), 16.0, -1.0),
                ((-44.0, -10.0, -38.0), 14.0, 0.5),
                ((44.0, -10.0, -38.0), 14.0, 0.5))
-#: Echo times (s) of the phase-difference map: wide enough apart that the strongest field
-#: wraps (|f| > 100 Hz).
-ECHO_TIMES = (0.005, 0.010)
+#: Echo times (s) of the phase-difference map: 6.5 ms apart, so the phase wraps where
+#: |f| > 77 Hz, within the orbitofrontal cortex at the default strength (unwrapping is
+#: needed, as in real data near the sinuses).
+ECHO_TIMES = (0.004, 0.0105)
 #: EPI echo spacing (s); TotalReadoutTime = EffectiveEchoSpacing * (N_pe - 1).
 EFFECTIVE_ECHO_SPACING = 0.00055
 #: The BOLD runs' phase encoding: anterior to posterior (``j-`` on the RAS+ BOLD grid).
