@@ -228,7 +228,7 @@ def test_field_map_without_echo_times_is_skipped_with_a_warning(
         found = _fieldmaps(tiny_bids, tmp_path)
     assert found["sub-01_task-rest"] is None
     (line,) = [r.getMessage() for r in caplog.records if "EchoTime2" in r.getMessage()]
-    assert str(path) in line and "add EchoTime1 and EchoTime2" in line
+    assert str(path) in line and "add EchoTime1 and EchoTime2 (s) to its sidecar" in line
 
 
 def test_bold_without_phase_encoding_is_refused(tiny_bids: Path, tmp_path: Path,
@@ -261,6 +261,12 @@ def test_ignore_fieldmaps_disables_correction(tiny_bids: Path, tmp_path: Path) -
     assert {"bold_preproc_wf.fmap_phasediff", "bold_preproc_wf.fmap2bold"} <= set(nodes)
     assert sdc_metadata(run, config)["SusceptibilityDistortionCorrection"]["Method"] == \
         PHASEDIFF
+    config.workflow = WorkflowConfig(ignore=["fmap-jacobian"])
+    workflow = init_bold_wf(run, config)
+    assert workflow.get_node("bold_preproc_wf.resample").inputs.jacobian is False
+    assert workflow.get_node("bold_preproc_wf.fmap2bold").inputs.jacobian is False
+    assert not sdc_metadata(run, config)["SusceptibilityDistortionCorrection"][
+        "JacobianCorrection"]
     (ignored,) = select_runs(layout, ["01"], task_id=["rest"], fieldmaps=False).bold_runs
     assert ignored.fieldmap is None
     config.workflow = WorkflowConfig(ignore=["fieldmaps"])
@@ -327,6 +333,7 @@ def _true_field_on(dataset: Path, image: nib.Nifti1Image) -> np.ndarray:
                            image.shape[:3])
 
 
+@pytest.mark.slow  # the simulations take about 30 s
 def test_simulated_field_maps_are_valid_and_found(simulated_maps: dict[str, Path],
                                                   tmp_path: Path) -> None:
     from fmrilm_bids.dataset.validator import validate_dataset
@@ -346,6 +353,7 @@ def test_simulated_field_maps_are_valid_and_found(simulated_maps: dict[str, Path
         assert resolve_intent(intent, dataset, "01") == run.path
 
 
+@pytest.mark.slow  # the simulations take about 30 s
 def test_simulated_phasediff_encodes_the_recorded_field(
         simulated_maps: dict[str, Path]) -> None:
     from fmrilm_bids.simulate.fieldmap import ECHO_TIMES
@@ -366,6 +374,7 @@ def test_simulated_phasediff_encodes_the_recorded_field(
     assert np.abs(field - truth)[inner].mean() < 3.0  # Hz (the peak is 100 Hz)
 
 
+@pytest.mark.slow  # the simulations take about 30 s
 def test_simulated_epi_references_give_the_recorded_field(
         simulated_maps: dict[str, Path], tmp_path: Path) -> None:
     """The PEPOLAR node on the simulator's AP/PA references recovers the recorded field."""

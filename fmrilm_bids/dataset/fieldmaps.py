@@ -143,20 +143,21 @@ def _sibling(path: Path, suffix: str, new_suffix: str) -> Path | None:
     return None
 
 
-def _number(metadata: dict[str, Any], key: str) -> float:
+def _echo_time(metadata: dict[str, Any], key: str) -> float:
     value = metadata.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{key} is {'missing' if value is None else repr(value)} "
-                         "(seconds)")
+        raise ValueError(f"{key} is {'missing' if value is None else repr(value)}; add "
+                         "EchoTime1 and EchoTime2 (s) to its sidecar")
     return float(value)
 
 
 def _phasediff(identifier: str, phasediff: Path, metadata: dict[str, Any],
                files: Iterable[Path] = ()) -> Fieldmap:
     """A phase-difference estimator (its magnitudes from ``files`` or beside it)."""
-    first, second = _number(metadata, "EchoTime1"), _number(metadata, "EchoTime2")
+    first, second = _echo_time(metadata, "EchoTime1"), _echo_time(metadata, "EchoTime2")
     if first == second:
-        raise ValueError("EchoTime1 and EchoTime2 are equal (no phase evolves between them)")
+        raise ValueError("EchoTime1 and EchoTime2 are equal (no phase evolves between "
+                         "them); correct them in its sidecar")
     by_suffix = {_suffix(f): f for f in files}
     magnitudes = []
     for suffix in ("magnitude1", "magnitude2"):
@@ -165,7 +166,7 @@ def _phasediff(identifier: str, phasediff: Path, metadata: dict[str, Any],
             magnitudes.append(found)
         elif suffix == "magnitude1":
             raise ValueError(f"its {phasediff.name.split('_phasediff')[0]}_magnitude1.nii.gz "
-                             "is missing")
+                             "is missing; restore it beside the phase difference")
     return Fieldmap(identifier=identifier, method=PHASEDIFF,
                     sources=(phasediff, *magnitudes), metadata=(metadata,))
 
@@ -176,22 +177,22 @@ def _pepolar(identifier: str, epis: Sequence[tuple[Path, dict[str, Any]]]) -> Fi
     reference = None
     for path, metadata in epis:
         img = nib.load(path)
-        directions.append(phase_encoding(metadata))
         try:
+            directions.append(phase_encoding(metadata))
             total_readout_time(metadata, img.shape)
         except ValueError as err:
-            raise ValueError(f"{path.name}: {err}") from None
+            raise ValueError(f"{path.name}: {err}; add it to its sidecar") from None
         if reference is None:
             reference = img
         elif img.shape[:3] != reference.shape[:3] or not _same_grid(img, reference):
-            raise ValueError(f"{path.name} is not on the grid of {epis[0][0].name} (PEPOLAR "
-                             "images must share one grid)")
+            raise ValueError(f"{path.name} is not on the grid of {epis[0][0].name}; PEPOLAR "
+                             "images must share one grid")
     axes = {axis for axis, _ in directions}
     polarities = {sign for _, sign in directions}
     if len(axes) != 1 or polarities != {1, -1}:
         found = ", ".join(sorted(str(m.get("PhaseEncodingDirection")) for _, m in epis))
-        raise ValueError("PEPOLAR needs _epi images with opposite polarities along one axis "
-                         f"(their PhaseEncodingDirection: {found})")
+        raise ValueError(f"their PhaseEncodingDirection ({found}) are not opposite "
+                         "polarities along one axis, which PEPOLAR needs")
     return Fieldmap(identifier=identifier, method=PEPOLAR,
                     sources=tuple(path for path, _ in epis),
                     metadata=tuple(metadata for _, metadata in epis))
@@ -205,23 +206,11 @@ def _suffix(path: Path) -> str:
     return path.name.split(".nii")[0].rsplit("_", 1)[-1]
 
 
-def _skip(files: Sequence[Path], reason: str, fix: str) -> None:
-    LOGGER.warning("%s: %s, so this field map is not used and the runs it is intended for "
-                   "are not corrected for susceptibility distortions (as SDCflows does); %s.",
-                   files[0], reason, fix)
-
-
-_FIXES = {
-    "EchoTime": "add EchoTime1 and EchoTime2 (s) to its sidecar",
-    "PhaseEncodingDirection": "add PhaseEncodingDirection (e.g. \"j-\") to each _epi sidecar",
-    "TotalReadoutTime": "add TotalReadoutTime (s) or EffectiveEchoSpacing to each _epi sidecar",
-    "magnitude1": "restore the magnitude image beside the phase difference",
-}
-
-
-def _fix_for(reason: str) -> str:
-    return next((fix for key, fix in _FIXES.items() if key in reason),
-                "see the BIDS specification of field maps")
+def _skip(files: Sequence[Path], reason: str) -> None:
+    """One warning line: the field map, what is wrong with it and the fix (``reason``)."""
+    LOGGER.warning("%s: this field map is not used (as SDCflows does), so the runs it is "
+                   "intended for are not corrected for susceptibility distortions: %s.",
+                   files[0], reason)
 
 
 def _build(identifier: str, files: Sequence[tuple[Path, dict[str, Any]]]) -> Fieldmap | None:
@@ -235,15 +224,14 @@ def _build(identifier: str, files: Sequence[tuple[Path, dict[str, Any]]]) -> Fie
             return _phasediff(identifier, phasediff, metadata, paths)
         if unsupported:
             raise ValueError(f"_{'/_'.join(sorted(unsupported))} field maps are not "
-                             "implemented (phasediff and PEPOLAR are)")
+                             "implemented (phase difference and PEPOLAR are)")
         epis = [(p, m) for p, m in files if _suffix(p) == "epi"]
         if len(epis) < 2:
             raise ValueError("one _epi image alone (paired with the BOLD run itself) is not "
                              "implemented; PEPOLAR needs two or more _epi images")
         return _pepolar(identifier, epis)
     except ValueError as err:
-        _skip(paths, str(err), _fix_for(str(err)) if not unsupported else
-              "convert it to a phase difference, or pass --ignore fieldmaps")
+        _skip(paths, str(err))
         return None
 
 

@@ -232,12 +232,9 @@ def fieldmap_to_reference(fieldmap: Path, fieldmap_reference: Path, target: Path
 def resample_to(moving: Path, fixed: Path, transforms: list[str]) -> nib.Nifti1Image:
     """``moving`` resampled onto the grid of ``fixed`` through an antspyx transform list
     (e.g. a BOLD reference into T1w space through the coregistration), linear."""
-    with ants_session(0) as ants:
-        fixed_img = ants.image_read(str(fixed))
-        moved = ants.apply_transforms(fixed_img, ants.image_read(str(moving)),
-                                      [str(t) for t in transforms], interpolator="linear")
-        data = moved.numpy()
-    return nib.Nifti1Image(data.astype(np.float32), nib.load(str(fixed)).affine)
+    moved = ants.apply_transforms(ants.image_read(str(fixed)), ants.image_read(str(moving)),
+                                  [str(t) for t in transforms], interpolator="linear")
+    return nib.Nifti1Image(moved.numpy().astype(np.float32), nib.load(str(fixed)).affine)
 
 
 def itk_affine_to_ras(path: Path) -> np.ndarray:

@@ -403,8 +403,11 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
         ``start_time`` (s, the slice-timing reference).
     """
     workflow = pe.Workflow(name=name or f"bold_{node_name(run.name)}_wf")
-    LOGGER.info("%s: preprocessing workflow (%s)", run.name,
-                "slice timing known" if run.metadata.get("SliceTiming") else "no SliceTiming")
+    LOGGER.info("%s: preprocessing workflow (%s; %s)", run.name,
+                "slice timing known" if run.metadata.get("SliceTiming") else "no SliceTiming",
+                f"susceptibility distortions corrected with the {run.fieldmap.description}"
+                if run.fieldmap else "no field map: not corrected for susceptibility "
+                "distortions")
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
                                                       "anat2std_xfm", "std_xfms"]),
                         name="inputnode")
