@@ -116,7 +116,8 @@ class Selection:
             lines.append(
                 f"  sub-{subject.subject}: sessions [{sessions}], tasks "
                 f"[{', '.join(subject.tasks)}], {len(subject.t1w)} T1w, runs: "
-                + ", ".join(run.name for run in subject.bold)
+                + ", ".join(run.name + (f" (field map: {run.fieldmap.method})"
+                                        if run.fieldmap else "") for run in subject.bold)
             )
         return "\n".join(lines)
 
