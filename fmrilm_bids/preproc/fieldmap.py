@@ -173,25 +173,6 @@ def unwarp_volume(volume: np.ndarray, vsm: np.ndarray, axis: int, jacobian: bool
     return corrected
 
 
-def distort_volume(volume: np.ndarray, vsm: np.ndarray, axis: int,
-                   iterations: int = 8) -> np.ndarray:
-    """The image a distortion ``vsm`` (defined on the undistorted grid) makes of ``volume``:
-    each observed voxel ``v`` shows the point ``y`` with ``y + vsm(y) = v`` (found by
-    fixed-point iteration, exact for ``|d vsm / dy| < 1``), divided by the Jacobian there.
-    The forward model of :func:`unwarp_volume` (tests, PEPOLAR estimation)."""
-    grid = np.indices(np.shape(volume), dtype=np.float64)
-    source = grid[axis].copy()
-    coords = grid.copy()
-    for _ in range(iterations):
-        coords[axis] = source
-        source = grid[axis] - ndimage.map_coordinates(vsm, coords, order=1, mode="nearest")
-    coords[axis] = source
-    values = ndimage.map_coordinates(np.asarray(volume, dtype=np.float64), coords, order=1,
-                                     mode="constant")
-    jac = ndimage.map_coordinates(shift_jacobian(vsm, axis), coords, order=1, mode="nearest")
-    return values / jac
-
-
 def _along(values: np.ndarray, axis: int) -> np.ndarray:
     """Central difference along ``axis`` (zero beyond the grid: its adjoint is its negative)."""
     return ndimage.correlate1d(values, [-0.5, 0.0, 0.5], axis=axis, mode="constant")

@@ -58,12 +58,14 @@ def b0_field(template: Template, strength: float) -> np.ndarray:
     return field.astype(np.float32)
 
 
-def sample_template(image: np.ndarray, template: Template, mni_to_native: np.ndarray,
-                    affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A template-grid image seen on a native grid (trilinear; 0 outside the template)."""
+def sample_template(image: np.ndarray, template_affine: np.ndarray,
+                    mni_to_native: np.ndarray, affine: np.ndarray,
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """An image on the template grid (``template_affine``) seen on a native grid (``affine``,
+    ``shape``) with the head placed by ``mni_to_native`` (trilinear; 0 outside)."""
     points = grid_points(affine, shape)
     mni = apply_affine(np.linalg.inv(mni_to_native), points)
-    voxels = apply_affine(np.linalg.inv(template.affine), mni)
+    voxels = apply_affine(np.linalg.inv(template_affine), mni)
     return ndimage.map_coordinates(np.asarray(image, dtype=np.float64),
                                    np.moveaxis(voxels, -1, 0), order=1, mode="constant")
 
@@ -90,8 +92,8 @@ def phasediff_images(field: np.ndarray, baseline: np.ndarray, template: Template
     -------
     phasediff, magnitude1, magnitude2 : ndarray of float32
     """
-    magnitude = sample_template(baseline, template, mni_to_fmap, affine, shape)
-    hz = sample_template(field, template, mni_to_fmap, affine, shape)
+    magnitude = sample_template(baseline, template.affine, mni_to_fmap, affine, shape)
+    hz = sample_template(field, template.affine, mni_to_fmap, affine, shape)
     phase = np.angle(np.exp(2j * np.pi * hz * (ECHO_TIMES[1] - ECHO_TIMES[0])))
     phase = np.where(magnitude > 5 * max(noise_sigma, 1.0), phase,
                      rng.uniform(-np.pi, np.pi, shape))
