@@ -265,6 +265,23 @@ def test_bold_without_phase_encoding_is_refused(tiny_bids: Path, tmp_path: Path,
     assert not out.exists()
 
 
+def test_unreadable_field_map_is_refused_in_one_line(tiny_bids: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # bids-examples ship empty placeholder _epi images: bad input (65), not a crash (70).
+    intended = {"IntendedFor": "func/sub-01_task-rest_bold.nii.gz"}
+    _epi(tiny_bids, "PA", "j", **intended)
+    empty = _epi(tiny_bids, "AP", "j-", **intended)
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    code = main([str(tiny_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation"])
+    lines = [line for line in capsys.readouterr().err.splitlines()
+             if line.startswith("fmrilm-bids:")]
+    assert code == EXIT_DATA
+    assert len(lines) == 1 and str(empty) in lines[0] and "--ignore fieldmaps" in lines[0]
+    assert not out.exists()
+
+
 def test_ignore_fieldmaps_disables_correction(tiny_bids: Path, tmp_path: Path) -> None:
     _phasediff(tiny_bids, IntendedFor="func/sub-01_task-rest_bold.nii.gz")
     _bold_metadata(tiny_bids, "rest")

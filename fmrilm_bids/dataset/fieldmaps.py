@@ -33,6 +33,8 @@ from typing import Any
 
 import nibabel as nib
 
+from fmrilm_bids.errors import InputDataError
+
 LOGGER = logging.getLogger(__name__)
 
 PHASEDIFF, PEPOLAR = "phasediff", "pepolar"
@@ -176,7 +178,12 @@ def _pepolar(identifier: str, epis: Sequence[tuple[Path, dict[str, Any]]]) -> Fi
     directions = []
     reference = None
     for path, metadata in epis:
-        img = nib.load(path)
+        try:
+            img = nib.load(path)
+        except Exception as err:  # nibabel raises several types for broken headers
+            raise InputDataError(f"{path}: not a readable NIfTI ({err}); re-convert it from the "
+                                 "scanner data (e.g. dcm2niix), or pass --ignore fieldmaps "
+                                 "to process its runs without it.") from err
         try:
             directions.append(phase_encoding(metadata))
             total_readout_time(metadata, img.shape)
