@@ -62,6 +62,9 @@ def _value_input(action: argparse.Action) -> dict[str, Any]:
         entry["list"] = True
         if action.nargs == "+":
             entry["min-list-entries"] = 1
+    elif isinstance(action.nargs, int) and action.nargs > 1:
+        entry |= {"list": True, "min-list-entries": action.nargs,
+                  "max-list-entries": action.nargs}
     return entry
 
 

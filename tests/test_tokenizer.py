@@ -55,9 +55,9 @@ def _one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
-CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=16, n_groups=4, d_model=32,
-                         code_dim=16, codebook_size=32, n_basis=4, llm_hidden=48,
-                         text_dim=EMBEDDING_DIM)
+CONFIG = TokenizerConfig(target_tr=2.0, patch_length=4, parcel_dim=16, n_groups=4,
+                         group_pools=4, d_model=32, code_dim=16, codebook_size=32, n_basis=4,
+                         llm_hidden=48, text_dim=EMBEDDING_DIM)
 TRAIN = TrainConfig(steps=80, batch_size=8, sequence_windows=8, learning_rate=1e-2,
                     min_learning_rate=1e-3, warmup_steps=10, eval_interval=40,
                     checkpoint_interval=40, alignment_weight=0.5)

@@ -58,7 +58,7 @@ class TokenizerConfig:
     clip: float = 5.0
     parcel_dim: int = 64
     n_groups: int = 16
-    group_pools: int = 4
+    group_pools: int = 1
     d_model: int = 64
     code_dim: int = 32
     codebook_size: int = 1024
@@ -140,7 +140,7 @@ class TrainConfig:
     amplitude_weight: float = 0.0
     commitment_weight: float = 0.25
     alignment_weight: float = 0.1
-    event_alignment_weight: float = 0.5
+    event_alignment_weight: float = 1.0
     eval_interval: int = 250
     checkpoint_interval: int = 500
     seed: int = 0

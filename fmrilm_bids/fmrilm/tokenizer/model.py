@@ -178,9 +178,12 @@ class NeuralTokenizer(nn.Module):
         self.to_llm = nn.Linear(config.code_dim, config.llm_hidden)
         self.text_projection = (nn.Linear(config.text_dim, config.llm_hidden)
                                 if config.text_dim != config.llm_hidden else None)
+        # Orthonormal rows (an isometry) when the LLM is wider than the sentence space, as
+        # SmolLM2's 576 > 384; orthonormal columns (a projection) for narrower test models.
+        wide, narrow = sorted((config.llm_hidden, config.event_dim or 1), reverse=True)
         generator = torch.Generator().manual_seed(0)
-        basis = torch.linalg.qr(torch.randn(config.llm_hidden, config.event_dim or 1,
-                                            generator=generator))[0].T
+        basis = torch.linalg.qr(torch.randn(wide, narrow, generator=generator))[0]
+        basis = basis.T if config.llm_hidden >= (config.event_dim or 1) else basis
         self.register_buffer("event_basis", basis if config.event_dim else None)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
