@@ -384,7 +384,7 @@ class FittedDecoder:
     @property
     def logit_scale(self) -> float:
         """The head's ``1 / temperature`` (CLIP's 100 for ridge)."""
-        return float(self.head.logit_scale) if self.head is not None else 100.0
+        return float(self.head.logit_scale.detach()) if self.head is not None else 100.0
 
 
 def fit_decoder(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,

@@ -218,9 +218,9 @@ def clean_caption(text: str) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     if not lines:
         return ""
-    first = re.sub(r"^[-*\d.)\s]+", "", lines[0]).strip().strip("\"'")
-    match = re.match(r"(.+?[.!?])(\s|$)", first)
-    return (match.group(1) if match else first).strip()
+    first = re.sub(r"^[-*\d.)\s]+", "", lines[0]).strip()
+    match = re.match(r"(.+?[.!?])[\"']?(\s|$)", first)
+    return (match.group(1) if match else first).strip().strip("\"'").strip()
 
 
 def zero_shot_categories(decoded: np.ndarray, folds: np.ndarray, categories: Sequence[str],
