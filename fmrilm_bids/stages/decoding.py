@@ -123,7 +123,7 @@ def find_betas(selection: Selection, output_dir: Path) -> dict[str, list[TaskBet
             files = sorted(folder.glob(f"{run.name}_space-*_desc-lss_betas.nii.gz"))
             if len(files) != 1:
                 continue
-            space = files[0].name[len(run.name) + 1:].split("_desc-")[0]
+            space = files[0].name[len(f"{run.name}_space-"):].split("_")[0]
             entry = by_task.setdefault(run.task, TaskBetas(run.subject, [], [], [], space))
             if space != entry.space:
                 LOGGER.warning("%s: in %s, not %s like the other runs of its task; left out "
@@ -257,8 +257,13 @@ def few_shot_table(subjects: Sequence[SubjectResponses], config: Config,
     return table.assign(adapter_fraction=round(float(subset), 3))
 
 
+#: The network of voxels outside every network of the atlas.
+UNASSIGNED = "unassigned"
+
+
 def voxel_networks(atlas: str, reference: nib.Nifti1Image, inside: np.ndarray) -> np.ndarray:
-    """The network of every voxel ``inside`` (``"none"`` outside the atlas's networks).
+    """The network of every voxel ``inside`` (:data:`UNASSIGNED` outside the atlas's
+    networks).
 
     Raises
     ------
@@ -270,7 +275,7 @@ def voxel_networks(atlas: str, reference: nib.Nifti1Image, inside: np.ndarray) -
         inside.astype(np.uint8), reference.affine)).image.dataobj)[inside]
     by_label = dict(zip(table["index"].astype(int), table["network"].astype(str),
                         strict=True))
-    return np.array([by_label.get(int(v), "none") for v in labels])
+    return np.array([by_label.get(int(v), UNASSIGNED) for v in labels])
 
 
 def _card(tasks: Mapping[str, Mapping[str, object]]) -> str:
@@ -482,7 +487,7 @@ def apply_shared_decoder(selection: Selection, config: Config, model_dir: Path,
             held = HeldOut(
                 predicted={"adapted": adapted_predictions(shared, responses, targets, folds,
                                                           seed)},
-                logit_scale={"adapted": np.full(len(units), float(shared.head.logit_scale))},
+                logit_scale={"adapted": np.full(len(units), shared.logit_scale)},
                 folds=fold_of, zero_shot={}, zero_shot_folds=np.full(len(units), -1))
             readout = read_out(held, "adapted", units, encode_sentences, write, seed=seed)
             validation = f"{len(folds)} folds by {'run' if by_run else 'block'}"

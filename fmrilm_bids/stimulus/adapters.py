@@ -3,8 +3,8 @@
 
 Every subject's responses sit on the same template voxels. The shared part is:
 
-1. the voxels kept: the most driven on average over the training subjects (the mean of their
-   t-statistics, :func:`~fmrilm_bids.stimulus.information.response_t`);
+1. the voxels kept: the best on average over the training subjects (the mean of their
+   :func:`~fmrilm_bids.stimulus.decoding.voxel_scores`, each on its own units);
 2. a PCA basis of the pooled features of the training subjects (each subject's kept voxels
    z-scored with its own units, patterns normalised:
    :class:`~fmrilm_bids.stimulus.decoding.Preparation`);
@@ -42,9 +42,10 @@ from fmrilm_bids.stimulus.decoding import (
     head_outputs,
     principal_components,
     train_head,
+    voxel_scores,
 )
 from fmrilm_bids.stimulus.encoding import group_folds
-from fmrilm_bids.stimulus.information import response_t, top_fraction
+from fmrilm_bids.stimulus.information import top_fraction
 from fmrilm_bids.utils.devices import CPU
 
 LOGGER = logging.getLogger(__name__)
@@ -135,6 +136,11 @@ class SharedDecoder:
     def n_components(self) -> int:
         return int(self.components.shape[0])
 
+    @property
+    def logit_scale(self) -> float:
+        """The head's ``1 / temperature``."""
+        return float(self.head.logit_scale.detach())
+
     def _raw(self, responses: np.ndarray, preparation: Preparation, weight: np.ndarray,
              bias: np.ndarray) -> np.ndarray:
         scores = preparation.transform(responses) @ self.components.T
@@ -142,7 +148,7 @@ class SharedDecoder:
 
     def identity(self, responses: np.ndarray) -> Adapter:
         """The identity adapter, prepared on ``responses``' units (no training)."""
-        preparation = Preparation.fit(responses, 1.0, self.voxels)
+        preparation = Preparation.fit(responses, self.voxels)
         k = self.n_components
         weight, bias = np.eye(k), np.zeros(k)
         return Adapter(preparation, weight, bias,
@@ -155,7 +161,7 @@ class SharedDecoder:
 
     def adapt(self, responses: np.ndarray, targets: np.ndarray, seed: int = 0) -> Adapter:
         """Fit a new subject's adapter (the shared part frozen) on its units."""
-        preparation = Preparation.fit(responses, 1.0, self.voxels)
+        preparation = Preparation.fit(responses, self.voxels)
         scores = preparation.transform(responses) @ self.components.T
         model = AdaptedHead(self.head, 1, self.n_components).to(self.device)
         frozen = [p for p in self.head.parameters() if p.requires_grad]
@@ -219,10 +225,10 @@ def fit_shared(subjects: list[SubjectResponses], config: DecoderConfig = DEFAULT
     -------
     SharedDecoder
     """
-    driven = np.mean([np.nan_to_num(response_t(s.responses), nan=0.0) for s in subjects],
-                     axis=0)
-    voxels = np.sort(top_fraction(driven, config.voxel_fraction))
-    pooled = np.vstack([Preparation.fit(s.responses, 1.0, voxels).transform(s.responses)
+    scores = np.mean([np.nan_to_num(voxel_scores(s.responses, s.targets, s.blocks, config),
+                                    nan=0.0) for s in subjects], axis=0)
+    voxels = np.sort(top_fraction(scores, config.voxel_fraction))
+    pooled = np.vstack([Preparation.fit(s.responses, voxels).transform(s.responses)
                         for s in subjects])
     components = principal_components(pooled, config.n_components)
     scores = pooled @ components.T

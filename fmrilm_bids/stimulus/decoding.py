@@ -5,9 +5,12 @@ voxels) to the sentence embedding of its caption (all-MiniLM-L6-v2: 384 numbers,
 length). Both decoders read the same features, prepared on the training units only
 (:class:`Preparation`):
 
-1. the *driven* voxels are kept: the ``voxel_fraction`` with the largest t-statistic of the
-   mean response over the training units (label-free, so never circular;
-   :func:`~fmrilm_bids.stimulus.information.driven_voxels`);
+1. a share ``voxel_fraction`` of the voxels is kept: the most *encodable*, those whose
+   response a kernel ridge from the caption embeddings predicts best on inner folds of the
+   training units (:func:`encodability`); with fewer than ``min_encodable_units`` training
+   units (one run of 12 blocks) that estimate is noise, and the most *driven* voxels are
+   kept instead, the largest t-statistic of the mean response (label-free;
+   :func:`~fmrilm_bids.stimulus.information.response_t`);
 2. each voxel is z-scored with the training mean and standard deviation;
 3. each unit's pattern is centred and scaled over the voxels (pattern normalisation), so a
    unit's overall response level does not dominate its comparison with the others.
@@ -46,8 +49,8 @@ import torch
 from torch import nn
 
 from fmrilm_bids.config import settings_from_dict
-from fmrilm_bids.stimulus.encoding import group_folds
-from fmrilm_bids.stimulus.information import driven_voxels
+from fmrilm_bids.stimulus.encoding import group_folds, pearson_columns
+from fmrilm_bids.stimulus.information import response_t, top_fraction
 from fmrilm_bids.utils.devices import CPU, autocast
 
 LOGGER = logging.getLogger(__name__)
@@ -64,7 +67,12 @@ class DecoderConfig:
     Attributes
     ----------
     voxel_fraction : float
-        Share of the voxels kept (the most driven, on the training units).
+        Share of the voxels kept (the most encodable, or driven, on the training units).
+    min_encodable_units : int
+        Fewest training units for choosing voxels by encodability (else by drive).
+    selection_alpha : float
+        Penalty of the kernel ridge that scores encodability (caption embeddings are unit
+        length, so its kernel's diagonal is 1).
     alphas : tuple of float
         Candidate ridge penalties, relative to the mean diagonal of the kernel.
     inner_folds : int
@@ -89,6 +97,8 @@ class DecoderConfig:
     """
 
     voxel_fraction: float = 0.1
+    min_encodable_units: int = 30
+    selection_alpha: float = 1.0
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 3, 11))
     inner_folds: int = 5
     n_components: int = 32
@@ -176,6 +186,47 @@ class Standardiser:
         return (np.asarray(responses, dtype=np.float64) - self.mean) / self.scale
 
 
+def encodability(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                 alpha: float = 1.0, n_folds: int = 5) -> np.ndarray:
+    """Held-out r of each voxel under a kernel ridge from the caption embeddings.
+
+    Parameters
+    ----------
+    responses : ndarray of shape (n_units, n_voxels)
+    targets : ndarray of shape (n_units, n_dims)
+        Caption embeddings.
+    groups : ndarray of shape (n_units,)
+        Inner folds never split a group.
+    alpha : float, default=1
+    n_folds : int, default=5
+
+    Returns
+    -------
+    ndarray of shape (n_voxels,)
+        Pearson r of the held-out predictions (NaN where constant).
+    """
+    responses = np.asarray(responses, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    predicted = np.zeros_like(responses)
+    for train, test in group_folds(groups, n_folds):
+        e_mean, y_mean = targets[train].mean(0), responses[train].mean(0)
+        e_train = targets[train] - e_mean
+        coefficients = np.linalg.solve(e_train @ e_train.T + alpha * np.eye(len(train)),
+                                       responses[train] - y_mean)
+        predicted[test] = (targets[test] - e_mean) @ e_train.T @ coefficients + y_mean
+    return pearson_columns(predicted, responses)
+
+
+def voxel_scores(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                 config: DecoderConfig) -> np.ndarray:
+    """How well each voxel deserves keeping (see the module docstring): its encodability,
+    or with few units (or a single group) its drive."""
+    if len(responses) >= config.min_encodable_units and len(np.unique(groups)) >= 2:
+        return encodability(responses, targets, groups, config.selection_alpha,
+                            config.inner_folds)
+    return response_t(responses)
+
+
 def normalise_patterns(features: np.ndarray) -> np.ndarray:
     """Each row centred over its columns and scaled to a unit mean square."""
     centred = features - features.mean(axis=1, keepdims=True)
@@ -191,12 +242,9 @@ class Preparation:
     standardiser: Standardiser = field(repr=False)
 
     @classmethod
-    def fit(cls, responses: np.ndarray, voxel_fraction: float,
-            voxels: np.ndarray | None = None) -> Preparation:
-        """Keep the most driven voxels (or the given ``voxels``) of training ``responses``."""
+    def fit(cls, responses: np.ndarray, voxels: np.ndarray) -> Preparation:
+        """Standardise ``voxels`` of training ``responses``."""
         responses = np.asarray(responses, dtype=np.float64)
-        if voxels is None:
-            voxels = np.sort(driven_voxels(responses, voxel_fraction))
         return cls(voxels=voxels, standardiser=Standardiser.fit(responses[:, voxels]))
 
     def transform(self, responses: np.ndarray) -> np.ndarray:
@@ -413,7 +461,9 @@ def fit_decoder(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     responses = np.asarray(responses, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
-    preparation = Preparation.fit(responses, config.voxel_fraction)
+    scores = voxel_scores(responses, targets, np.asarray(groups), config)
+    preparation = Preparation.fit(responses, np.sort(top_fraction(scores,
+                                                                  config.voxel_fraction)))
     features = preparation.transform(responses)
     if method == "ridge":
         alpha = ridge_penalty(features, targets, np.asarray(groups), config)
