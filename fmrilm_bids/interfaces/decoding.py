@@ -271,8 +271,7 @@ def read_out(held: HeldOut, decoder: str, units: pd.DataFrame,
                                                 axis=1), 4),
         "rank": retrieval_ranks(decoded, targets),
         "category": None, "zero_shot_category": None})
-    table.loc[[i for i in range(len(units)) if i not in written],
-              "decoded_similarity"] = np.nan
+    table.loc[np.setdiff1d(np.arange(len(units)), written), "decoded_similarity"] = np.nan
     if categories is not None:
         probabilities = category_probabilities(decoded, category_embeddings,
                                                held.logit_scale[decoder])

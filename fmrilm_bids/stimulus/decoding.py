@@ -7,10 +7,11 @@ length). Both decoders read the same features, prepared on the training units on
 
 1. a share ``voxel_fraction`` of the voxels is kept: the most *encodable*, those whose
    response a kernel ridge from the caption embeddings predicts best on inner folds of the
-   training units (:func:`encodability`); with fewer than ``min_encodable_units`` training
+   training units (:func:`encodability`); with fewer than ``min_inner_units`` training
    units (one run of 12 blocks) that estimate is noise, and the most *driven* voxels are
    kept instead, the largest t-statistic of the mean response (label-free;
-   :func:`~fmrilm_bids.stimulus.information.response_t`);
+   :func:`~fmrilm_bids.stimulus.information.response_t`), and the ridge penalty is not
+   chosen but the middle candidate;
 2. each voxel is z-scored with the training mean and standard deviation;
 3. each unit's pattern is centred and scaled over the voxels (pattern normalisation), so a
    unit's overall response level does not dominate its comparison with the others.
@@ -68,8 +69,10 @@ class DecoderConfig:
     ----------
     voxel_fraction : float
         Share of the voxels kept (the most encodable, or driven, on the training units).
-    min_encodable_units : int
-        Fewest training units for choosing voxels by encodability (else by drive).
+    min_inner_units : int
+        Fewest training units for the choices made on inner folds (voxels by encodability,
+        the ridge penalty); with fewer, the voxels are chosen by drive and the penalty is
+        the middle candidate.
     selection_alpha : float
         Penalty of the kernel ridge that scores encodability (caption embeddings are unit
         length, so its kernel's diagonal is 1).
@@ -97,7 +100,7 @@ class DecoderConfig:
     """
 
     voxel_fraction: float = 0.1
-    min_encodable_units: int = 30
+    min_inner_units: int = 30
     selection_alpha: float = 1.0
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 3, 11))
     inner_folds: int = 5
@@ -221,7 +224,7 @@ def voxel_scores(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                  config: DecoderConfig) -> np.ndarray:
     """How well each voxel deserves keeping (see the module docstring): its encodability,
     or with few units (or a single group) its drive."""
-    if len(responses) >= config.min_encodable_units and len(np.unique(groups)) >= 2:
+    if len(responses) >= config.min_inner_units and len(np.unique(groups)) >= 2:
         return encodability(responses, targets, groups, config.selection_alpha,
                             config.inner_folds)
     return response_t(responses)
@@ -264,7 +267,7 @@ def ridge_penalty(features: np.ndarray, targets: np.ndarray, groups: np.ndarray,
     kernel = features @ features.T
     scale = float(np.mean(np.diag(kernel))) or 1.0
     alphas = np.asarray(config.alphas) * scale
-    if len(np.unique(groups)) < 2:
+    if len(np.unique(groups)) < 2 or len(features) < config.min_inner_units:
         return float(np.median(alphas))
     scores = np.zeros(len(alphas))
     for train, test in group_folds(groups, config.inner_folds):
