@@ -75,7 +75,7 @@ from fmrilm_bids.stimulus.adapters import (
     fit_shared,
 )
 from fmrilm_bids.stimulus.attribution import network_ablation, pool_attributions
-from fmrilm_bids.stimulus.decoding import DEFAULT_CONFIG, HeldOut, held_out
+from fmrilm_bids.stimulus.decoding import DEFAULT_CONFIG, HeldOut, held_out, stack_held_out
 from fmrilm_bids.stimulus.encoding import group_folds
 from fmrilm_bids.stimulus.features import trial_type_sentence
 from fmrilm_bids.stimulus.readout import N_PERMUTATIONS, evaluation_table, retrieval_accuracy
@@ -154,21 +154,6 @@ def _write_group_table(output_dir: Path, name: str, table: pd.DataFrame,
     return path
 
 
-def _stack(parts: Sequence[HeldOut]) -> HeldOut:
-    """Several participants' held-out predictions as one (zero-shot only if all have it)."""
-    offsets = np.cumsum([0, *[int(p.folds.max()) + 1 for p in parts[:-1]]])
-    zero_shot = (all(p.zero_shot for p in parts))
-    return HeldOut(
-        predicted={m: np.vstack([p.predicted[m] for p in parts]) for m in parts[0].predicted},
-        logit_scale={m: np.concatenate([p.logit_scale[m] for p in parts])
-                     for m in parts[0].predicted},
-        folds=np.concatenate([p.folds + o for p, o in zip(parts, offsets, strict=True)]),
-        zero_shot={m: np.vstack([p.zero_shot[m] for p in parts]) for m in parts[0].zero_shot}
-        if zero_shot else {},
-        zero_shot_folds=np.concatenate([p.zero_shot_folds if zero_shot
-                                        else np.full(len(p.folds), -1) for p in parts]))
-
-
 def _caption_embeddings(paths: Sequence[Path], column: str, n_units: int,
                         embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
     """Embeddings of a column of the runs' ``desc-decoded_captions.tsv`` (NaN: none)."""
@@ -210,7 +195,7 @@ def pooled_evaluation(participants: Sequence[TaskBetas], config: Config,
     names = sorted(set(kinds.tolist()) - {"n/a"})
     with_kinds = len(names) >= 2 and "n/a" not in set(kinds.tolist())
     return evaluation_table(
-        _stack(parts), np.vstack(targets), kinds if with_kinds else None,
+        stack_held_out(parts), np.vstack(targets), kinds if with_kinds else None,
         names if with_kinds else (),
         embed([trial_type_sentence(n) for n in names]) if with_kinds else None,
         np.vstack(generated), np.vstack(retrieved), np.concatenate(strata),

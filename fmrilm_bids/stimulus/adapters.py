@@ -3,8 +3,8 @@
 
 Every subject's responses sit on the same template voxels. The shared part is:
 
-1. the voxels kept: the best on average over the training subjects (the mean of their
-   :func:`~fmrilm_bids.stimulus.decoding.voxel_scores`, each on its own units);
+1. the voxels kept: the most driven on average over the training subjects (the mean of their
+   t-statistics, :func:`~fmrilm_bids.stimulus.information.response_t`);
 2. a PCA basis of the pooled features of the training subjects (each subject's kept voxels
    z-scored with its own units, patterns normalised:
    :class:`~fmrilm_bids.stimulus.decoding.Preparation`);
@@ -17,8 +17,8 @@ space already aligns subjects roughly. Training the shared decoder fits the head
 training subjects' adapters together (:func:`fit_shared`); a new subject fits only its
 adapter, the shared part frozen, from a few of its units (:meth:`SharedDecoder.adapt`).
 :func:`few_shot_evaluation` compares, on the same held-out units of each subject, its own
-decoder trained on all of its training units with the shared decoder (trained without it)
-adapted from a fraction of them.
+decoder trained on all of its training units with the shared decoder (trained without it,
+and without the test captions) adapted from a fraction of them.
 """
 
 from __future__ import annotations
@@ -42,10 +42,9 @@ from fmrilm_bids.stimulus.decoding import (
     head_outputs,
     principal_components,
     train_head,
-    voxel_scores,
 )
 from fmrilm_bids.stimulus.encoding import group_folds
-from fmrilm_bids.stimulus.information import top_fraction
+from fmrilm_bids.stimulus.information import response_t, top_fraction
 from fmrilm_bids.utils.devices import CPU
 
 LOGGER = logging.getLogger(__name__)
@@ -225,8 +224,8 @@ def fit_shared(subjects: list[SubjectResponses], config: DecoderConfig = DEFAULT
     -------
     SharedDecoder
     """
-    scores = np.mean([np.nan_to_num(voxel_scores(s.responses, s.targets, s.blocks, config),
-                                    nan=0.0) for s in subjects], axis=0)
+    scores = np.mean([np.nan_to_num(response_t(s.responses), nan=0.0) for s in subjects],
+                     axis=0)
     voxels = np.sort(top_fraction(scores, config.voxel_fraction))
     pooled = np.vstack([Preparation.fit(s.responses, voxels).transform(s.responses)
                         for s in subjects])
@@ -261,20 +260,34 @@ def fraction_of_blocks(blocks: np.ndarray, rows: np.ndarray, count: int,
     return np.sort(np.asarray(chosen, dtype=int))
 
 
+def without_captions(subjects: list[SubjectResponses],
+                     targets: np.ndarray) -> list[SubjectResponses]:
+    """``subjects`` without their units whose caption embedding is one of ``targets``."""
+    shown = {tuple(np.round(t, 6)) for t in np.asarray(targets, dtype=float)}
+    kept = []
+    for subject in subjects:
+        keep = np.array([tuple(np.round(t, 6)) not in shown for t in subject.targets])
+        kept.append(SubjectResponses(subject.name, subject.responses[keep],
+                                     subject.targets[keep], subject.groups[keep],
+                                     subject.blocks[keep]))
+    return kept
+
+
 def few_shot_evaluation(subjects: list[SubjectResponses], fraction: float = 0.25,
                         n_folds: int = 5, config: DecoderConfig = DEFAULT_CONFIG,
                         device: torch.device = CPU, seed: int = 0
                         ) -> dict[str, dict[str, np.ndarray]]:
     """Held-out predictions of each subject by its own decoder and by the adapted shared one.
 
-    For each subject, the shared decoder is trained on the other subjects; the subject's
-    units are split into folds by group; in each fold, on the same test units:
+    Each subject's units are split into folds by group; in each fold, on the same test
+    units, whose captions every decoder below has never seen:
 
     - ``own``: the subject's own contrastive decoder, trained on all its training units;
-    - ``adapted``: the shared decoder with an adapter fitted on ``fraction`` of the
-      subject's units (whole blocks drawn from the training units);
-    - ``shared``: the shared decoder without adapter (identity, standardised on the same
-      units as the adapter);
+    - ``adapted``: the shared decoder, trained on the other subjects' units that did not
+      show the test captions, with an adapter fitted on ``fraction`` of the subject's units
+      (whole blocks drawn from the training units);
+    - ``shared``: the same shared decoder without adapter (identity, standardised on the
+      same units as the adapter);
     - ``own_fraction``: the subject's own decoder trained on those same few units.
 
     Returns
@@ -289,23 +302,24 @@ def few_shot_evaluation(subjects: list[SubjectResponses], fraction: float = 0.25
     results: dict[str, dict[str, np.ndarray]] = {}
     for index, subject in enumerate(subjects):
         others = [s for s in subjects if s.name != subject.name]
-        shared = fit_shared(others, config, device, seed + index)
         count = max(2, int(np.ceil(fraction * len(subject.targets))))
         predicted = {name: np.full(subject.targets.shape, np.nan)
                      for name in ("own", "adapted", "shared", "own_fraction")}
         subset_size = np.zeros(len(subject.targets))
+        x, y, blocks = subject.responses, subject.targets, subject.blocks
         for fold, (train, test) in enumerate(group_folds(subject.groups, n_folds)):
             fold_seed = seed + 1000 * index + fold
-            subset = fraction_of_blocks(subject.blocks, train, count, rng)
+            shared = fit_shared(without_captions(others, y[test]), config, device, fold_seed)
+            subset = fraction_of_blocks(blocks, train, count, rng)
             subset_size[test] = len(subset)
-            x, y, g = subject.responses, subject.targets, subject.blocks
-            predicted["own"][test] = fit_decoder(x[train], y[train], g[train], "contrastive",
-                                                 config, device, fold_seed).predict(x[test])
+            predicted["own"][test] = fit_decoder(x[train], y[train], blocks[train],
+                                                 "contrastive", config, device,
+                                                 fold_seed).predict(x[test])
             adapter = shared.adapt(x[subset], y[subset], fold_seed)
             predicted["adapted"][test] = shared.predict(x[test], adapter)
             predicted["shared"][test] = shared.predict(x[test], shared.identity(x[subset]))
             predicted["own_fraction"][test] = fit_decoder(
-                x[subset], y[subset], g[subset], "contrastive", config, device,
+                x[subset], y[subset], blocks[subset], "contrastive", config, device,
                 fold_seed).predict(x[test])
         results[subject.name] = {**predicted, "subset": subset_size}
     return results

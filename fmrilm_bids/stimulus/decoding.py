@@ -5,13 +5,9 @@ voxels) to the sentence embedding of its caption (all-MiniLM-L6-v2: 384 numbers,
 length). Both decoders read the same features, prepared on the training units only
 (:class:`Preparation`):
 
-1. a share ``voxel_fraction`` of the voxels is kept: the most *encodable*, those whose
-   response a kernel ridge from the caption embeddings predicts best on inner folds of the
-   training units (:func:`encodability`); with fewer than ``min_inner_units`` training
-   units (one run of 12 blocks) that estimate is noise, and the most *driven* voxels are
-   kept instead, the largest t-statistic of the mean response (label-free;
-   :func:`~fmrilm_bids.stimulus.information.response_t`), and the ridge penalty is not
-   chosen but the middle candidate;
+1. the *driven* voxels are kept: the ``voxel_fraction`` with the largest t-statistic of the
+   mean response over the training units (label-free, so never circular:
+   :func:`~fmrilm_bids.stimulus.information.response_t`);
 2. each voxel is z-scored with the training mean and standard deviation;
 3. each unit's pattern is centred and scaled over the voxels (pattern normalisation), so a
    unit's overall response level does not dominate its comparison with the others.
@@ -19,7 +15,9 @@ length). Both decoders read the same features, prepared on the training units on
 - **Ridge** (the baseline): closed-form ridge regression from the features to the
   embedding, solved in its dual form (units are far fewer than voxels); the penalty is
   chosen by inner cross-validation over groups (the mean cosine of predicted and true
-  embeddings), from :attr:`DecoderConfig.alphas` times the mean diagonal of the kernel.
+  embeddings), from :attr:`DecoderConfig.alphas` times the mean diagonal of the kernel
+  (with fewer than ``min_inner_units`` training units, e.g. one run of 12 blocks, that
+  choice is noise: the middle candidate is taken).
 - **Contrastive head** (the model, MindEye-style): the principal components of the features
   (at most ``n_components``, fitted on the training units) go through a linear map plus a
   small residual MLP, trained with a symmetric InfoNCE loss between decoded and caption
@@ -50,7 +48,7 @@ import torch
 from torch import nn
 
 from fmrilm_bids.config import settings_from_dict
-from fmrilm_bids.stimulus.encoding import group_folds, pearson_columns
+from fmrilm_bids.stimulus.encoding import group_folds
 from fmrilm_bids.stimulus.information import response_t, top_fraction
 from fmrilm_bids.utils.devices import CPU, autocast
 
@@ -68,14 +66,10 @@ class DecoderConfig:
     Attributes
     ----------
     voxel_fraction : float
-        Share of the voxels kept (the most encodable, or driven, on the training units).
+        Share of the voxels kept (the most driven on the training units).
     min_inner_units : int
-        Fewest training units for the choices made on inner folds (voxels by encodability,
-        the ridge penalty); with fewer, the voxels are chosen by drive and the penalty is
-        the middle candidate.
-    selection_alpha : float
-        Penalty of the kernel ridge that scores encodability (caption embeddings are unit
-        length, so its kernel's diagonal is 1).
+        Fewest training units for choosing the ridge penalty on inner folds (with fewer,
+        the middle candidate).
     alphas : tuple of float
         Candidate ridge penalties, relative to the mean diagonal of the kernel.
     inner_folds : int
@@ -101,7 +95,6 @@ class DecoderConfig:
 
     voxel_fraction: float = 0.1
     min_inner_units: int = 30
-    selection_alpha: float = 1.0
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 3, 11))
     inner_folds: int = 5
     n_components: int = 32
@@ -187,47 +180,6 @@ class Standardiser:
 
     def transform(self, responses: np.ndarray) -> np.ndarray:
         return (np.asarray(responses, dtype=np.float64) - self.mean) / self.scale
-
-
-def encodability(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
-                 alpha: float = 1.0, n_folds: int = 5) -> np.ndarray:
-    """Held-out r of each voxel under a kernel ridge from the caption embeddings.
-
-    Parameters
-    ----------
-    responses : ndarray of shape (n_units, n_voxels)
-    targets : ndarray of shape (n_units, n_dims)
-        Caption embeddings.
-    groups : ndarray of shape (n_units,)
-        Inner folds never split a group.
-    alpha : float, default=1
-    n_folds : int, default=5
-
-    Returns
-    -------
-    ndarray of shape (n_voxels,)
-        Pearson r of the held-out predictions (NaN where constant).
-    """
-    responses = np.asarray(responses, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    predicted = np.zeros_like(responses)
-    for train, test in group_folds(groups, n_folds):
-        e_mean, y_mean = targets[train].mean(0), responses[train].mean(0)
-        e_train = targets[train] - e_mean
-        coefficients = np.linalg.solve(e_train @ e_train.T + alpha * np.eye(len(train)),
-                                       responses[train] - y_mean)
-        predicted[test] = (targets[test] - e_mean) @ e_train.T @ coefficients + y_mean
-    return pearson_columns(predicted, responses)
-
-
-def voxel_scores(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
-                 config: DecoderConfig) -> np.ndarray:
-    """How well each voxel deserves keeping (see the module docstring): its encodability,
-    or with few units (or a single group) its drive."""
-    if len(responses) >= config.min_inner_units and len(np.unique(groups)) >= 2:
-        return encodability(responses, targets, groups, config.selection_alpha,
-                            config.inner_folds)
-    return response_t(responses)
 
 
 def normalise_patterns(features: np.ndarray) -> np.ndarray:
@@ -464,8 +416,7 @@ def fit_decoder(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     responses = np.asarray(responses, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.float64)
-    scores = voxel_scores(responses, targets, np.asarray(groups), config)
-    preparation = Preparation.fit(responses, np.sort(top_fraction(scores,
+    preparation = Preparation.fit(responses, np.sort(top_fraction(response_t(responses),
                                                                   config.voxel_fraction)))
     features = preparation.transform(responses)
     if method == "ridge":
@@ -590,3 +541,21 @@ def held_out(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                                                   config, device, seed)
     return HeldOut(predicted=predicted, logit_scale=scales, folds=fold_of,
                    zero_shot=zero_shot, zero_shot_folds=zero_shot_of)
+
+
+def stack_held_out(parts: Sequence[HeldOut]) -> HeldOut:
+    """Several subjects' held-out predictions as one, in order (folds and zero-shot folds
+    numbered on; the zero-shot predictions kept only if every subject has them)."""
+    offsets = np.cumsum([0, *[int(p.folds.max()) + 1 for p in parts[:-1]]])
+    zero_shot = all(p.zero_shot for p in parts)
+    unseen = np.cumsum([0, *[int(p.zero_shot_folds.max()) + 1 for p in parts[:-1]]])
+    methods = list(parts[0].predicted)
+    return HeldOut(
+        predicted={m: np.vstack([p.predicted[m] for p in parts]) for m in methods},
+        logit_scale={m: np.concatenate([p.logit_scale[m] for p in parts]) for m in methods},
+        folds=np.concatenate([p.folds + o for p, o in zip(parts, offsets, strict=True)]),
+        zero_shot={m: np.vstack([p.zero_shot[m] for p in parts]) for m in parts[0].zero_shot}
+        if zero_shot else {},
+        zero_shot_folds=np.concatenate([p.zero_shot_folds + o if zero_shot
+                                        else np.full(len(p.folds), -1)
+                                        for p, o in zip(parts, unseen, strict=True)]))
