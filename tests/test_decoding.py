@@ -118,6 +118,7 @@ def test_retrieved_captions_come_from_the_pool_and_the_training_folds() -> None:
     assert "- A red bus." in readout.caption_prompt(["A red bus.", "A green tree."])
 
 
+@pytest.mark.slow
 def test_a_new_subject_adapts_the_shared_decoder_from_a_quarter_of_its_units(world,
                                                                            tmp_path) -> None:
     first, new = (_subject(world, seed, misalignment=0.2, voxels_per_region=5)[0]
