@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from fmrilm_bids import __version__
-from fmrilm_bids.config import ANALYSIS_LEVELS, DEFAULT_SPACE, DEVICES, Space
+from fmrilm_bids.config import ANALYSIS_LEVELS, DEFAULT_SPACE, DEVICES, IGNORE_CHOICES, Space
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
         "MNI152NLin6Asym, from the TemplateFlow home (nothing is downloaded); the first is "
         "where registration, confounds and parcellation happen; the others need "
         f"--output-bold (default: {DEFAULT_SPACE}, bundled)")
+    add(wf, "--ignore", nargs="+", choices=IGNORE_CHOICES, metavar="STEP",
+        help="leave steps out, as fMRIPrep: 'fieldmaps' (no susceptibility distortion "
+        "correction even where field maps exist), 'slicetiming' (no slice-timing "
+        "correction), 'fmap-jacobian' (unwarp without the Jacobian intensity correction); "
+        f"choices: {', '.join(IGNORE_CHOICES)}")
     add(wf, "--output-bold", action="store_true",
         help="also write the preprocessed BOLD and its mask in every output space (large)")
     stim = parser.add_argument_group(

@@ -65,7 +65,8 @@ OPTION_SECTIONS = {
                   "stop_on_first_crash", "clean_workdir", "verbosity", "cache_dir", "work_dir"),
     "nipype": ("nprocs", "omp_nthreads", "mem_mb"),
     "workflow": ("atlases", "output_spaces", "denoise_strategy", "high_pass", "fd_threshold",
-                 "scrub", "dummy_scans", "output_bold", "sloppy", "model_dir", "llm_dir", "device",
+                 "scrub", "dummy_scans", "output_bold", "sloppy", "ignore", "model_dir",
+                 "llm_dir", "device",
                  "tokenizer_steps", "lm_steps", "gradient_checkpointing",
                  "reference_group", "networks", "questions", "zero_shot", "few_shot_k",
                  "stimulus_models", "stimulus_unit", "caption_column", "stim_captions",
@@ -242,8 +243,15 @@ def prepare_run(config: Config) -> Selection:
         layout = reuse_index(execution.bids_dir, execution.bids_database_dir)
     else:
         layout = index_dataset(execution.bids_dir, execution.bids_cache_dir)
+    own_preprocessing = (execution.analysis_level == "participant"
+                         and "fmriprep" not in execution.derivatives)
+    if own_preprocessing and "fieldmaps" in config.workflow.ignore:
+        LOGGER.info("Field maps are not used (--ignore fieldmaps): no susceptibility "
+                    "distortion correction")
     selection = select_runs(layout, execution.participant_label, execution.session_label,
-                            execution.task_id, execution.bids_filters)
+                            execution.task_id, execution.bids_filters,
+                            fieldmaps=own_preprocessing
+                            and "fieldmaps" not in config.workflow.ignore)
     LOGGER.info("%s", selection.summary())
     selection = checks.check_selection(
         selection, require_t1w="fmriprep" not in execution.derivatives,
@@ -287,7 +295,7 @@ def run_participant_level(selection: Selection, config: Config) -> None:
     from fmrilm_bids.preproc.denoise import get_strategy
     from fmrilm_bids.stages.participant import apply_model
     from fmrilm_bids.workflows.base import init_fmrilm_wf
-    from fmrilm_bids.workflows.bold import slice_timing_inputs
+    from fmrilm_bids.workflows.bold import sdc_counts, slice_timing_inputs
 
     run_workflow(init_fmrilm_wf(selection, config), config)
     if config.workflow.model_dir:
@@ -296,8 +304,9 @@ def run_participant_level(selection: Selection, config: Config) -> None:
     use_fmriprep = "fmriprep" in config.execution.derivatives
     facts = RunFacts(participants=len(selection.subjects), runs=len(runs),
                      slice_timed=0 if use_fmriprep else sum(
-                         slice_timing_inputs(run) is not None for run in runs),
-                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+                         slice_timing_inputs(run, config) is not None for run in runs),
+                     denoising=get_strategy(config.workflow.denoise_strategy).description,
+                     sdc=sdc_counts(runs))
     written = write_citation(config.execution.output_dir / "logs",
                              participant_paragraphs(config, facts, _versions(SOFTWARE)))
     LOGGER.info("Methods boilerplate: %s", ", ".join(str(p) for p in written))

@@ -25,6 +25,10 @@ import tomli_w
 ANALYSIS_LEVELS = ("participant", "group")
 T = TypeVar("T")
 DEVICES = ("auto", "cpu", "cuda")
+#: What ``--ignore`` may leave out, as fMRIPrep's flag: field maps (no susceptibility
+#: distortion correction), slice timing (no slice-timing correction), the Jacobian intensity
+#: correction of the unwarping.
+IGNORE_CHOICES = ("fieldmaps", "slicetiming", "fmap-jacobian")
 #: The offline default output space: the bundled template (see fmrilm_bids.resources.templates).
 DEFAULT_SPACE = "MNI152NLin2009aSym:res-2"
 #: fMRIPrep's non-template spaces, which fmrilm-bids does not write.
@@ -157,6 +161,7 @@ class WorkflowConfig:
     output_bold: bool = False
     sloppy: bool = False
     output_spaces: list[str] = field(default_factory=lambda: [DEFAULT_SPACE])
+    ignore: list[str] = field(default_factory=list)
     model_dir: Path | None = None
     llm_dir: Path | None = None
     device: str = "auto"
@@ -178,6 +183,12 @@ class WorkflowConfig:
     encoding_folds: int = 5
     contrastive_alignment: float = 0.0
     selectivity_top: int = 10
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ignore) - set(IGNORE_CHOICES))
+        if unknown:
+            raise ValueError(f"ignore = {unknown}: unknown; choose among "
+                             f"{', '.join(IGNORE_CHOICES)}")
 
     @property
     def spaces(self) -> list[Space]:

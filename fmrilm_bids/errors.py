@@ -24,7 +24,8 @@ EXIT_MEANINGS = {
     EXIT_USAGE: "usage error (bad flags, output dir equal to the input, work dir inside the "
     "input)",
     EXIT_DATA: "bad input data (not 4-D, no RepetitionTime, corrupt or truncated NIfTI, bad "
-    "events, validator errors, bad settings file)",
+    "events, validator errors, bad settings file, a run with a field map but no "
+    "PhaseEncodingDirection or readout time)",
     EXIT_NO_INPUT: "missing input (not a folder, unknown participant/session/task, nothing "
     "matched, no T1w)",
     EXIT_SOFTWARE: "internal error (a bug: please report it with the output of -vv)",

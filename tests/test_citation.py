@@ -90,3 +90,23 @@ def test_participant_run_writes_the_boilerplate(tiny_bids: Path, tiny_fmriprep: 
     assert bib.count("\n@") + 1 == len(cited_keys([("", markdown)]))
     assert "@article{esteban2019," in bib
     assert "<h1>Methods</h1>" in (logs / "CITATION.html").read_text()
+
+
+def test_susceptibility_distortion_correction_text(tmp_path: Path) -> None:
+    facts = RunFacts(participants=2, runs=5, slice_timed=0, denoising="6P",
+                     sdc={"phasediff": 2, "pepolar": 1})
+    paragraphs = participant_paragraphs(make_config(tmp_path), facts, VERSIONS)
+    sdc = dict(paragraphs)["Susceptibility distortion correction"]
+    for fragment in ("for 2 run(s), from a phase-difference map", "for 1 run(s), from EPI",
+                     "[@herraez2002]", "[@andersson2003]", "[@jezzard1995; @hutton2002]",
+                     "The other 2 run(s) had no usable field map"):
+        assert fragment in sdc, fragment
+    assert "the unwarped reference" in dict(paragraphs)["Functional data"]
+    html = to_html(paragraphs)  # several keys in one bracket: each numbered and linked
+    assert re.search(r'\[<a href="#ref-jezzard1995">\d+</a>, <a href="#ref-hutton2002">', html)
+    assert {"jezzard1995", "hutton2002", "herraez2002", "vanderwalt2014",
+            "andersson2003"} <= set(cited_keys(paragraphs)) <= set(REFERENCES)
+    ignored = dict(participant_paragraphs(make_config(tmp_path, ignore=["fieldmaps"]),
+                                          FACTS, VERSIONS))
+    assert "field maps were ignored (`--ignore fieldmaps`)" in ignored[
+        "Susceptibility distortion correction"]

@@ -61,15 +61,20 @@ def test_bold_workflow_interface(tmp_path):
 
 
 def test_slice_timing_checks(tmp_path, caplog):
-    assert slice_timing_inputs(_run(tmp_path)) is None
+    config = _config(tmp_path)
+    assert slice_timing_inputs(_run(tmp_path), config) is None
     with caplog.at_level(logging.WARNING, logger="fmrilm_bids.workflows"):
-        assert slice_timing_inputs(_run(tmp_path, SliceTiming=[0, 1, 0.5])) is None
+        assert slice_timing_inputs(_run(tmp_path, SliceTiming=[0, 1, 0.5]), config) is None
     assert "slice-timing correction skipped" in caplog.text
     with pytest.raises(InputDataError, match="SliceTiming must lie within"):
-        slice_timing_inputs(_run(tmp_path, SliceTiming=[0, 1, 2, 3, 4, 5]))
-    inputs = slice_timing_inputs(_run(tmp_path, SliceTiming=[0, 1, 0.5, 1.5, 0.25, 1.25],
-                                      SliceEncodingDirection="k-"))
-    assert inputs["slice_encoding_direction"] == "k-"
+        slice_timing_inputs(_run(tmp_path, SliceTiming=[0, 1, 2, 3, 4, 5]), config)
+    timed = _run(tmp_path, SliceTiming=[0, 1, 0.5, 1.5, 0.25, 1.25],
+                 SliceEncodingDirection="k-")
+    assert slice_timing_inputs(timed, config)["slice_encoding_direction"] == "k-"
+    # --ignore slicetiming leaves it out, as in fMRIPrep
+    assert slice_timing_inputs(timed, _config(tmp_path, ignore=["slicetiming"])) is None
+    workflow = init_bold_wf(timed, _config(tmp_path, ignore=["slicetiming"]))
+    assert "bold_preproc_wf.stc" not in workflow.list_node_names()
 
 
 def test_subject_without_t1w_needs_fmriprep(tmp_path):

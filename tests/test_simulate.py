@@ -19,7 +19,12 @@ from fmrilm_bids.simulate import (
     simulate_dataset,
 )
 from fmrilm_bids.simulate.anatomy import grid_points, legendre_field, load_template
-from fmrilm_bids.simulate.bold import BoldSource, point_spread_sigma, synthesize_bold
+from fmrilm_bids.simulate.bold import (
+    BoldSource,
+    Distortion,
+    point_spread_sigma,
+    synthesize_bold,
+)
 from fmrilm_bids.simulate.events import CAPTIONS, CATEGORIES, caption_pool, schedule_events
 from fmrilm_bids.simulate.geometry import rigid_matrices, rigid_parameters, rotation_matrix
 from fmrilm_bids.simulate.motion import simulate_motion
@@ -205,6 +210,31 @@ def test_motion_moves_the_tissue_by_the_recorded_transform() -> None:
     assert not np.allclose(series[..., 1], series[..., 0])
 
 
+def test_b0_field_shifts_and_compresses_the_image_along_phase_encoding() -> None:
+    """A uniform field shifts the box by field * readout time voxels along j; a field that
+    grows along j also stretches it (intensity divided by the Jacobian)."""
+    source = _box_source()
+    bold_affine, bold_shape = np.diag([4.0, 4.0, 4.0, 1.0]), (12, 12, 12)
+
+    def image(field: np.ndarray, shift_per_hz: float) -> np.ndarray:
+        distortion = Distortion(field=field, pe_axis=1, shift_per_hz=shift_per_hz)
+        return synthesize_bold(source, bold_affine, bold_shape, np.eye(4), np.eye(4)[None],
+                               np.zeros((12, 1)), np.arange(12), np.zeros(1),
+                               np.ones(bold_shape), 0.0, np.random.default_rng(0),
+                               distortion)[..., 0]
+
+    still = image(np.zeros(source.baseline.shape), 0.0)
+    moved = image(np.full(source.baseline.shape, 50.0), -0.04)  # -2 voxels (j-)
+    np.testing.assert_allclose(moved[:, :-2], still[:, 2:], atol=1e-3)
+    assert not np.allclose(moved, still)
+    ramp = np.broadcast_to(((np.arange(24.0) - 12) * 2.5)[None, :, None],
+                           source.baseline.shape).copy()  # Hz, along j
+    stretched = image(ramp, 0.04)  # 5 Hz per BOLD voxel: d shift / dy = 0.2
+    inside = stretched[6, :, 6][stretched[6, :, 6] > 1]
+    assert inside.max() == pytest.approx(1000 / 1.2, rel=0.02)
+    assert (stretched[6] > 1).sum() > (still[6] > 1).sum()
+
+
 # --------------------------------------------------------------------- simulated datasets
 
 
@@ -281,6 +311,13 @@ def test_dataset_layout_and_metadata(small: Path) -> None:
             np.testing.assert_allclose(np.sort(timing), np.arange(n_slices) * 2.0 / n_slices,
                                        atol=1e-6)
             np.testing.assert_allclose(bold.header.get_slice_times(), timing, atol=1e-5)
+
+
+def test_default_dataset_has_no_field_map(small: Path) -> None:
+    assert not list(small.glob("sub-*/fmap"))
+    sidecar = json.loads((small / "sub-01/func/sub-01_task-rest_bold.json").read_text())
+    assert "PhaseEncodingDirection" not in sidecar and "B0FieldSource" not in sidecar
+    assert load_run_truth(small, "01", "rest").metadata["susceptibility"] is None
 
 
 def test_same_seed_same_bytes_other_seed_other_data(small: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import mannwhitneyu
 
 from fmrilm_bids.config import Config, ExecutionConfig, WorkflowConfig
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
@@ -150,8 +151,10 @@ def test_stimulus_workflow_on_simulated_images(tmp_path):
     accuracy = pd.read_csv(func / f"sub-01_task-{TASK}_seg-AAL3_stat-r_desc-encoding_statmap"
                            ".tsv", sep="\t")
     selective = category_preferences(accuracy["region"], CATEGORIES).any(axis=1)
-    # Category-selective parcels are predicted from held-out runs' captions; the others not.
-    assert accuracy["r"][selective].median() > 0.25
+    # Category-selective parcels are predicted from held-out runs' captions; the others not
+    # (a rank test between the two sets of parcels, and a clear margin between their medians).
+    assert mannwhitneyu(accuracy["r"][selective], accuracy["r"][~selective],
+                        alternative="greater").pvalue < 0.01
     assert accuracy["r"][selective].median() > accuracy["r"][~selective].median() + 0.15
     captions = pd.read_csv(func / f"sub-01_task-{TASK}_desc-encoding_selectivity.tsv",
                            sep="\t")

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fmrilm_bids.dataset.events import rows_beyond_run, warn_beyond_run
+from fmrilm_bids.dataset.fieldmaps import phase_encoding, total_readout_time
 from fmrilm_bids.dataset.fmriprep import find_fmriprep_run
 from fmrilm_bids.dataset.layout import NIFTI_EXTENSIONS, BoldRun, Selection
 from fmrilm_bids.dataset.validator import validate_dataset
@@ -263,6 +264,30 @@ def check_bold_run(run: BoldRun, bold_file: Path | None = None) -> None:
         )
     if run.events is not None:
         check_events(run.events, img.shape[3] * float(tr))
+    if run.fieldmap is not None:
+        check_fieldmap_inputs(run, img.shape)
+
+
+def check_fieldmap_inputs(run: BoldRun, shape: tuple[int, ...]) -> None:
+    """A run with a field map has what distortion correction needs: its field-map images
+    (complete) and, in its own metadata, ``PhaseEncodingDirection`` and ``TotalReadoutTime``
+    (or ``EffectiveEchoSpacing``).
+
+    fMRIPrep fails on such a run only when it unwarps it, hours in; here it is refused before
+    any work, with the fix (add the metadata, or ``--ignore fieldmaps``).
+    """
+    fieldmap = run.fieldmap
+    for source in fieldmap.sources:
+        check_nifti_complete(source)
+    try:
+        phase_encoding(run.metadata)
+        total_readout_time(run.metadata, shape)
+    except ValueError as err:
+        raise InputDataError(
+            f"{run.path}: the field map {fieldmap.sources[0].name} is intended for this run, "
+            f"but in its metadata {err}; add it to {run.path.name.split('.nii')[0]}.json "
+            "(the scanner's values, e.g. from dcm2niix), or pass --ignore fieldmaps to "
+            "process the run without distortion correction.") from None
 
 
 def check_fmriprep_run(run: BoldRun, fmriprep_dir: Path) -> None:

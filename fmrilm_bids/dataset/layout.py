@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from bids.layout import BIDSLayout, BIDSLayoutIndexer
 from filelock import FileLock
 from sqlalchemy.exc import SQLAlchemyError
 
+from fmrilm_bids.dataset.fieldmaps import Fieldmap, find_fieldmaps
 from fmrilm_bids.errors import InputDataError, MissingInputError
 
 LOGGER = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ INDEX_FILE = "layout_index.sqlite"
 
 @dataclass(frozen=True)
 class BoldRun:
-    """One BOLD run, its metadata (BIDS inheritance applied) and its events file."""
+    """One BOLD run, its metadata (BIDS inheritance applied), its events file and the field
+    map that corrects its susceptibility distortions (None: not corrected)."""
 
     path: Path
     subject: str
@@ -51,6 +53,7 @@ class BoldRun:
     acquisition: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     events: Path | None = None
+    fieldmap: Fieldmap | None = field(default=None, hash=False, compare=False)
 
     @property
     def entities(self) -> dict[str, Any]:
@@ -113,7 +116,8 @@ class Selection:
             lines.append(
                 f"  sub-{subject.subject}: sessions [{sessions}], tasks "
                 f"[{', '.join(subject.tasks)}], {len(subject.t1w)} T1w, runs: "
-                + ", ".join(run.name for run in subject.bold)
+                + ", ".join(run.name + (f" (field map: {run.fieldmap.method})"
+                                        if run.fieldmap else "") for run in subject.bold)
             )
         return "\n".join(lines)
 
@@ -296,8 +300,13 @@ def select_runs(
     session_label: list[str] | None = None,
     task_id: list[str] | None = None,
     bids_filters: dict[str, dict[str, Any]] | None = None,
+    fieldmaps: bool = True,
 ) -> Selection:
     """Resolve the participants, sessions, tasks and BOLD runs to process.
+
+    With ``fieldmaps``, each run gets the field map intended for it
+    (:func:`fmrilm_bids.dataset.fieldmaps.find_fieldmaps`); ``--ignore fieldmaps`` (and
+    fMRIPrep inputs, already corrected) leave them out.
 
     ``bids_filters`` follows fMRIPrep's ``--bids-filter-file``: ``{"bold": {...}, "t1w":
     {...}}`` with pybids entity queries for each kind of file.
@@ -361,6 +370,10 @@ def select_runs(
                 metadata=dict(layout.get_metadata(bold.path)),
                 events=Path(events) if events else None,
             ))
+        if fieldmaps and runs:
+            found = find_fieldmaps(layout, subject, [r.path for r in runs],
+                                   [r.metadata for r in runs])
+            runs = [replace(r, fieldmap=found.get(r.path)) for r in runs]
         t1w = layout.get(**{**query, "datatype": "anat", "suffix": "T1w",
                             "extension": list(NIFTI_EXTENSIONS), **bids_filters.get("t1w", {})})
         if runs:

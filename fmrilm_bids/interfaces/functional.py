@@ -14,12 +14,13 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 from scipy import ndimage
 
 from fmrilm_bids.errors import InputDataError
-from fmrilm_bids.preproc import motion, registration, resampling
+from fmrilm_bids.preproc import fieldmap, motion, registration, resampling
 from fmrilm_bids.preproc.confounds import detect_non_steady_state
 from fmrilm_bids.preproc.slice_timing import slice_time_correct
 
@@ -33,9 +34,12 @@ def load_bold(path: str) -> nib.Nifti1Image:
     return img
 
 
-def _save(data: np.ndarray, affine: np.ndarray, path: Path, header=None) -> str:
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine, header)
-    img.header.set_data_dtype(np.float32)
+def save_image(data: np.ndarray, affine: np.ndarray, path: Path, header=None,
+               dtype: type = np.float32) -> str:
+    """Write ``data`` as ``dtype`` (float32 by default) with ``affine`` as qform and sform
+    (unscaled); returns the path."""
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine, header)
+    img.header.set_data_dtype(dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -76,7 +80,8 @@ class BoldReference(SimpleInterface):
             raise InputDataError(f"{self.inputs.in_file}: {n_dummy} non-steady-state volumes "
                                  f"leave nothing of {data.shape[-1]}; set --dummy-scans.")
         ref = motion.reference_volume(data, img.affine, start=n_dummy)
-        self._results["ref_file"] = _save(ref, img.affine, Path(runtime.cwd) / "boldref.nii.gz")
+        self._results["ref_file"] = save_image(ref, img.affine,
+                                               Path(runtime.cwd) / "boldref.nii.gz")
         self._results["n_dummy"] = n_dummy
         return runtime
 
@@ -133,7 +138,7 @@ class SliceTimingCorrection(SimpleInterface):
         corrected = slice_time_correct(
             img.get_fdata(dtype=np.float32), self.inputs.slice_timing,
             self.inputs.repetition_time, self.inputs.slice_encoding_direction)
-        self._results["out_file"] = _save(corrected, img.affine,
+        self._results["out_file"] = save_image(corrected, img.affine,
                                           Path(runtime.cwd) / "bold_stc.nii", img.header)
         return runtime
 
@@ -174,6 +179,10 @@ class _ResampleInputSpec(BaseInterfaceInputSpec):
     order = traits.Int(3, usedefault=True)
     margin_mm = traits.Float(8.0, usedefault=True,
                              desc="samples beyond the template brain mask (mm)")
+    vsm_file = File(exists=True, desc="voxel shift map on the BOLD reference grid (SDC)")
+    pe_axis = traits.Int(desc="the BOLD's phase-encoding voxel axis (with vsm_file)")
+    jacobian = traits.Bool(True, usedefault=True,
+                           desc="multiply by the Jacobian of the shift (with vsm_file)")
 
 
 class _ResampleOutputSpec(TraitedSpec):
@@ -183,7 +192,8 @@ class _ResampleOutputSpec(TraitedSpec):
 
 
 class ResampleToTemplate(SimpleInterface):
-    """Compose motion, coregistration and normalisation; resample each volume once.
+    """Compose motion, coregistration and normalisation (and, with ``vsm_file``, the
+    susceptibility distortion); resample each volume once.
 
     Output voxels farther than ``margin_mm`` from the template brain mask are not sampled
     (zero). The BOLD brain mask is the template brain mask within the field of view of
@@ -205,9 +215,19 @@ class ResampleToTemplate(SimpleInterface):
         coreg = registration.itk_affine_to_ras(self.inputs.coreg_transform)
         points = to_t1w @ coreg[:3, :3].T + coreg[:3, 3]
         bold = load_bold(self.inputs.in_file)
+        shifts = jacobian = None
+        if isdefined(self.inputs.vsm_file):
+            vsm_img = nib.load(self.inputs.vsm_file)
+            vsm = vsm_img.get_fdata(dtype=np.float64)
+            shifts = resampling.sample_points(vsm, vsm_img.affine, points)
+            if self.inputs.jacobian:
+                jacobian = resampling.sample_points(
+                    fieldmap.shift_jacobian(vsm, self.inputs.pe_axis), vsm_img.affine, points)
         values, inside = resampling.resample_series(
             bold.get_fdata(dtype=np.float32), bold.affine, points,
-            np.load(self.inputs.motion_transforms), order=self.inputs.order)
+            np.load(self.inputs.motion_transforms), order=self.inputs.order,
+            pe_axis=self.inputs.pe_axis if shifts is not None else None, shifts=shifts,
+            jacobian=jacobian)
         shape = template.shape[:3]
         series = np.zeros((*shape, values.shape[1]), dtype=np.float32)
         series[sampled] = values
@@ -220,9 +240,9 @@ class ResampleToTemplate(SimpleInterface):
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm", "sec")
         header["pixdim"][4] = self.inputs.repetition_time
-        self._results["bold_std"] = _save(series, template.affine, cwd / "bold_std.nii",
+        self._results["bold_std"] = save_image(series, template.affine, cwd / "bold_std.nii",
                                           header)
-        self._results["boldref_std"] = _save(mean, template.affine, cwd / "boldref_std.nii.gz")
+        self._results["boldref_std"] = save_image(mean, template.affine, cwd / "boldref_std.nii.gz")
         mask_img = nib.Nifti1Image(mask.astype(np.uint8), template.affine)
         mask_img.set_sform(template.affine, code=1)
         mask_img.to_filename(cwd / "mask_std.nii.gz")

@@ -20,7 +20,13 @@ from nipype.interfaces.base import (
 )
 
 from fmrilm_bids.dataset.output_checks import SELF_CHECKS, VALIDATOR_CHECKS
-from fmrilm_bids.reports.figures import carpet_figure, overlay_figure, parcellation_figure
+from fmrilm_bids.preproc.registration import resample_to
+from fmrilm_bids.reports.figures import (
+    carpet_figure,
+    overlay_figure,
+    parcellation_figure,
+    unwarp_figure,
+)
 from fmrilm_bids.reports.html import publish_subject_report, section
 
 
@@ -83,10 +89,16 @@ class _BoldReportInputSpec(BaseInterfaceInputSpec):
     methods = traits.List(traits.Str, desc="paragraphs describing the preprocessing")
     atlas_files = InputMultiObject(File(exists=True), mandatory=True)
     timeseries_metadata = traits.List(traits.Dict, mandatory=True)
+    sdc_before = File(exists=True, desc="BOLD reference (distorted), for the SDC figure")
+    sdc_after = File(exists=True, desc="the BOLD reference unwarped")
+    coreg_xfm = File(exists=True, desc="coregistration (T1w -> BOLD reference points)")
+    t1w_brain = File(exists=True, desc="the T1w brain, whose edges the SDC figure draws")
 
 
 class BoldReport(SimpleInterface):
-    """Section of one run: registration and mask outlines, parcellation, carpet plot."""
+    """Section of one run: registration and mask outlines, parcellation, carpet plot; with
+    ``sdc_after``, the BOLD reference before and after distortion correction over the T1w's
+    edges."""
 
     input_spec = _BoldReportInputSpec
     output_spec = _SectionOutputSpec
@@ -118,6 +130,11 @@ class BoldReport(SimpleInterface):
              "carpet plot of brain voxels; shaded: non-steady-state volumes.",
              carpet_figure(bold, traces, n_dummy, name)),
         ]
+        if isdefined(self.inputs.sdc_after):
+            figures.insert(0, ("Susceptibility distortion correction: the BOLD reference in "
+                               "T1w space (through the coregistration) before and after "
+                               "unwarping; orange: edges of the T1w's white matter.",
+                               self._unwarp_figure(Path(runtime.cwd), name)))
         paragraphs = list(self.inputs.methods)
         fd = confounds.get("framewise_displacement")
         if fd is not None:
@@ -143,6 +160,15 @@ class BoldReport(SimpleInterface):
         self._results["section"] = _write_section(
             runtime, section(f"BOLD run {name}", paragraphs, figures))
         return runtime
+
+    def _unwarp_figure(self, cwd: Path, name: str) -> str:
+        moved = []
+        for label in ("sdc_before", "sdc_after"):
+            image = resample_to(Path(getattr(self.inputs, label)), Path(self.inputs.t1w_brain),
+                                [self.inputs.coreg_xfm])
+            image.to_filename(cwd / f"{label}_t1w.nii.gz")
+            moved.append(str(cwd / f"{label}_t1w.nii.gz"))
+        return unwarp_figure(*moved, self.inputs.t1w_brain, name)
 
 
 class _SubjectReportInputSpec(BaseInterfaceInputSpec):

@@ -1,11 +1,13 @@
 """Image registration with antspyx (real ANTs, in-process).
 
-Three registrations, as in fMRIPrep:
+Four registrations, as in fMRIPrep:
 
 * :func:`register_to_template` -- T1w to template, affine then SyN (mutual information);
   also derives the T1w brain mask by warping the template's brain mask back (the idea of
   ``antsBrainExtraction``: the template's skull-stripping, carried by the registration);
 * :func:`coregister` -- BOLD reference to T1w brain, rigid, mutual information;
+* :func:`fieldmap_to_reference` -- a B0 field map to the BOLD reference, rigid, through
+  its reference image (magnitude or unwarped EPI), as SDCflows does;
 * :func:`n4_bias_correct` -- N4 intensity non-uniformity correction of the T1w.
 
 Transforms stay ANTs files (ITK conventions, LPS coordinates) on disk;
@@ -199,6 +201,40 @@ def coregister(moving: Path, fixed: Path, fixed_mask: Path, out_dir: Path,
             aff_metric="mattes", mask=mask, outprefix=str(out_dir / "coreg_"),
         )
     return str(result["fwdtransforms"][0])
+
+
+def fieldmap_to_reference(fieldmap: Path, fieldmap_reference: Path, target: Path,
+                          out_dir: Path, seed: int = 42) -> np.ndarray:
+    """A field map (Hz) on the grid of ``target`` (the BOLD reference).
+
+    ``fieldmap_reference`` (the field map's magnitude, or its unwarped EPI average, on the
+    field map's grid) is registered rigidly to ``target`` (mutual information); the field is
+    carried by that transform (linear interpolation, 0 beyond the field map's extent).
+
+    Returns
+    -------
+    array
+        The field (Hz) on the grid of ``target``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ants_session(seed) as ants:
+        fixed = ants.image_read(str(target))
+        result = ants.registration(
+            fixed=fixed, moving=ants.image_read(str(fieldmap_reference)),
+            type_of_transform="Rigid", aff_metric="mattes",
+            outprefix=str(out_dir / "fmap2ref_"))
+        moved = ants.apply_transforms(fixed, ants.image_read(str(fieldmap)),
+                                      result["fwdtransforms"], interpolator="linear")
+    return moved.numpy()
+
+
+def resample_to(moving: Path, fixed: Path, transforms: list[str]) -> nib.Nifti1Image:
+    """``moving`` resampled onto the grid of ``fixed`` through an antspyx transform list
+    (e.g. a BOLD reference into T1w space through the coregistration), linear."""
+    moved = ants.apply_transforms(ants.image_read(str(fixed)), ants.image_read(str(moving)),
+                                  [str(t) for t in transforms], interpolator="linear")
+    return nib.Nifti1Image(moved.numpy().astype(np.float32), nib.load(str(fixed)).affine)
 
 
 def itk_affine_to_ras(path: Path) -> np.ndarray:

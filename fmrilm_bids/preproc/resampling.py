@@ -9,6 +9,11 @@ points_field` gives its world position in the BOLD reference (template -> T1w ->
 reference, computed once); the per-volume rigid transform of
 :mod:`fmrilm_bids.preproc.motion` then takes it into volume ``i``, and the voxel position follows
 from the BOLD affine (oblique, anisotropic or non-RAS storage orders are handled there).
+
+Susceptibility distortion correction joins the same step, as in fMRIPrep: the voxel shift
+map (:mod:`fmrilm_bids.preproc.fieldmap`), defined on the BOLD reference grid, is sampled at
+each point (:func:`sample_points`); the shift is added along the phase-encoding voxel axis
+after the volume's motion, and the sample is multiplied by the Jacobian of the shift.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ def resample_series(
     points: np.ndarray,
     transforms: np.ndarray | None = None,
     order: int = 3,
+    pe_axis: int | None = None,
+    shifts: np.ndarray | None = None,
+    jacobian: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sample every volume of ``data`` at ``points`` (moved by that volume's transform).
 
@@ -39,6 +47,12 @@ def resample_series(
         realign`); identity when omitted.
     order : int
         Spline order (3: cubic, fMRIPrep's default; 1: trilinear).
+    pe_axis : int, optional
+        The phase-encoding voxel axis of ``data``, with ``shifts``.
+    shifts : array of shape (N,), optional
+        Distortion of each point along ``pe_axis`` (voxels): the point is sampled there.
+    jacobian : array of shape (N,), optional
+        Intensity correction of each sample (the Jacobian of the shift).
 
     Returns
     -------
@@ -56,6 +70,8 @@ def resample_series(
     for t in range(n_volumes):
         matrix = to_voxel if transforms is None else to_voxel @ transforms[t]
         coords = (matrix @ homogeneous)[:3]
+        if shifts is not None:
+            coords[pe_axis] += shifts
         inside &= np.all((coords >= -0.5) & (coords <= upper), axis=0)
         volume = np.asarray(data[..., t], dtype=np.float32)
         if order > 1:
@@ -63,5 +79,16 @@ def resample_series(
                                            output=np.float32)
         values[:, t] = ndimage.map_coordinates(volume, coords, order=order, mode="nearest",
                                                prefilter=False)
+    if jacobian is not None:
+        values *= jacobian[:, None].astype(np.float32)
     values[~inside] = 0.0
     return values, inside
+
+
+def sample_points(image: np.ndarray, affine: np.ndarray, points: np.ndarray,
+                  order: int = 1) -> np.ndarray:
+    """Values of a 3-D ``image`` (voxel -> world ``affine``) at world ``points`` (N, 3);
+    beyond the grid, the nearest edge value."""
+    coords = (np.linalg.inv(affine) @ np.column_stack([points, np.ones(len(points))]).T)[:3]
+    return ndimage.map_coordinates(np.asarray(image, dtype=np.float64), coords, order=order,
+                                   mode="nearest")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmrilm_bids.config import Config
@@ -164,6 +164,62 @@ REFERENCES: dict[str, str] = {
   year = {2007},
   doi = {10.1016/j.neuroimage.2007.04.042}
 }""",
+    "jezzard1995": """@article{jezzard1995,
+  author = {Jezzard, Peter and Balaban, Robert S.},
+  title = {Correction for geometric distortion in echo planar images from {B0} field
+           variations},
+  journal = {Magnetic Resonance in Medicine},
+  volume = {34},
+  number = {1},
+  pages = {65--73},
+  year = {1995},
+  doi = {10.1002/mrm.1910340111}
+}""",
+    "hutton2002": """@article{hutton2002,
+  author = {Hutton, Chloe and Bork, Andreas and Josephs, Oliver and Deichmann, Ralf and
+            Ashburner, John and Turner, Robert},
+  title = {Image distortion correction in {fMRI}: a quantitative evaluation},
+  journal = {NeuroImage},
+  volume = {16},
+  number = {1},
+  pages = {217--240},
+  year = {2002},
+  doi = {10.1006/nimg.2001.1054}
+}""",
+    "herraez2002": """@article{herraez2002,
+  author = {Herr{\\'a}ez, Miguel Arevallilo and Burton, David R. and Lalor, Michael J. and
+            Gdeisat, Munther A.},
+  title = {Fast two-dimensional phase-unwrapping algorithm based on sorting by reliability
+           following a noncontinuous path},
+  journal = {Applied Optics},
+  volume = {41},
+  number = {35},
+  pages = {7437--7444},
+  year = {2002},
+  doi = {10.1364/AO.41.007437}
+}""",
+    "vanderwalt2014": """@article{vanderwalt2014,
+  author = {van der Walt, St{\\'e}fan and Sch{\\"o}nberger, Johannes L. and
+            Nunez-Iglesias, Juan and Boulogne, Fran{\\c{c}}ois and Warner, Joshua D. and
+            Yager, Neil and Gouillart, Emmanuelle and Yu, Tony},
+  title = {scikit-image: image processing in {Python}},
+  journal = {PeerJ},
+  volume = {2},
+  pages = {e453},
+  year = {2014},
+  doi = {10.7717/peerj.453}
+}""",
+    "andersson2003": """@article{andersson2003,
+  author = {Andersson, Jesper L. R. and Skare, Stefan and Ashburner, John},
+  title = {How to correct susceptibility distortions in spin-echo echo-planar images:
+           application to diffusion tensor imaging},
+  journal = {NeuroImage},
+  volume = {20},
+  number = {2},
+  pages = {870--888},
+  year = {2003},
+  doi = {10.1016/S1053-8119(03)00336-7}
+}""",
     "abraham2014": """@article{abraham2014,
   author = {Abraham, Alexandre and Pedregosa, Fabian and Eickenberg, Michael and
             Gervais, Philippe and Mueller, Andreas and Kossaifi, Jean and Gramfort, Alexandre
@@ -261,12 +317,16 @@ class RunFacts:
         Runs with a usable ``SliceTiming`` (slice-timing corrected).
     denoising : str
         The confound strategy in words (``Strategy.description``).
+    sdc : dict
+        Runs corrected for susceptibility distortions, by method (``phasediff``,
+        ``pepolar``).
     """
 
     participants: int
     runs: int
     slice_timed: int
     denoising: str
+    sdc: Mapping[str, int] = field(default_factory=dict)
 
 
 def _atlases(config: Config, first_only: bool = False) -> str:
@@ -330,18 +390,24 @@ def participant_paragraphs(config: Config, facts: RunFacts,
                f"acquisition) was applied to the {facts.slice_timed} run(s) with a known "
                f"`SliceTiming`" if facts.slice_timed else
                "no slice-timing correction was applied (`SliceTiming` not known)")
+        corrected = sum(facts.sdc.values())
+        unwarped = (" (for the runs corrected for susceptibility distortions, the unwarped "
+                    "reference)" if corrected else "")
+        sdc_step = (" Head motion, the susceptibility distortion, coregistration and "
+                    if corrected else " Head motion, coregistration and ")
         parts.append(("Functional data", (
             f"For each BOLD run, non-steady-state volumes were {dummies}. A reference volume "
             f"(the mean of up to 20 realigned steady-state volumes) was computed and head "
             f"motion was estimated by rigid least-squares realignment to it; {stc}. The "
-            f"reference was coregistered to the T1w brain with a rigid, mutual-information "
-            f"registration [@mattes2003] (*ANTs*). Head motion, coregistration and "
+            f"reference{unwarped} was coregistered to the T1w brain with a rigid, "
+            f"mutual-information registration [@mattes2003] (*ANTs*).{sdc_step}"
             f"normalisation were composed and applied in one cubic-spline resampling onto "
             f"the {wf.template} grid (res-{wf.template_resolution}). Confounds were "
             f"computed as in *fMRIPrep*: the 6 motion parameters with their derivatives and "
             f"squares [@friston1996], framewise displacement and DVARS [@power2012], the "
             f"global, white-matter and CSF signals, and anatomical CompCor components "
             f"[@behzadi2007] from the template's tissue priors.")))
+        parts.append(("Susceptibility distortion correction", _sdc_paragraph(config, facts)))
     scrub = (f" Volumes with framewise displacement above {wf.fd_threshold} mm, and kept "
              f"segments shorter than 5 volumes, were censored [@power2014]." if wf.scrub else "")
     parts.append(("Denoising and parcellation", (
@@ -357,6 +423,42 @@ def participant_paragraphs(config: Config, facts: RunFacts,
             f"discrete fMRI tokens from its neural tokenizer [@vandenoord2017], and "
             f"captions, embeddings and answers from its language model.")))
     return [*parts, _software(versions)]
+
+
+def _sdc_paragraph(config: Config, facts: RunFacts) -> str:
+    """What was done about susceptibility distortions (fMRIPrep/SDCflows' methods)."""
+    corrected = sum(facts.sdc.values())
+    if not corrected:
+        why = ("field maps were ignored (`--ignore fieldmaps`)"
+               if "fieldmaps" in config.workflow.ignore else
+               "no usable field map was intended for any run")
+        return f"No susceptibility distortion correction was applied: {why}."
+    estimates = []
+    if facts.sdc.get("phasediff"):
+        estimates.append(
+            f"for {facts.sdc['phasediff']} run(s), from a phase-difference map and its "
+            "magnitude: the phase difference was unwrapped within the magnitude's brain mask "
+            "[@herraez2002] (*scikit-image* [@vanderwalt2014]) and divided by 2 pi times the "
+            "echo-time difference")
+    if facts.sdc.get("pepolar"):
+        estimates.append(
+            f"for {facts.sdc['pepolar']} run(s), from EPI references acquired with opposite "
+            "phase-encoding polarities (PEPOLAR), by least squares on the two images unwarped "
+            "along the phase-encoding axis with a smooth field, as *TOPUP* does "
+            "[@andersson2003]")
+    jacobian = ("" if "fmap-jacobian" not in config.workflow.ignore else
+                " The Jacobian intensity correction was left out (`--ignore fmap-jacobian`).")
+    remaining = facts.runs - corrected
+    rest = f" The other {remaining} run(s) had no usable field map." if remaining else ""
+    return (
+        f"A B0 non-uniformity map (field map) was estimated "
+        f"{'; and '.join(estimates)} [@jezzard1995; @hutton2002]. The field map (Hz) was "
+        "smoothed and extrapolated beyond the brain, registered rigidly to the BOLD "
+        "reference through its reference image (*ANTs*, mutual information), and turned "
+        "into a voxel shift map along the phase-encoding direction (field times the total "
+        "readout time), as *SDCflows* of *fMRIPrep* [@esteban2019] does. The displacement "
+        "and its Jacobian intensity correction were applied within the one resampling of "
+        f"each run.{jacobian}{rest}")
 
 
 def group_paragraphs(config: Config, facts: RunFacts,
@@ -428,8 +530,8 @@ def to_html(paragraphs: Sequence[tuple[str, str]]) -> str:
         escaped = re.sub(r"\*([^*]+)\*", r"<em>\1</em>", escaped)
         escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
         return _CITE.sub(lambda m: "[" + ", ".join(
-            f'<a href="#ref-{k.strip()}">{number[k.strip()]}</a>'
-            for k in m.group(1).split(";")) + "]", escaped)
+            f'<a href="#ref-{key}">{number[key]}</a>'
+            for key in (k.strip().lstrip("@") for k in m.group(1).split(";"))) + "]", escaped)
 
     sections = "\n".join(f"<h2>{html.escape(heading)}</h2>\n<p>{render(text)}</p>"
                          for heading, text in paragraphs)

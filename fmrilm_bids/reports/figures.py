@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 from matplotlib.figure import Figure
 from nilearn import plotting
+from skimage import filters
 
 
 def figure_uri(figure: Figure) -> str:
@@ -36,6 +37,28 @@ def overlay_figure(background: str, contours: Sequence[tuple[str, str]], title: 
                                  draw_cross=False, colorbar=False)
     for path, colour in contours:
         display.add_contours(path, levels=[0.5], colors=colour, linewidths=1.0)
+    return figure_uri(figure)
+
+
+def unwarp_figure(before: str, after: str, anatomy: str, title: str) -> str:
+    """Susceptibility distortion correction, as SDCflows' reportlet: the BOLD reference
+    before (top) and after (bottom) unwarping, in T1w space, under the edges of the T1w's
+    white matter (its intensity at the Otsu threshold within the brain)."""
+
+    t1w = np.asarray(nib.load(anatomy).dataobj, dtype=np.float64)
+    level = float(filters.threshold_otsu(t1w[t1w > 0])) if (t1w > 0).any() else 0.5
+    cuts = plotting.find_cut_slices(nib.load(after), direction="z", n_cuts=6)
+    figure = plt.figure(figsize=(10, 5.6))
+    for row, (image, label) in enumerate(((before, "before"), (after, "after"))):
+        values = np.asarray(nib.load(image).dataobj, dtype=np.float64)
+        values = values[np.isfinite(values) & (values > 0)]
+        vmin, vmax = np.percentile(values, [2, 99.5]) if values.size else (0.0, 1.0)
+        axes = figure.add_axes((0.0, 0.5 * (1 - row), 1.0, 0.48))
+        display = plotting.plot_anat(image, display_mode="z", cut_coords=cuts, axes=axes,
+                                     title=f"{title}: {label} distortion correction", dim=0,
+                                     vmin=vmin, vmax=max(vmax, vmin + 1e-6),
+                                     draw_cross=False, colorbar=False)
+        display.add_contours(anatomy, levels=[level], colors="tab:orange", linewidths=0.8)
     return figure_uri(figure)
 
 

@@ -32,6 +32,17 @@ This text is also that folder's README.md.
   `task_design="block"` blocks of `events_per_block` same-category pictures (3 s each, 1 s
   apart) with 12 s of rest between blocks, categories in shuffled rounds (12 blocks: each of
   the 6 categories twice).
+- **Susceptibility distortion** (`fieldmap="phasediff"` or `"pepolar"`; none by default).
+  A B0 field (Hz) of Gaussian blobs in MNI space, moving with the head: -1 x strength under
+  the orbitofrontal cortex (0, 36, -32 mm; sd 16 mm), +0.5 x strength under each temporal
+  lobe (+-44, -10, -38 mm; sd 14 mm); strength `fieldmap_strength` (100 Hz). Every BOLD run
+  is phase-encoded along `j-` (`TotalReadoutTime` = 0.55 ms x (N_j - 1)): the tissue at
+  voxel `y` appears at `y + field * TotalReadoutTime * (-1)` along j, its intensity divided
+  by the Jacobian of that shift. The field is measured by `fmap/sub-XX_phasediff` (echo
+  times 4 and 10.5 ms, phase difference wrapped to 0..4095 for -pi..pi, noise outside the
+  head) with `_magnitude1`/`_magnitude2`, or by `fmap/sub-XX_dir-AP_epi` (`j-`) and
+  `_dir-PA_epi` (`j`), EPI references distorted the same way; the head has its own rigid
+  position during the field map (`t1w_to_fieldmap`).
 - **Group effect.** Patients' default-mode parcels share less variance with their network
   (`w = 0.25` instead of `0.6`; 0.5 in every other network), so within-default-mode
   correlation is lower in patients. Groups are in `participants.tsv`.
@@ -72,7 +83,11 @@ as 4x4 matrices on column vectors.
   `caption_id`, `category`, `caption`).
 - `sub-XX/sub-XX_simulation.json`: group, `mni_to_t1w` (translation, rotation, scale and
   matrix), T1w grid, bias field (`exp` of a Legendre polynomial with `coefficients` over
-  `(x - centre_mm) / half_extent_mm`, see `anatomy.legendre_field`), noise, BOLD grid.
+  `(x - centre_mm) / half_extent_mm`, see `anatomy.legendre_field`), noise, BOLD grid; with
+  a field map, `fieldmap`: its kind, `t1w_to_fieldmap`, `mni_to_fieldmap`, grid.
+- `b0field_hz.nii.gz` (with a field map): the B0 field (Hz) on the 2 mm template grid;
+  `truth.true_shift_map` gives a run's shift in voxels, `truth.undistorted_reference` the
+  template-space image a corrected run should match.
 - Per run, `sub-XX/<run stem>_...`:
   - `_motion.tsv`: `trans_x trans_y trans_z` (mm), `rot_x rot_y rot_z` (rad) as above,
     and `framewise_displacement` (mm, Power, 50 mm radius); one row per volume.
@@ -84,7 +99,9 @@ as 4x4 matrices on column vectors.
   - `_amplitudes.tsv` (task): per event, `onset duration trial_type caption` and each
     label's amplitude (% peak signal change).
   - `_simulation.json`: slice timing, `t1w_to_bold`, `mni_to_bold`, `motion_centre_mm`,
-    BOLD grid, noise sigma, drift coefficients, receive field, default-mode share.
+    BOLD grid, noise sigma, drift coefficients, receive field, default-mode share, and
+    `susceptibility` (field file, `PhaseEncodingDirection`, `TotalReadoutTime`; null
+    without a field map).
 """
 
 from fmrilm_bids.simulate.config import SimulationConfig

@@ -13,6 +13,11 @@ BOLD voxel) so the voxels do not alias and sampled with trilinear interpolation;
 the atlas parcel at ``x`` (nearest neighbour); ``s_p`` the parcel's signal (% change) at the
 acquisition time ``t_k = t * TR + SliceTiming[k]`` of the slice; ``d`` the scanner drift
 (%); and ``gain`` a static receive-coil field in scanner space.
+
+With a B0 field (:class:`Distortion`, ``fieldmap`` of the simulation), the image is also
+distorted along the phase-encoding axis, as an EPI readout does: the tissue at voxel ``y``
+appears at ``y + s(y)`` with ``s = field(x) * TotalReadoutTime * polarity`` voxels (the field
+moves with the head), and its intensity is divided by the Jacobian ``1 + ds/dy``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,58 @@ class BoldSource:
     baseline: np.ndarray = field(repr=False)
     active: np.ndarray = field(repr=False)
     parcel_column: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Distortion:
+    """A B0 field and how an EPI readout turns it into a shift.
+
+    Attributes
+    ----------
+    field : ndarray
+        Off-resonance (Hz) on the :class:`BoldSource` grid (template space: it moves with the
+        head).
+    pe_axis : int
+        The phase-encoding voxel axis of the image.
+    shift_per_hz : float
+        ``TotalReadoutTime * polarity`` (voxels per Hz).
+    """
+
+    field: np.ndarray = field(repr=False)
+    pe_axis: int = 1
+    shift_per_hz: float = 0.0
+
+    def source_points(self, matrix: np.ndarray, voxels: np.ndarray,
+                      iterations: int = 6) -> tuple[np.ndarray, np.ndarray]:
+        """Where each observed voxel's signal comes from, and the Jacobian there.
+
+        Parameters
+        ----------
+        matrix : ndarray of shape (4, 4)
+            Image voxel -> source-grid voxel, for this volume.
+        voxels : ndarray of shape (3, N)
+            Observed voxel indices.
+
+        Returns
+        -------
+        source : ndarray of shape (3, N)
+            The voxel ``y`` with ``y + s(y) = v`` for each observed ``v`` (fixed-point
+            iteration, exact while ``|ds/dy| < 1``).
+        jacobian : ndarray of shape (N,)
+            ``1 + ds/dy`` at ``source``.
+        """
+        source = voxels.copy()
+        for _ in range(iterations):
+            source[self.pe_axis] = voxels[self.pe_axis] - self._shift(matrix, source)
+        step = np.zeros((3, 1), dtype=voxels.dtype)
+        step[self.pe_axis] = 0.5
+        jacobian = 1.0 + self._shift(matrix, source + step) - self._shift(matrix, source - step)
+        return source, jacobian
+
+    def _shift(self, matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+        coords = matrix[:3, :3] @ points + matrix[:3, 3:]
+        return self.shift_per_hz * ndimage.map_coordinates(self.field, coords, order=1,
+                                                           mode="nearest")
 
 
 def point_spread_sigma(fwhm: float, grid_step: float) -> float:
@@ -102,7 +159,8 @@ def voxel_to_source(source: BoldSource, mni_to_bold: np.ndarray, motion: np.ndar
 def synthesize_bold(source: BoldSource, bold_affine: np.ndarray, bold_shape: tuple[int, ...],
                     mni_to_bold: np.ndarray, motion: np.ndarray, signals: np.ndarray,
                     slice_position: np.ndarray, drift: np.ndarray, gain: np.ndarray,
-                    noise_sigma: float, rng: np.random.Generator) -> np.ndarray:
+                    noise_sigma: float, rng: np.random.Generator,
+                    distortion: Distortion | None = None) -> np.ndarray:
     """Form the BOLD series (see the module docstring).
 
     Parameters
@@ -125,6 +183,8 @@ def synthesize_bold(source: BoldSource, bold_affine: np.ndarray, bold_shape: tup
     noise_sigma : float
         Thermal noise per channel (scanner units); 0 for a noise-free series.
     rng : numpy.random.Generator
+    distortion : Distortion, optional
+        A B0 field distorting the image along its phase-encoding axis.
 
     Returns
     -------
@@ -148,7 +208,10 @@ def synthesize_bold(source: BoldSource, bold_affine: np.ndarray, bold_shape: tup
     for volume in range(n_volumes):
         matrix = voxel_to_source(source, mni_to_bold, motion[volume], bold_affine)
         matrix = matrix.astype(np.float32)
-        coords = matrix[:3, :3] @ voxels + matrix[:3, 3:]
+        seen, jacobian = voxels, None
+        if distortion is not None:
+            seen, jacobian = distortion.source_points(matrix, voxels)
+        coords = matrix[:3, :3] @ seen + matrix[:3, 3:]
         nearest = np.rint(coords).astype(np.intp)
         inside = ((nearest[0] >= 0) & (nearest[0] < size[0]) & (nearest[1] >= 0)
                   & (nearest[1] < size[1]) & (nearest[2] >= 0) & (nearest[2] < size[2]))
@@ -162,5 +225,7 @@ def synthesize_bold(source: BoldSource, bold_affine: np.ndarray, bold_shape: tup
         change = table[rows, labels[flat[keep]]]
         clean = np.zeros(len(gain), dtype=np.float32)
         clean[keep] = (baseline + active * change) * (1.0 + drift[volume] / 100.0)
+        if jacobian is not None:
+            clean[keep] /= np.clip(jacobian[keep], 0.1, None)
         series[..., volume] = rician((clean * gain).reshape(bold_shape[:3]), noise_sigma, rng)
     return series

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from fmrilm_bids import __version__
 from fmrilm_bids.errors import EXIT_CANT_CREATE, EXIT_OK, EXIT_SOFTWARE, EXIT_USAGE, FmrilmError
 from fmrilm_bids.simulate.config import TASKS, SimulationConfig
+from fmrilm_bids.simulate.fieldmap import FIELDMAP_KINDS
 
 PROG = "fmrilm-bids-simulate"
 
@@ -59,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     parser.add_argument("--blocks", type=int, default=defaults.n_blocks, metavar="N",
                         help="blocks per run with --task-design block (default: %(default)s)")
+    parser.add_argument("--fieldmap", choices=FIELDMAP_KINDS, default=defaults.fieldmap,
+                        help="distort the BOLD runs by a B0 field (near the sinuses and ear "
+                        "canals) and write its field map: a phase difference with magnitudes, "
+                        "or two EPI references of opposite phase encoding (default: "
+                        "%(default)s)")
+    parser.add_argument("--fieldmap-strength", type=float, default=defaults.fieldmap_strength,
+                        metavar="HZ", help="peak off-resonance of the field (default "
+                        "%(default)s)")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -73,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             repetition_time=opts.tr, bold_voxel_size=opts.bold_voxel_size,
             anat_resolution=opts.anat_resolution, seed=opts.seed,
             motion_scale=opts.motion_scale, noise_level=opts.noise_level,
-            task_design=opts.task_design, n_blocks=opts.blocks)
+            task_design=opts.task_design, n_blocks=opts.blocks, fieldmap=opts.fieldmap,
+            fieldmap_strength=opts.fieldmap_strength)
     except ValueError as err:
         parser.print_usage(sys.stderr)
         print(f"{PROG}: error: {err}", file=sys.stderr)

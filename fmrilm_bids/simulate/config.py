@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from fmrilm_bids.simulate.events import MIN_TASK_RUN, TASK, BlockTiming
+from fmrilm_bids.simulate.fieldmap import FIELDMAP_KINDS
 
 #: Tasks the simulator knows: resting state, and picture viewing with captions.
 TASKS = ("rest", TASK)
@@ -67,6 +68,13 @@ class SimulationConfig:
         (:class:`~fmrilm_bids.simulate.events.BlockTiming`).
     n_blocks, events_per_block : int
         Block design only.
+    fieldmap : {"none", "phasediff", "pepolar"}
+        ``"none"``: no susceptibility distortion. Otherwise a B0 field (blobs near the
+        sinuses and the ear canals, :mod:`fmrilm_bids.simulate.fieldmap`) distorts every BOLD
+        run along its phase-encoding axis (``j-``), and the field is measured by a
+        phase-difference map or by two EPI references of opposite phase encoding.
+    fieldmap_strength : float
+        Peak off-resonance (Hz) of the field.
     """
 
     n_subjects: int = 4
@@ -96,6 +104,8 @@ class SimulationConfig:
     task_design: str = "event"
     n_blocks: int = 12
     events_per_block: int = 4
+    fieldmap: str = "none"
+    fieldmap_strength: float = 100.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "runs", tuple(self.runs))
@@ -121,6 +131,12 @@ class SimulationConfig:
                 problems.append(f"a block-design task-{TASK} run of {self.n_blocks} blocks "
                                 f"needs {needed:g} s of volumes (n_volumes x "
                                 "repetition_time)")
+        if self.fieldmap not in FIELDMAP_KINDS:
+            problems.append(f"fieldmap must be one of {', '.join(FIELDMAP_KINDS)}, not "
+                            f"{self.fieldmap!r}")
+        if not 0 <= self.fieldmap_strength <= 300:
+            problems.append(f"fieldmap_strength must be 0-300 Hz, not "
+                            f"{self.fieldmap_strength}")
         if not 0.3 <= self.repetition_time <= 10:
             problems.append(f"repetition_time must be 0.3-10 s, not {self.repetition_time}")
         if not 1.5 <= self.bold_voxel_size <= 10:

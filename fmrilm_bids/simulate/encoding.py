@@ -14,6 +14,18 @@ elsewhere. The intercept puts the pool-mean response at ``visual_amplitude`` in 
 ``semantic_amplitude`` in other category-selective regions (so their non-preferred categories
 still evoke a small positive response), ``default_deactivation`` in the default-mode network
 and 0 elsewhere.
+
+Early visual cortex has no preferred category, so its direction is the random tuning alone,
+spread over all 384 dimensions. That is the hardest case for a caption-based encoding model,
+on purpose: the truth stays linear in the captions' embeddings (learnable), but a new
+caption's response lies partly outside the span of the captions a model was trained on, and
+only many distinct captions close that gap (``benchmarks/bench_encoding.py``, case
+``encoding-curve``: held-out r / noise ceiling about 0.4-0.7 from the simulator's 120
+captions, 0.8 or more from about 500). Real early visual cortex is driven by low-level image
+properties that captions carry only coarsely; modelling that would add stimulus-specific
+responses that repeat (and so raise the noise ceiling) but that no caption model can
+predict, lowering r / ceiling at any amount of data, so it would measure the features'
+blind spot rather than the estimator.
 """
 
 from __future__ import annotations

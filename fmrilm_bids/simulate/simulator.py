@@ -8,6 +8,7 @@ same seed gives byte-identical files.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import uuid
@@ -38,9 +39,19 @@ from fmrilm_bids.simulate.anatomy import (
     native_grid,
     synthesize_t1w,
 )
-from fmrilm_bids.simulate.bold import BoldSource, bold_source, synthesize_bold
+from fmrilm_bids.simulate.bold import BoldSource, Distortion, bold_source, synthesize_bold
 from fmrilm_bids.simulate.config import SimulationConfig
 from fmrilm_bids.simulate.encoding import EncodingModel, build_encoding_model
+from fmrilm_bids.simulate.fieldmap import (
+    B0_ID,
+    BOLD_PE,
+    ECHO_TIMES,
+    EPI_DIRECTIONS,
+    b0_field,
+    epi_sidecar,
+    phasediff_images,
+    readout_time,
+)
 from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS, grid_centre, rigid_matrices
 from fmrilm_bids.simulate.motion import framewise_displacement, simulate_motion
 from fmrilm_bids.simulate.regions import (
@@ -63,6 +74,7 @@ from fmrilm_bids.simulate.writer import (
     write_bold,
     write_dataset_description,
     write_events_sidecar,
+    write_image,
     write_json,
     write_participants,
     write_readme,
@@ -84,7 +96,9 @@ REST_DESCRIPTION = "Resting state with eyes open, looking at a fixation cross."
 REST_INSTRUCTIONS = "Keep your eyes on the cross, stay still and let your mind wander."
 
 _STREAMS = {"participants": 1, "shared": 2, "anatomy": 3, "offset": 4, "motion": 5,
-            "signals": 6, "events": 7, "noise": 8}
+            "signals": 6, "events": 7, "noise": 8, "fieldmap": 9}
+#: Ground-truth B0 field (Hz) on the template grid, in TRUTH_DIR (with ``fieldmap``).
+B0_TRUTH = "b0field_hz.nii.gz"
 
 
 def _rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
@@ -139,6 +153,7 @@ class Shared:
     parcels: Parcels = field(repr=False)
     encoding: EncodingModel = field(repr=False)
     embeddings: np.ndarray = field(repr=False)
+    field: np.ndarray | None = field(default=None, repr=False)  # B0 (Hz), source grid
 
 
 def _prepare(config: SimulationConfig) -> Shared:
@@ -161,7 +176,9 @@ def _prepare(config: SimulationConfig) -> Shared:
                                      config.bold_voxel_size),
                   parcels=Parcels(labels=labels, names=names, networks=networks,
                                   n_voxels=counts, fluctuation_sd=fluctuation_sd),
-                  encoding=encoding, embeddings=embeddings)
+                  encoding=encoding, embeddings=embeddings,
+                  field=(None if config.fieldmap == "none"
+                         else b0_field(bold_template, config.fieldmap_strength)))
 
 
 def _participants(config: SimulationConfig) -> pd.DataFrame:
@@ -227,6 +244,56 @@ def _simulate_anatomy(root: Path, shared: Shared, index: int,
                    bold_affine=bold_affine, bold_shape=bold_shape)
 
 
+def _bold_distortion(shared: Shared, shape: tuple[int, ...], direction: str) -> Distortion:
+    """How the B0 field distorts an EPI of ``shape`` phase-encoded along ``direction``."""
+    polarity = -1 if direction.endswith("-") else 1
+    return Distortion(field=shared.field, pe_axis="ijk".index(direction[0]),
+                      shift_per_hz=readout_time(shape, direction) * polarity)
+
+
+def _simulate_fieldmap(root: Path, shared: Shared, subject: Subject) -> dict[str, object]:
+    """Write the participant's field map (``config.fieldmap``); returns its ground truth."""
+    config = shared.config
+    rng = _rng(config.seed, "fieldmap", subject.index)
+    offset = draw_run_offset(rng)
+    mni_to_fmap = offset.matrix @ subject.mni_to_t1w.matrix
+    label, fmap = subject.label, root / f"sub-{subject.label}" / "fmap"
+    intended = {"IntendedFor": [f"bids::sub-{label}/func/{run_stem(label, task, run)}"
+                                "_bold.nii.gz" for task, run in config.run_entities()],
+                "B0FieldIdentifier": B0_ID}
+    noise_sigma = config.noise_level * BOLD_TISSUE_INTENSITY["GM"]
+    if config.fieldmap == "phasediff":
+        affine, shape = native_grid(load_template(BOLD_SOURCE_RESOLUTION), mni_to_fmap,
+                                    config.bold_voxel_size, BOLD_MARGIN)
+        images = phasediff_images(shared.field, shared.source.baseline,
+                                  load_template(BOLD_SOURCE_RESOLUTION), mni_to_fmap, affine,
+                                  shape, noise_sigma, rng)
+        for suffix, image in zip(("phasediff", "magnitude1", "magnitude2"), images,
+                                 strict=True):
+            write_anatomical(fmap / f"sub-{label}_{suffix}.nii.gz", image, affine)
+        write_json(fmap / f"sub-{label}_phasediff.json",
+                   {"EchoTime1": ECHO_TIMES[0], "EchoTime2": ECHO_TIMES[1], **intended})
+    else:
+        affine, shape = subject.bold_affine, subject.bold_shape
+        gain_centre, gain_half_extent = field_frame(affine, shape)
+        gain = legendre_field(grid_points(affine, shape),
+                              draw_field_coefficients(rng, config.bold_gain_strength),
+                              gain_centre, gain_half_extent)
+        n_slices = shape[2]
+        for entity, direction in EPI_DIRECTIONS.items():
+            volume = synthesize_bold(
+                shared.source, affine, shape, mni_to_fmap, np.eye(4)[None],
+                np.zeros((n_slices, len(shared.parcels.labels))), np.arange(n_slices),
+                np.zeros(1), gain, noise_sigma, rng,
+                _bold_distortion(shared, shape, direction))[..., 0]
+            write_anatomical(fmap / f"sub-{label}_dir-{entity}_epi.nii.gz", volume, affine)
+            write_json(fmap / f"sub-{label}_dir-{entity}_epi.json",
+                       {**epi_sidecar(direction, shape), **intended})
+    return {"kind": config.fieldmap, "t1w_to_fieldmap": offset.to_dict(),
+            "mni_to_fieldmap": mni_to_fmap.tolist(), "affine": affine.tolist(),
+            "shape": list(shape)}
+
+
 def _event_table(events: list[dict[str, object]]) -> pd.DataFrame:
     return pd.DataFrame(events, columns=["onset", "duration", "trial_type", "caption"])
 
@@ -279,11 +346,12 @@ def _draw_run_signals(shared: Shared, subject: Subject, task: str, keys: tuple[i
                       evoked=evoked, amplitudes=amplitudes)
 
 
-def _bold_sidecar(task: str, slice_timing: list[float], tr: float) -> dict[str, object]:
+def _bold_sidecar(task: str, slice_timing: list[float], tr: float,
+                  phase_encoding: dict[str, object] | None = None) -> dict[str, object]:
     sidecar: dict[str, object] = {
         "TaskName": task, "RepetitionTime": tr, "SliceTiming": slice_timing,
         "SliceEncodingDirection": "k", "EchoTime": 0.03, "FlipAngle": 77,
-        "MagneticFieldStrength": 3}
+        "MagneticFieldStrength": 3, **(phase_encoding or {})}
     if task == task_events.TASK:
         return sidecar | {"TaskDescription": task_events.TASK_DESCRIPTION,
                           "Instructions": task_events.INSTRUCTIONS}
@@ -312,16 +380,21 @@ def _simulate_run(root: Path, shared: Shared, subject: Subject, run_index: int, 
     gain = legendre_field(grid_points(subject.bold_affine, subject.bold_shape),
                           gain_coefficients, gain_centre, gain_half_extent)
     noise_sigma = config.noise_level * BOLD_TISSUE_INTENSITY["GM"]
+    distortion = phase_encoding = None
+    if shared.field is not None:
+        distortion = _bold_distortion(shared, subject.bold_shape, BOLD_PE)
+        phase_encoding = {**epi_sidecar(BOLD_PE, subject.bold_shape), "B0FieldSource": B0_ID}
     series = synthesize_bold(shared.source, subject.bold_affine, subject.bold_shape,
                              mni_to_bold, rigid_matrices(motion, motion_centre),
                              run_signals.signals, slice_position,
                              legendre_drift(n_volumes, drift_coefficients), gain, noise_sigma,
-                             noise_rng)
+                             noise_rng, distortion)
 
     stem = run_stem(subject.label, task, run)
     func = root / f"sub-{subject.label}" / "func"
     write_bold(func / f"{stem}_bold.nii.gz", series, subject.bold_affine, tr, slice_timing)
-    write_json(func / f"{stem}_bold.json", _bold_sidecar(task, slice_timing, tr))
+    write_json(func / f"{stem}_bold.json",
+               _bold_sidecar(task, slice_timing, tr, phase_encoding))
     if task == task_events.TASK:
         write_tsv(func / f"{stem}_events.tsv", _event_table(run_signals.events))
 
@@ -367,6 +440,12 @@ def _simulate_run(root: Path, shared: Shared, subject: Subject, run_index: int, 
                               else 1.0),
         "default_shared_fraction": float(run_signals.shared_fraction[default][0]),
         "n_events": len(run_signals.events),
+        "susceptibility": None if distortion is None else {
+            "field_hz": B0_TRUTH, "PhaseEncodingDirection": BOLD_PE,
+            "TotalReadoutTime": readout_time(subject.bold_shape, BOLD_PE),
+            "shift": "tissue at BOLD voxel y appears at y + field * TotalReadoutTime * "
+                     "polarity along the phase-encoding axis (voxels), its intensity divided "
+                     "by 1 + the derivative of that shift"},
     })
 
 
@@ -394,6 +473,8 @@ def _write_shared_truth(root: Path, shared: Shared) -> None:
     np.save(folder / "caption_embeddings.npy", shared.embeddings)
     np.save(folder / "encoding_matrix.npy", encoding.weights)
     np.save(folder / "encoding_intercept.npy", encoding.intercept)
+    if shared.field is not None:
+        write_image(folder / B0_TRUTH, shared.field, shared.source.affine)
     correlation = network_correlation()
     write_json(folder / "effects.json", {
         "group_effect": {
@@ -471,6 +552,11 @@ def _write_dataset(root: Path, config: SimulationConfig) -> None:
     (root / TRUTH_DIR / "README.md").write_text(_truth_readme(config), encoding="utf-8")
     for index, participant in participants.iterrows():
         subject = _simulate_anatomy(root, shared, int(index), participant)
+        if shared.field is not None:
+            truth_file = root / TRUTH_DIR / subject_truth_file(subject.label)
+            truth = json.loads(truth_file.read_text())
+            truth["fieldmap"] = _simulate_fieldmap(root, shared, subject)
+            write_json(truth_file, truth)
         shown: set[str] = set()
         for run_index, (task, run) in enumerate(config.run_entities()):
             _simulate_run(root, shared, subject, run_index, task, run, shown)

@@ -11,10 +11,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
-from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS, rigid_matrices
+from fmrilm_bids.simulate.anatomy import bold_baseline, grid_points, load_template
+from fmrilm_bids.simulate.bold import point_spread_sigma
+from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS, apply_affine, rigid_matrices
 
 #: Ground-truth folder, relative to the dataset root (``sourcedata`` is not validated).
 TRUTH_DIR = Path("sourcedata") / "simulation"
@@ -110,3 +114,44 @@ def load_run_truth(dataset: Path, subject: str, task: str, run: int | None = Non
     return RunTruth(metadata=json.loads((root / files["metadata"]).read_text()),
                     motion=table("motion"), clean=table("clean"), networks=table("networks"),
                     evoked=table("evoked"), amplitudes=table("amplitudes"))
+
+
+def true_shift_map(dataset: Path, subject: str, task: str, run: int | None = None,
+                   template_space: bool = False) -> np.ndarray:
+    """The susceptibility shift (voxels along the run's phase-encoding axis, signed) of a
+    run simulated with a field map, on the BOLD grid with the head at rest (volume 0), or
+    with ``template_space`` on the template grid of the field.
+
+    Raises
+    ------
+    ValueError
+        When the run was simulated without a field map.
+    """
+    truth = load_run_truth(dataset, subject, task, run).metadata
+    susceptibility = truth.get("susceptibility")
+    if not susceptibility:
+        raise ValueError(f"{run_stem(subject, task, run)} was simulated without a field map")
+    polarity = -1.0 if susceptibility["PhaseEncodingDirection"].endswith("-") else 1.0
+    scale = polarity * float(susceptibility["TotalReadoutTime"])
+    field_img = nib.load(Path(dataset) / TRUTH_DIR / susceptibility["field_hz"])
+    field = np.asarray(field_img.dataobj, dtype=np.float64)
+    if template_space:
+        return field * scale
+    affine = np.asarray(truth["bold_affine"])
+    shape = tuple(truth["bold_shape"][:3])
+    mni = apply_affine(np.linalg.inv(np.asarray(truth["mni_to_bold"])),
+                       grid_points(affine, shape))
+    voxels = apply_affine(np.linalg.inv(field_img.affine), mni)
+    return scale * ndimage.map_coordinates(field, np.moveaxis(voxels, -1, 0), order=1,
+                                           mode="nearest")
+
+
+def undistorted_reference(dataset: Path) -> np.ndarray:
+    """What a BOLD run's mean image would be in template space (2 mm grid) without
+    distortion, receive field or drift: the simulator's T2*-weighted baseline at the
+    acquisition's point-spread function. Compare the template-space mean BOLD with it."""
+    parameters = json.loads((Path(dataset) / TRUTH_DIR / "parameters.json").read_text())
+    resolution = int(parameters["bold_source_resolution_mm"])
+    template = load_template(resolution)
+    sigma = point_spread_sigma(float(parameters["settings"]["bold_voxel_size"]), resolution)
+    return ndimage.gaussian_filter(bold_baseline(template), sigma, mode="constant")

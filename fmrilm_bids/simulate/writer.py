@@ -47,6 +47,16 @@ def write_anatomical(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
     img.to_filename(path)
 
 
+def write_image(path: Path, data: np.ndarray, affine: np.ndarray) -> None:
+    """Write a 3-D float32 image (ground truth maps) with qform and sform."""
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.to_filename(path)
+
+
 def write_bold(path: Path, data: np.ndarray, affine: np.ndarray, repetition_time: float,
                slice_timing: Sequence[float]) -> None:
     """Write a 4-D int16 BOLD series with a complete header.

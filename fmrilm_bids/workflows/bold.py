@@ -12,11 +12,13 @@ from nipype.pipeline import engine as pe
 
 from fmrilm_bids.config import Config, Space
 from fmrilm_bids.dataset.derivatives import bids_uri
+from fmrilm_bids.dataset.fieldmaps import PHASEDIFF, phase_encoding, total_readout_time
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.errors import InputDataError
 from fmrilm_bids.interfaces.bids import DerivativesDataSink
 from fmrilm_bids.interfaces.confounds import BoldConfounds
 from fmrilm_bids.interfaces.denoise import DenoiseParcellate
+from fmrilm_bids.interfaces.fieldmap import BoldShiftMap, PepolarFieldmap, PhasediffFieldmap
 from fmrilm_bids.interfaces.functional import (
     BoldReference,
     Coregistration,
@@ -39,10 +41,11 @@ def _bold_gb(run: BoldRun | Path, shape: tuple[int, ...]) -> float:
     return max(0.5, 3 * float(np.prod(shape[:3])) * n_volumes * 4 / 1e9)
 
 
-def slice_timing_inputs(run: BoldRun) -> dict[str, object] | None:
-    """Inputs of the slice-timing node, or None when it must be skipped (logged)."""
+def slice_timing_inputs(run: BoldRun, config: Config) -> dict[str, object] | None:
+    """Inputs of the slice-timing node, or None when it must be skipped (logged), or is
+    left out (``--ignore slicetiming``)."""
     times = run.metadata.get("SliceTiming")
-    if not times:
+    if not times or "slicetiming" in config.workflow.ignore:
         return None
     direction = run.metadata.get("SliceEncodingDirection", "k")
     axis, _ = slice_axis(direction)
@@ -61,6 +64,103 @@ def slice_timing_inputs(run: BoldRun) -> dict[str, object] | None:
             "slice_encoding_direction": direction}
 
 
+def bold_phase_encoding(run: BoldRun) -> dict[str, object]:
+    """The run's phase-encoding axis, polarity and total readout time (s), as the unwarping
+    nodes take them (checked before the run: :func:`fmrilm_bids.dataset.checks.
+    check_fieldmap_inputs`)."""
+    axis, polarity = phase_encoding(run.metadata)
+    return {"pe_axis": axis, "polarity": polarity,
+            "readout_time": total_readout_time(run.metadata, nib.load(run.path).shape)}
+
+
+def sdc_metadata(run: BoldRun, config: Config) -> dict[str, object]:
+    """What the sidecars of the run's outputs say about susceptibility distortion correction
+    (``SusceptibilityDistortionCorrection``: method, field map, phase encoding)."""
+    if run.fieldmap is None:
+        reason = ("field maps ignored (--ignore fieldmaps)"
+                  if "fieldmaps" in config.workflow.ignore else
+                  "no usable field map is intended for this run (IntendedFor or "
+                  "B0FieldSource)")
+        return {"SusceptibilityDistortionCorrection": {"Method": "none", "Reason": reason}}
+    encoding = bold_phase_encoding(run)
+    return {"SusceptibilityDistortionCorrection": {
+        "Method": run.fieldmap.method,
+        "B0FieldSource": run.fieldmap.identifier,
+        "FieldMap": [bids_uri(path, config.execution.bids_dir)
+                     for path in run.fieldmap.sources],
+        "PhaseEncodingDirection": run.metadata["PhaseEncodingDirection"],
+        "TotalReadoutTime": encoding["readout_time"],
+        "JacobianCorrection": "fmap-jacobian" not in config.workflow.ignore,
+    }}
+
+
+def sdc_counts(runs: list[BoldRun]) -> dict[str, int]:
+    """Runs corrected for susceptibility distortions, by method (for the boilerplate)."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        if run.fieldmap is not None:
+            counts[run.fieldmap.method] = counts.get(run.fieldmap.method, 0) + 1
+    return counts
+
+
+def _run_sources(run: BoldRun, config: Config) -> list[str]:
+    """BIDS URIs of the raw files a run's outputs come from: the run, and its field map."""
+    files = [run.path, *(run.fieldmap.sources if run.fieldmap else ())]
+    return [bids_uri(path, config.execution.bids_dir) for path in files]
+
+
+def _sdc_words(run: BoldRun, config: Config) -> str:
+    """The methods sentence on susceptibility distortion correction."""
+    if run.fieldmap is None:
+        return ("no susceptibility distortion correction (" + sdc_metadata(run, config)[
+            "SusceptibilityDistortionCorrection"]["Reason"] + ")")
+    estimate = ("the phase difference unwrapped within the magnitude's brain mask "
+                "(scikit-image) and scaled to Hz by the echo-time difference"
+                if run.fieldmap.method == PHASEDIFF else
+                "least squares along the phase-encoding axis on the EPI images of opposite "
+                "polarity (TOPUP-like)")
+    jacobian = ("" if "fmap-jacobian" not in config.workflow.ignore
+                else " without the Jacobian intensity correction")
+    return (f"susceptibility distortion correction with the {run.fieldmap.description}: "
+            f"B0 field from {estimate}, smoothed and extrapolated, registered rigidly to the "
+            "BOLD reference through its reference image (ANTs), and turned into a voxel "
+            f"shift map along PhaseEncodingDirection {run.metadata['PhaseEncodingDirection']} "
+            f"with TotalReadoutTime {bold_phase_encoding(run)['readout_time']:.4g} s, applied "
+            f"in the same one-step resampling{jacobian}; coregistration used the unwarped "
+            "reference")
+
+
+def _init_sdc(workflow: pe.Workflow, run: BoldRun, config: Config,
+              boldref: pe.Node) -> pe.Node:
+    """Field-map estimation and its voxel shift map on the BOLD reference; returns the node
+    whose ``vsm_file`` and ``corrected_ref`` the resampling and coregistration take."""
+    fieldmap = run.fieldmap
+    if fieldmap.method == PHASEDIFF:
+        echo_time1, echo_time2 = fieldmap.echo_times
+        estimate = pe.Node(PhasediffFieldmap(
+            phasediff=str(fieldmap.sources[0]), magnitude=str(fieldmap.sources[1]),
+            echo_time1=echo_time1, echo_time2=echo_time2, seed=config.seeds.master),
+            name="fmap_phasediff")
+    else:
+        encodings = [phase_encoding(meta) for meta in fieldmap.metadata]
+        estimate = pe.Node(PepolarFieldmap(
+            in_files=[str(p) for p in fieldmap.sources], pe_axis=encodings[0][0],
+            polarities=[polarity for _, polarity in encodings],
+            readout_times=[total_readout_time(meta, nib.load(path).shape)
+                           for path, meta in zip(fieldmap.sources, fieldmap.metadata,
+                                                 strict=True)]),
+            name="fmap_pepolar", mem_gb=1.0)
+    shift_map = pe.Node(BoldShiftMap(**bold_phase_encoding(run), seed=config.seeds.master,
+                                     jacobian="fmap-jacobian" not in config.workflow.ignore),
+                        name="fmap2bold")
+    workflow.connect([
+        (estimate, shift_map, [("fieldmap", "fieldmap"),
+                               ("reference", "fieldmap_reference")]),
+        (boldref, shift_map, [("ref_file", "boldref")]),
+    ])
+    return shift_map
+
+
 #: What a BOLD workflow's outputnode hands the stimulus models (besides ``confounds_file``).
 STIMULUS_FIELDS = ("bold_std", "mask_std", "confounds_metadata", "start_time")
 
@@ -71,8 +171,11 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
 
     Steps: non-steady-state detection and BOLD reference; head-motion estimation
     (:mod:`fmrilm_bids.preproc.motion`); slice-timing correction when ``SliceTiming`` is known;
-    rigid BOLD-to-T1w coregistration (ANTs, mutual information); motion, coregistration
-    and normalisation applied in one cubic resampling onto the template grid; brain mask;
+    with a field map (``run.fieldmap``), its B0 field as a voxel shift map on the BOLD
+    reference (:mod:`fmrilm_bids.preproc.fieldmap`) and the unwarped reference; rigid
+    BOLD-to-T1w coregistration (ANTs, mutual information) of the (unwarped) reference;
+    motion, coregistration, normalisation and the distortion applied in one cubic resampling
+    onto the template grid; brain mask;
     confounds (written as ``desc-confounds_timeseries.tsv``); the preprocessed BOLD and its
     mask are written when ``config.workflow.output_bold``, in every output space (the
     spaces after the first get their own one-step resampling, through ``std_xfms``).
@@ -83,7 +186,9 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
         ``inputnode``: ``t1w_brain``, ``t1w_mask``, ``anat2std_xfm``, ``std_xfms`` (one
         transform list per output space after the first). ``outputnode``:
         ``bold_std``, ``boldref_std``, ``mask_std``, ``confounds_file``,
-        ``confounds_metadata`` (JSON file), ``methods`` (list of paragraphs).
+        ``confounds_metadata`` (JSON file), ``methods`` (list of paragraphs), ``boldref``
+        (the BOLD reference), ``coreg_xfm``, and with a field map ``boldref_sdc`` (the
+        reference unwarped).
     """
     workflow = pe.Workflow(name=name)
     resolution = config.workflow.template_resolution
@@ -92,7 +197,7 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
     template_mask = str(space_file(analysis_space, "mask", desc="brain"))
     seed = config.seeds.master
     output_dir = str(config.execution.output_dir)
-    stc_inputs = slice_timing_inputs(run)
+    stc_inputs = slice_timing_inputs(run, config)
     mem_gb = _bold_gb(run, nib.load(template).shape)
 
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
@@ -100,7 +205,7 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
                         name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=[
         "bold_std", "boldref_std", "mask_std", "confounds_file", "confounds_metadata",
-        "methods"]), name="outputnode")
+        "methods", "boldref", "boldref_sdc", "coreg_xfm"]), name="outputnode")
 
     boldref = pe.Node(BoldReference(in_file=str(run.path),
                                     dummy_scans=config.workflow.dummy_scans), name="boldref")
@@ -117,12 +222,21 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
     ds_confounds = pe.Node(DerivativesDataSink(
         base_directory=output_dir, source_file=str(run.path), suffix="timeseries",
         desc="confounds", RepetitionTime=run.repetition_time,
-        Sources=[bids_uri(run.path, config.execution.bids_dir)]),
+        Sources=_run_sources(run, config), **sdc_metadata(run, config)),
         name="ds_confounds", run_without_submitting=True)
+    sdc = _init_sdc(workflow, run, config, boldref) if run.fieldmap is not None else None
+    if sdc is None:
+        workflow.connect(boldref, "ref_file", coreg, "in_file")
+    else:
+        workflow.connect([
+            (sdc, coreg, [("corrected_ref", "in_file")]),
+            (sdc, outputnode, [("corrected_ref", "boldref_sdc")]),
+        ])
 
     workflow.connect([
         (boldref, realign, [("ref_file", "ref_file")]),
-        (boldref, coreg, [("ref_file", "in_file")]),
+        (boldref, outputnode, [("ref_file", "boldref")]),
+        (coreg, outputnode, [("transform", "coreg_xfm")]),
         (boldref, confounds, [("n_dummy", "n_dummy")]),
         (inputnode, coreg, [("t1w_brain", "t1w_brain"), ("t1w_mask", "t1w_mask")]),
         (inputnode, resample, [("anat2std_xfm", "anat_transforms")]),
@@ -152,6 +266,12 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
             (coreg, space_resample, [("transform", "coreg_transform")]),
         ])
         resamplers.append((space, space_resample))
+    if sdc is not None:
+        encoding = bold_phase_encoding(run)
+        for _, node in resamplers:
+            node.inputs.pe_axis = encoding["pe_axis"]
+            node.inputs.jacobian = "fmap-jacobian" not in config.workflow.ignore
+            workflow.connect(sdc, "vsm_file", node, "vsm_file")
     stc = None
     if stc_inputs:
         stc = pe.Node(SliceTimingCorrection(in_file=str(run.path), **stc_inputs), name="stc")
@@ -174,8 +294,9 @@ def init_bold_preproc_wf(run: BoldRun, config: Config,
     outputnode.inputs.methods = [
         f"Non-steady-state volumes {dummies}; "
         "BOLD reference: mean of up to 20 realigned steady-state volumes; head motion "
-        f"estimated by rigid least-squares realignment; {stc_words}; rigid "
-        "mutual-information coregistration to the T1w (ANTs); motion, coregistration and "
+        f"estimated by rigid least-squares realignment; {stc_words}; "
+        f"{_sdc_words(run, config)}; rigid mutual-information coregistration to the T1w "
+        "(ANTs); motion, coregistration and "
         f"normalisation to {config.workflow.template} ({resolution} mm) applied in one "
         "cubic-spline resampling. Confounds: 24 motion parameters, framewise displacement, "
         "DVARS, global, white-matter and CSF signals, aCompCor (template tissue priors).",
@@ -195,7 +316,7 @@ def _connect_bold_sinks(workflow: pe.Workflow, resample: pe.Node, space: Space, 
                    "SliceTimingCorrected": bool(stc_inputs),
                    "StartTime": slice_time_reference(stc_inputs["slice_timing"])
                    if stc_inputs else 0.0,
-                   "Sources": [bids_uri(run.path, config.execution.bids_dir)]}),
+                   "Sources": _run_sources(run, config), **sdc_metadata(run, config)}),
         name=f"ds_bold{suffix}", mem_gb=mem_gb)
     ds_mask = pe.Node(DerivativesDataSink(
         base_directory=output_dir, source_file=str(run.path), desc="brain",
@@ -209,7 +330,8 @@ def _connect_bold_sinks(workflow: pe.Workflow, resample: pe.Node, space: Space, 
 def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
                          start_time: float = 0.0,
                          name: str = "bold_denoise_wf",
-                         bold_file: Path | None = None) -> pe.Workflow:
+                         bold_file: Path | None = None,
+                         metadata: dict[str, object] | None = None) -> pe.Workflow:
     """Denoise and parcellate one template-space run, for every atlas of the config.
 
     Writes ``<run>_seg-<atlas>_desc-denoised_timeseries.tsv`` (+ JSON) per atlas.
@@ -223,6 +345,8 @@ def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
         reference; 0 without slice-timing correction).
     bold_file : Path, optional
         The template-space BOLD (sizes the nodes' memory); default the raw run's image.
+    metadata : dict, optional
+        Further sidecar entries (e.g. :func:`sdc_metadata`).
 
     Returns
     -------
@@ -249,7 +373,8 @@ def init_bold_denoise_wf(run: BoldRun, config: Config, sources: list[str],
             name=f"denoise_{label}", mem_gb=_bold_gb(bold_file or run, (100, 120, 100)))
         sink = pe.Node(DerivativesDataSink(
             base_directory=str(config.execution.output_dir), source_file=str(run.path),
-            suffix="timeseries", desc="denoised"), name=f"ds_timeseries_{label}",
+            suffix="timeseries", desc="denoised", **(metadata or {})),
+            name=f"ds_timeseries_{label}",
             run_without_submitting=True)
         workflow.connect([
             (inputnode, parcellate, [("bold_std", "bold_file"), ("mask_std", "mask_file"),
@@ -278,8 +403,11 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
         ``start_time`` (s, the slice-timing reference).
     """
     workflow = pe.Workflow(name=name or f"bold_{node_name(run.name)}_wf")
-    LOGGER.info("%s: preprocessing workflow (%s)", run.name,
-                "slice timing known" if run.metadata.get("SliceTiming") else "no SliceTiming")
+    LOGGER.info("%s: preprocessing workflow (%s; %s)", run.name,
+                "slice timing known" if run.metadata.get("SliceTiming") else "no SliceTiming",
+                f"susceptibility distortions corrected with the {run.fieldmap.description}"
+                if run.fieldmap else "no field map: not corrected for susceptibility "
+                "distortions")
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_brain", "t1w_mask",
                                                       "anat2std_xfm", "std_xfms"]),
                         name="inputnode")
@@ -287,11 +415,11 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
         "timeseries", "confounds_file", "report_section", *STIMULUS_FIELDS]),
         name="outputnode")
     preproc = init_bold_preproc_wf(run, config)
-    stc_inputs = slice_timing_inputs(run)
+    stc_inputs = slice_timing_inputs(run, config)
     start_time = slice_time_reference(stc_inputs["slice_timing"]) if stc_inputs else 0.0
     outputnode.inputs.start_time = start_time
-    denoise = init_bold_denoise_wf(
-        run, config, [bids_uri(run.path, config.execution.bids_dir)], start_time=start_time)
+    denoise = init_bold_denoise_wf(run, config, _run_sources(run, config),
+                                   start_time=start_time, metadata=sdc_metadata(run, config))
     template_mask = str(space_file(config.workflow.spaces[0], "mask", desc="brain"))
     report = pe.Node(BoldReport(run_name=run.name, template_mask=template_mask),
                      name="report", mem_gb=_bold_gb(run, (100, 120, 100)))
@@ -314,4 +442,11 @@ def init_bold_wf(run: BoldRun, config: Config, name: str | None = None) -> pe.Wo
                                ("outputnode.confounds_metadata", "confounds_metadata")]),
         (report, outputnode, [("section", "report_section")]),
     ])
+    if run.fieldmap is not None:  # the report's before/after figure of the unwarping
+        workflow.connect([
+            (inputnode, report, [("t1w_brain", "t1w_brain")]),
+            (preproc, report, [("outputnode.boldref", "sdc_before"),
+                               ("outputnode.boldref_sdc", "sdc_after"),
+                               ("outputnode.coreg_xfm", "coreg_xfm")]),
+        ])
     return workflow
