@@ -50,6 +50,7 @@ def _subject(world: dict, seed: int, **options) -> tuple[adapters.SubjectRespons
             world["categories"][order])
 
 
+@pytest.mark.slow
 def test_decoders_read_captions_categories_and_unseen_categories(world) -> None:
     subject, categories = _subject(world, 1)
     held = decoding.held_out(subject.responses, subject.targets, subject.groups, categories,
