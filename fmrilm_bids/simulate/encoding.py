@@ -106,3 +106,31 @@ def build_encoding_model(names: Sequence[str], networks: Sequence[str],
                          [visual_amplitude, semantic_amplitude, default_deactivation], 0.0)
     intercept = baseline - weights @ centre
     return EncodingModel(weights=weights, intercept=intercept, selectivity=selectivity)
+
+
+def voxel_responses(model: EncodingModel, embeddings: np.ndarray, rng: np.random.Generator,
+                    voxels_per_region: int = 20, trial_noise: float = 0.1,
+                    voxel_noise: float = 1.0, gain_sd: float = 0.5,
+                    misalignment: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Single-trial responses of template voxels to captions, through ``model``.
+
+    Voxel ``v`` belongs to region ``v // voxels_per_region`` of the template; in this
+    subject a share ``misalignment`` of the voxels takes a random region's signal instead
+    (imperfect alignment to the template). A voxel's response is its region's amplitude
+    (with trial noise ``trial_noise``, shared by the region) times the voxel's gain
+    (log-normal, ``gain_sd``), plus independent noise ``voxel_noise`` (% signal change).
+
+    Returns
+    -------
+    responses : ndarray of shape (n_events, n_regions * voxels_per_region)
+    regions : ndarray of int
+        The region each voxel carries in this subject.
+    """
+    amplitudes = model.amplitudes(embeddings)
+    amplitudes = amplitudes + rng.normal(0.0, trial_noise, amplitudes.shape)
+    regions = np.repeat(np.arange(amplitudes.shape[1]), voxels_per_region)
+    moved = rng.random(len(regions)) < misalignment
+    regions[moved] = rng.integers(0, amplitudes.shape[1], int(moved.sum()))
+    gains = np.exp(rng.normal(0.0, gain_sd, len(regions)))
+    noise = rng.normal(0.0, voxel_noise, (len(amplitudes), len(regions)))
+    return amplitudes[:, regions] * gains + noise, regions
