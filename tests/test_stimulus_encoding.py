@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from fmrilm_bids.resources.captions import TOPICS, compose_caption_pool, load_caption_pool
 from fmrilm_bids.resources.text_encoder import encode_sentences
@@ -69,8 +70,11 @@ def test_held_out_accuracy_reaches_the_noise_ceiling(truth):
     ceiling = encoding.noise_ceiling(truth["responses"],
                                      [truth["captions"][i] for i in truth["shown"]])
     assert ceiling is not None
-    ratio = fit.scores / ceiling
     selective = _selective()
+    assert np.all(ceiling[selective] > 0)
+    # Regions without stimulus-driven variance have a ceiling of 0: no ratio there.
+    ratio = np.divide(fit.scores, ceiling, out=np.full_like(fit.scores, np.nan),
+                      where=ceiling > 0)
     visual_only = region_membership(REGIONS, VISUAL_REGIONS) & ~selective
     assert np.all(ratio[selective] >= 0.8), dict(zip(REGIONS, ratio.round(2), strict=True))
     # Early visual cortex without a category has a random semantic tuning: still predicted.
@@ -135,6 +139,81 @@ def test_banded_ridge_favours_the_informative_space_and_contrastive_option(truth
                                     n_folds=4, contrastive=0.5)
     assert np.all(aligned.scores >= plain.scores - 0.05)
     assert not np.allclose(aligned.weights, plain.weights)
+
+
+def test_the_fit_does_not_depend_on_the_units_of_the_features(truth):
+    """Each space is scaled to a unit RMS row norm first: the penalty grid fits any units.
+
+    Without it, embeddings 1000 times smaller left every penalty of the grid far too strong
+    (held-out r near 0) and 1000 times larger ones pushed the penalty to the grid's top.
+    """
+    columns = [REGIONS.index(r) for r in ("Fusiform_L", "ParaHippocampal_L", "Calcarine_L",
+                                          "Cuneus_L")]
+    base = truth["fit"]
+    sentence = truth["embeddings"][truth["shown"]]
+    for factor in (1e-3, 1e3):
+        fit = encoding.fit_encoding({"sentence": factor * sentence},
+                                    truth["responses"][:, columns], truth["runs"])
+        np.testing.assert_allclose(fit.scores, base.scores[columns], atol=1e-3)
+        np.testing.assert_allclose(factor * fit.weights, base.weights[:, columns],
+                                   atol=1e-3 * np.abs(base.weights[:, columns]).max())
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.normal(0, 5.0, (50, 3)), np.zeros((50, 2))])
+    scaling = encoding.space_scaling(x, [3, 2])
+    assert np.sqrt(((x[:, :3] * scaling[:3]) ** 2).sum(1).mean()) == pytest.approx(1.0)
+    assert np.all(scaling[3:] == 1.0)
+
+
+def test_banded_penalties_are_those_of_the_himalaya_solution(truth):
+    """The penalty of each weight (for the contrastive refinement) solves the ridge equations."""
+    keep = truth["runs"] < 4
+    rng = np.random.default_rng(5)
+    sentence = truth["embeddings"][truth["shown"][keep]]
+    spaces = {"sentence": sentence, "noise": rng.standard_normal((len(sentence), 16))}
+    responses = truth["responses"][keep][:, :3]
+    fit = encoding.fit_encoding(spaces, responses, truth["runs"][keep], n_folds=2, n_iter=5)
+    x = encoding.stack_features(spaces, fit.spaces) - fit.feature_means
+    scaling = encoding.space_scaling(x, [384, 16])
+    scaled, weights = x * scaling, fit.weights / scaling[:, None]
+    penalties = encoding.ridge_penalties(fit.alphas, fit.space_scales, [384, 16])
+    assert penalties.shape == (400, 3)
+    for t in range(3):
+        lhs = scaled.T @ scaled @ weights[:, t] + penalties[:, t] * weights[:, t]
+        rhs = scaled.T @ (responses[:, t] - fit.response_means[t])
+        np.testing.assert_allclose(lhs, rhs, atol=2e-3 * np.abs(rhs).max())
+
+
+def test_the_contrastive_refinement_starts_at_its_ridge_minimum():
+    """With no contrastive term the refinement keeps the ridge solution it starts from.
+
+    (Its ridge term was once ``n_features`` times too weak: weights moved by 0.2 to 180
+    times their norm with the contrastive term switched off.)
+    """
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((120, 40))
+    x -= x.mean(0)
+    y = x @ rng.normal(0, 0.1, (40, 4)) + rng.standard_normal((120, 4))
+    y -= y.mean(0)
+    sizes = [30, 10]
+    one_space = encoding.ridge_penalties(np.array([0.1, 1.0, 10.0, 100.0]), np.ones((1, 4)),
+                                         [40])
+    banded = encoding.ridge_penalties(np.full(4, np.nan), rng.uniform(0.01, 10, (2, 4)), sizes)
+    assert np.all(banded[:30] == banded[0]) and np.all(banded[30:] == banded[30])
+    for penalties in (one_space, banded):
+        ridge = np.column_stack([np.linalg.solve(x.T @ x + np.diag(p), x.T @ y[:, t])
+                                 for t, p in enumerate(penalties.T)])
+        refined = encoding.contrastive_refine(x, y, ridge, penalties, strength=0.0, steps=50)
+        assert np.all(np.linalg.norm(refined - ridge, axis=0)
+                      <= 1e-3 * np.linalg.norm(ridge, axis=0))
+
+
+def test_a_cuda_device_runs_himalaya_on_its_torch_backend():
+    """The device resolved at the edge picks the backend (no GPU here to run it on)."""
+    assert encoding.himalaya_backend("cpu") == "numpy"
+    assert encoding.himalaya_backend(torch.device("cpu")) == "numpy"
+    assert encoding.himalaya_backend("cuda") == "torch_cuda"
+    assert encoding.himalaya_backend("cuda:1") == "torch_cuda"
+    assert encoding.himalaya_backend(torch.device("cuda", 0)) == "torch_cuda"
 
 
 def test_event_captions_sources_and_the_shipped_pool():

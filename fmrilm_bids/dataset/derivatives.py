@@ -40,6 +40,8 @@ BIDSIGNORE_PATTERNS = (
     "*_statmap.*",
     "*_selectivity.*",
     "*_weights.*",
+    "*_retrieval.*",
+    "*_metrics.*",
 )
 
 

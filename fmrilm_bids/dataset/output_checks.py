@@ -2,7 +2,8 @@
 
 The validator (bids-validator-deno, schema 1.2.7) has no derivative rule for the files
 fmrilm-bids writes under ``func/`` (``_timeseries``, ``_tokens``, ``_captions``, ``_text``,
-``_embeddings``), so ``.bidsignore`` hides them from it
+``_embeddings``, the stimulus models' ``_betas``, ``_statmap``, ``_selectivity``,
+``_weights``, ``_retrieval`` and ``_metrics``), so ``.bidsignore`` hides them from it
 (:data:`fmrilm_bids.dataset.derivatives.BIDSIGNORE_PATTERNS`). What it checks is
 :data:`VALIDATOR_CHECKS`; the rest is checked here, after each level:
 
@@ -43,6 +44,8 @@ VALIDATOR_CHECKS = (
 SELF_CHECKS = (
     "*_timeseries.tsv / .json (denoised parcel series, confounds)",
     "*_tokens.tsv, *_captions.tsv, *_text.tsv and their sidecars",
+    "the stimulus models' *_betas.tsv, *_statmap.tsv, *_selectivity.tsv, *_retrieval.tsv, "
+    "*_metrics.tsv and their sidecars",
     "*_embeddings.npy sidecars",
     "group/*.tsv / .json",
 )

@@ -3,9 +3,10 @@
 niworkflows' sink builds BIDS names, fixes NIfTI headers and writes JSON sidecars. Ours adds
 the suffixes fmrilm-bids invents (``timeseries`` under ``func/``, ``tokens``, ``captions``,
 ``embeddings``, ``text``; the stimulus models' ``betas``, ``statmap`` with a ``stat-`` entity,
-``selectivity`` and ``weights``) and makes every file appear atomically: the parent class writes
-into a hidden staging folder on the same file system, then each file is moved into place
-with :func:`os.replace`, sidecar last, so a reader never sees a half-written file.
+``selectivity`` and ``weights``; the decoders' ``retrieval`` and ``metrics``) and makes every
+file appear atomically: the parent class writes into a hidden staging folder on the same file
+system, then each file is moved into place with :func:`os.replace`, sidecar last, so a reader
+never sees a half-written file.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ FMRILM_SUFFIXES = {
     "statmap": (".nii.gz", ".tsv"),
     "selectivity": (".tsv",),
     "weights": (".npy",),
+    "retrieval": (".tsv",),
+    "metrics": (".tsv",),
 }
 
 _FUNC_PATTERN = (
@@ -42,7 +45,7 @@ _STIMULUS_PATTERN = (
     "sub-{subject}[/ses-{session}]/{datatype<func>|func}/sub-{subject}[_ses-{session}]"
     "_task-{task}[_acq-{acquisition}][_run-{run}][_space-{space}][_res-{resolution}]"
     "[_seg-{segmentation}][_stat-{statistic}][_desc-{desc}]"
-    "_{suffix<betas|statmap|selectivity|weights>}"
+    "_{suffix<betas|statmap|selectivity|weights|retrieval|metrics>}"
     "{extension<.nii.gz|.nii|.tsv|.npy|.json>|.nii.gz}"
 )
 _SUBJECT_PATTERN = (

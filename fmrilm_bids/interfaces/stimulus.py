@@ -94,6 +94,49 @@ def response_units(events: pd.DataFrame, unit: str, block_gap: float,
         "n_events": 1}).reset_index(drop=True).assign(unit="event")
 
 
+def betas_mask(betas_files: Sequence[str | Path]) -> np.ndarray:
+    """The voxels modelled in every run: a nonzero beta for some unit of each run (the LSS
+    betas are 0 outside the grey-matter mask of their run)."""
+    return np.logical_and.reduce([np.any(np.asarray(nib.load(f).dataobj) != 0, axis=-1)
+                                  for f in betas_files])
+
+
+def read_betas(betas_files: Sequence[str | Path], betas_tables: Sequence[str | Path],
+               inside: np.ndarray) -> tuple[np.ndarray, pd.DataFrame]:
+    """The LSS betas of a task's runs at the voxels ``inside`` (a 3-D mask), and their units.
+
+    Returns
+    -------
+    responses : ndarray of shape (n_units, n_voxels), float32
+        The runs' units stacked in run order (voxels in C order within ``inside``).
+    units : pandas.DataFrame
+        The runs' betas tables (:func:`response_units`) stacked, with a ``run`` column
+        (the run's position in ``betas_files``).
+    """
+    betas, tables = [], []
+    for run, (image, table) in enumerate(zip(betas_files, betas_tables, strict=True)):
+        betas.append(np.asarray(nib.load(image).dataobj, dtype=np.float32)[inside].T)
+        tables.append(pd.read_csv(table, sep="\t", keep_default_na=False).assign(run=run))
+    return np.concatenate(betas), pd.concat(tables, ignore_index=True)
+
+
+def fold_groups(units: pd.DataFrame, cv: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Cross-validation groups of a task's units: by run (``cv="run"``, or ``"auto"`` with
+    two runs or more) or by block.
+
+    Returns
+    -------
+    groups : ndarray
+        Fold group of each unit (its run or its block).
+    blocks : ndarray
+        Block of each unit, unique over the runs.
+    by_run : bool
+    """
+    by_run = cv == "run" or (cv == "auto" and units["run"].nunique() > 1)
+    blocks = (units["run"] * 100_000 + units["block"]).to_numpy()
+    return (units["run"].to_numpy() if by_run else blocks), blocks, by_run
+
+
 class _ResponsesInputSpec(BaseInterfaceInputSpec):
     bold_file = File(exists=True, mandatory=True, desc="template-space preprocessed BOLD")
     mask_file = File(exists=True, mandatory=True, desc="its brain mask")
@@ -249,19 +292,12 @@ class EncodingModel(SimpleInterface):
     output_spec = _EncodingOutputSpec
 
     def _run_interface(self, runtime):
-        masks = [np.asarray(nib.load(f).dataobj) > 0 for f in self.inputs.mask_files]
-        inside = np.logical_and.reduce(masks)
+        inside = np.logical_and.reduce([np.asarray(nib.load(f).dataobj) > 0
+                                        for f in self.inputs.mask_files])
         reference = nib.load(self.inputs.mask_files[0])
-        betas, tables = [], []
-        for run, (image, table) in enumerate(zip(self.inputs.betas_files,
-                                                 self.inputs.betas_tables, strict=True)):
-            betas.append(np.asarray(nib.load(image).dataobj, dtype=np.float32)[inside].T)
-            tables.append(pd.read_csv(table, sep="\t", keep_default_na=False).assign(run=run))
-        responses = np.concatenate(betas)
-        units = pd.concat(tables, ignore_index=True)
-        by_run = self.inputs.cv == "run" or (self.inputs.cv == "auto" and len(tables) > 1)
-        blocks = (units["run"] * 100_000 + units["block"]).to_numpy()
-        groups = units["run"].to_numpy() if by_run else blocks
+        responses, units = read_betas(self.inputs.betas_files, self.inputs.betas_tables,
+                                      inside)
+        groups, blocks, by_run = fold_groups(units, self.inputs.cv)
         options = {"n_folds": self.inputs.n_folds, "contrastive": self.inputs.contrastive,
                    "device": self.inputs.device, "seed": self.inputs.seed,
                    "inner_groups": blocks}
@@ -363,7 +399,7 @@ class EncodingModel(SimpleInterface):
         paragraphs = [
             f"Encoding model ({' + '.join(fit.spaces)} text features, ridge with per-target "
             f"penalty chosen by cross-validation) over {len(units)} "
-            f"{tables[0]['unit'].iloc[0]} responses of {len(tables)} run(s), "
+            f"{units['unit'].iloc[0]} responses of {units['run'].nunique()} run(s), "
             f"{fit.n_folds} folds by {'run' if by_run else 'block'}; median voxel r = "
             f"{np.nanmedian(fit.scores):.3f}, 95th percentile "
             f"{np.nanpercentile(fit.scores, 95):.3f}"

@@ -18,8 +18,9 @@ from fmrilm_bids.utils.files import atomic_write_text
 from fmrilm_bids.utils.versions import software_versions
 
 #: The parts of a subject's report, in page order: preprocessing (the participant
-#: workflow), then the language outputs (``group``, or ``participant --model``).
-REPORT_PARTS = ("preproc", "language")
+#: workflow), then the language outputs (``group``, or ``participant --model``), then the
+#: shared decoder's readout (``participant --model``).
+REPORT_PARTS = ("preproc", "language", "decoding")
 
 
 def section(title: str, paragraphs: Sequence[str] = (),

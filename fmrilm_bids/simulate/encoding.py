@@ -14,6 +14,18 @@ elsewhere. The intercept puts the pool-mean response at ``visual_amplitude`` in 
 ``semantic_amplitude`` in other category-selective regions (so their non-preferred categories
 still evoke a small positive response), ``default_deactivation`` in the default-mode network
 and 0 elsewhere.
+
+Early visual cortex has no preferred category, so its direction is the random tuning alone,
+spread over all 384 dimensions. That is the hardest case for a caption-based encoding model,
+on purpose: the truth stays linear in the captions' embeddings (learnable), but a new
+caption's response lies partly outside the span of the captions a model was trained on, and
+only many distinct captions close that gap (``benchmarks/bench_encoding.py``, case
+``encoding-curve``: held-out r / noise ceiling about 0.4-0.7 from the simulator's 120
+captions, 0.8 or more from about 500). Real early visual cortex is driven by low-level image
+properties that captions carry only coarsely; modelling that would add stimulus-specific
+responses that repeat (and so raise the noise ceiling) but that no caption model can
+predict, lowering r / ceiling at any amount of data, so it would measure the features'
+blind spot rather than the estimator.
 """
 
 from __future__ import annotations
@@ -94,3 +106,31 @@ def build_encoding_model(names: Sequence[str], networks: Sequence[str],
                          [visual_amplitude, semantic_amplitude, default_deactivation], 0.0)
     intercept = baseline - weights @ centre
     return EncodingModel(weights=weights, intercept=intercept, selectivity=selectivity)
+
+
+def voxel_responses(model: EncodingModel, embeddings: np.ndarray, rng: np.random.Generator,
+                    voxels_per_region: int = 20, trial_noise: float = 0.1,
+                    voxel_noise: float = 1.0, gain_sd: float = 0.5,
+                    misalignment: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Single-trial responses of template voxels to captions, through ``model``.
+
+    Voxel ``v`` belongs to region ``v // voxels_per_region`` of the template; in this
+    subject a share ``misalignment`` of the voxels takes a random region's signal instead
+    (imperfect alignment to the template). A voxel's response is its region's amplitude
+    (with trial noise ``trial_noise``, shared by the region) times the voxel's gain
+    (log-normal, ``gain_sd``), plus independent noise ``voxel_noise`` (% signal change).
+
+    Returns
+    -------
+    responses : ndarray of shape (n_events, n_regions * voxels_per_region)
+    regions : ndarray of int
+        The region each voxel carries in this subject.
+    """
+    amplitudes = model.amplitudes(embeddings)
+    amplitudes = amplitudes + rng.normal(0.0, trial_noise, amplitudes.shape)
+    regions = np.repeat(np.arange(amplitudes.shape[1]), voxels_per_region)
+    moved = rng.random(len(regions)) < misalignment
+    regions[moved] = rng.integers(0, amplitudes.shape[1], int(moved.sum()))
+    gains = np.exp(rng.normal(0.0, gain_sd, len(regions)))
+    noise = rng.normal(0.0, voxel_noise, (len(amplitudes), len(regions)))
+    return amplitudes[:, regions] * gains + noise, regions

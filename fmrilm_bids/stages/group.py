@@ -16,6 +16,7 @@ models/fmrilm/lm/                         Stages 2-3 (LoRA adapters, fMRI-token 
                                           tokenizer, config, model card)
 models/fmrilm/metrics.json                held-out-subject evaluation
 models/fmrilm/README.md                   the model card
+models/fmrilm/decoding/                   the shared decoders (fmrilm_bids.stages.decoding)
 ```
 
 Launched by ``torchrun`` (or ``accelerate launch``) the group level is data parallel: the
@@ -47,6 +48,7 @@ from fmrilm_bids.fmrilm.tokenizer.config import TokenizerConfig, TrainConfig
 from fmrilm_bids.reports.html import render_report, section
 from fmrilm_bids.reports.language import metrics_figures
 from fmrilm_bids.stages.bundle import Stage1Model, Stage1Settings
+from fmrilm_bids.stages.decoding import run_decoding_group
 from fmrilm_bids.stages.inputs import atlas_name, read_participants
 from fmrilm_bids.stages.language import (
     LM_FOLDER,
@@ -196,17 +198,19 @@ def run_group_level(selection: Selection, config: Config) -> Path:
     context.barrier()
     if context.is_main:
         publish_model(stage1, fit.model_dir, fit.metrics)
-        write_group_report(output_dir, fit.metrics, stage1.info)
+        decoding = run_decoding_group(selection, config, device, model_dir)
+        write_group_report(output_dir, fit.metrics, stage1.info, decoding)
         write_language_reports(stage1_runs, output_dir,
                                stage1.info["Tokenizer"]["codebook_size"])
         LOGGER.info("Model published to %s", model_dir)
     return model_dir
 
 
-def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Path:
+def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict,
+                       extra_sections: Sequence[dict] = ()) -> Path:
     """``group.html``: the model's held-out results, as figures (the model against its
     baselines and chance, :func:`~fmrilm_bids.reports.language.metrics_figures`) and
-    tables."""
+    tables, then ``extra_sections`` (the decoders')."""
 
     rows = [[task, setting, metric, value]
             for task, settings in (metrics.get("tasks") or {}).items()
@@ -229,5 +233,5 @@ def write_group_report(output_dir: Path, metrics: dict, stage1_info: dict) -> Pa
             if rows else []),
     ]
     path = output_dir / "group.html"
-    atomic_write_text(path, render_report("group", sections))
+    atomic_write_text(path, render_report("group", [*sections, *extra_sections]))
     return path

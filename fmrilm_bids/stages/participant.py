@@ -2,7 +2,9 @@
 
 The model folder is checked before any work (:func:`load_model`); after preprocessing, every
 selected run gets its descriptors and tokens (Stage 1, against the saved cohort reference)
-and its captions, embeddings and answers (Stages 2-3). The device and the seed are resolved
+and its captions, embeddings and answers (Stages 2-3); where the model has a shared decoder
+of a task, the participant's units of that task are decoded through its own adapter
+(:func:`~fmrilm_bids.stages.decoding.apply_shared_decoder`). The device and the seed are resolved
 here, once, and passed down.
 """
 
@@ -15,6 +17,7 @@ from fmrilm_bids.dataset.layout import Selection
 from fmrilm_bids.errors import MissingInputError
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.stages.bundle import Stage1Model
+from fmrilm_bids.stages.decoding import apply_shared_decoder
 from fmrilm_bids.stages.language import (
     LM_FOLDER,
     apply_language_model,
@@ -59,3 +62,4 @@ def apply_model(selection: Selection, config: Config) -> None:
                          DecodingConfig(seed=config.seeds.master), llm_dir=workflow.llm_dir)
     write_language_reports(stage1_runs, execution.output_dir,
                            stage1.info["Tokenizer"]["codebook_size"])
+    apply_shared_decoder(selection, config, model_dir, device)

@@ -10,9 +10,19 @@ the ridge solution is refined by gradient descent on the squared error plus a sy
 InfoNCE loss that makes each event's predicted pattern closest (cosine) to its own measured
 pattern among the events of the training data.
 
+Each feature space is centred and scaled, within the training data, to a root mean squared
+row norm of 1 (:func:`space_scaling`) before the fit, so that the penalty grid means the same
+for every space whatever its units (unit-length sentence embeddings and SmolLM2's mean
+hidden states, whose rows are some 30 times longer, alike) and the banded ridge's search
+starts the spaces on an equal footing. Only the units change: within a space the geometry,
+and so the ridge's isotropic prior, is kept (standardising each column would change it).
+The weights are returned in the features' own units.
+
 The noise ceiling (where stimuli repeat) is the highest correlation a perfect model can
 reach with single-trial responses: ``sqrt(r_12)``, with ``r_12`` the correlation across
-stimuli of two presentations of the same stimulus.
+stimuli of two presentations of the same stimulus. The held-out r is scored on the same
+single trials, so r / ceiling estimates the correlation of the prediction with the noise-free
+response (``benchmarks/bench_encoding.py`` checks that the true responses score 1).
 """
 
 from __future__ import annotations
@@ -31,7 +41,10 @@ LOGGER = logging.getLogger(__name__)
 
 #: Fewest stimuli shown at least twice for a noise ceiling.
 MIN_REPEATED = 3
-#: Candidate ridge penalties (features are unit-length sentence embeddings, centred).
+#: Candidate ridge penalties, for feature spaces scaled by :func:`space_scaling`. The centred
+#: Gram matrix of such features has its nonzero eigenvalues between about 0.1 and the number
+#: of samples, so the grid runs from no shrinkage at all (below the smallest eigenvalue:
+#: ridge equals least squares on the span of the training stimuli) to predicting the mean.
 DEFAULT_ALPHAS = np.logspace(-3, 5, 17)
 
 
@@ -52,9 +65,11 @@ class EncodingFit:
     predictions : ndarray of shape (n_samples, n_targets)
         Held-out predictions (each sample predicted by the fold that left it out).
     alphas : ndarray of shape (n_targets,)
-        Chosen penalty (one space) or NaN (banded).
+        Chosen penalty (one space) or NaN (banded), for the features scaled by
+        :func:`space_scaling`.
     space_scales : ndarray of shape (n_spaces, n_targets)
-        Learnt scaling ``exp(delta)`` of each space (banded), ones otherwise.
+        Learnt scaling ``exp(delta)`` of each space scaled by :func:`space_scaling`
+        (banded), ones otherwise.
     n_folds : int
     """
 
@@ -128,9 +143,35 @@ def noise_ceiling(responses: np.ndarray, stimuli: Sequence[str],
     return np.sqrt(np.clip(np.nan_to_num(r12), 0.0, 1.0))
 
 
-def himalaya_backend(device: str) -> str:
-    """The himalaya backend for a torch device name: ``torch_cuda`` on GPU, else numpy."""
-    return "torch_cuda" if str(device).startswith("cuda") else "numpy"
+def himalaya_backend(device: str | torch.device) -> str:
+    """The himalaya backend for a torch device (or its name): ``torch_cuda`` on GPU, else numpy.
+
+    ``device`` is the one resolved at the edge (:func:`fmrilm_bids.utils.devices.resolve_device`).
+    """
+    return "torch_cuda" if torch.device(device).type == "cuda" else "numpy"
+
+
+def space_scaling(x: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
+    """Per column of ``x``: the factor that gives its feature space a unit RMS row norm.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+        Centred features, the spaces side by side.
+    sizes : sequence of int
+        Columns of each space, in order.
+
+    Returns
+    -------
+    ndarray of shape (n_features,)
+        ``1 / sqrt(mean_i ||x_i,space||^2)`` for the columns of each space (1 for a space
+        that does not vary).
+    """
+    factors = []
+    for block in np.split(np.asarray(x, dtype=float), np.cumsum(sizes)[:-1], axis=1):
+        rms = np.sqrt((block ** 2).sum(axis=1).mean())
+        factors.append(np.full(block.shape[1], 1.0 / rms if rms > 0 else 1.0))
+    return np.concatenate(factors)
 
 
 def _inner_cv(groups: np.ndarray, n_folds: int) -> PredefinedSplit:
@@ -144,6 +185,9 @@ def _ridge(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], groups: np.ndarra
            alphas: np.ndarray, n_folds: int, n_iter: int,
            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit centred ``x -> y``; returns (weights, alphas per target, space scales).
+
+    With two spaces the penalty on the weights of space ``i`` is ``1 / scales[i]``
+    (himalaya fits ``exp(delta_i / 2) x_i`` with a unit penalty).
 
     In float32 (four times faster than float64 on CPU, and what GPUs are fast at)."""
     backend = get_backend()
@@ -167,20 +211,54 @@ def _ridge(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], groups: np.ndarra
     return weights, chosen, scales
 
 
-def contrastive_refine(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alphas: np.ndarray,
-                       strength: float, temperature: float = 0.1, steps: int = 200,
-                       learning_rate: float = 1e-3, device: str = "cpu") -> np.ndarray:
+def ridge_penalties(alphas: np.ndarray, scales: np.ndarray,
+                    sizes: Sequence[int]) -> np.ndarray:
+    """The penalty on each weight, shape (n_features, n_targets), of a fitted ridge.
+
+    ``alphas`` per target (one space), or, where they are NaN (banded ridge), ``1 / scale``
+    of each weight's space.
+    """
+    alphas = np.asarray(alphas, dtype=float)
+    if np.all(np.isfinite(alphas)):
+        return np.broadcast_to(alphas, (int(sum(sizes)), len(alphas))).copy()
+    return np.repeat(1.0 / np.asarray(scales, dtype=float), sizes, axis=0)
+
+
+def contrastive_refine(x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                       penalties: np.ndarray, strength: float, temperature: float = 0.1,
+                       steps: int = 200, learning_rate: float = 1e-3,
+                       device: str | torch.device = "cpu") -> np.ndarray:
     """LLM-VEM's alignment: refine centred ridge weights with a contrastive (InfoNCE) term.
 
-    Minimises ``mean((x W - y)^2) + mean(alpha * W^2) / n + strength * InfoNCE``, with the
-    InfoNCE loss symmetric over the events: each event's predicted pattern (row of ``x W``)
-    should be nearest, by cosine, to its own measured pattern.
+    Minimises, per target ``t``, the ridge objective ``||x w_t - y_t||^2 + sum_j
+    penalty_jt w_jt^2`` (averaged over targets, divided by ``n`` and the response variance)
+    plus ``strength`` times an InfoNCE loss, symmetric over the events: each event's
+    predicted pattern (row of ``x W``) should be nearest, by cosine, to its own measured
+    pattern. With ``strength = 0`` the ridge solution is the minimum and stays put.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples, n_targets)
+    weights : ndarray of shape (n_features, n_targets)
+        The ridge solution to start from.
+    penalties : ndarray of shape (n_targets,) or (n_features, n_targets)
+        Its penalties (:func:`ridge_penalties`).
+    strength, temperature : float
+        Weight and temperature of the InfoNCE term.
+    steps : int, default=200
+    learning_rate : float, default=1e-3
+        Adam.
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    ndarray of shape (n_features, n_targets)
     """
     dev = torch.device(device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(y, dtype=torch.float32, device=dev)
-    penalty = torch.as_tensor(np.nan_to_num(alphas, nan=1.0), dtype=torch.float32,
-                              device=dev)
+    penalty = torch.as_tensor(penalties, dtype=torch.float32, device=dev)
     w = torch.tensor(weights, dtype=torch.float32, device=dev, requires_grad=True)
     optimiser = torch.optim.Adam([w], lr=learning_rate)
     targets = torch.arange(len(xt), device=dev)
@@ -189,7 +267,7 @@ def contrastive_refine(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alphas
         optimiser.zero_grad()
         predicted = xt @ w
         fit = ((predicted - yt) ** 2).mean() / scale
-        ridge = (penalty * (w ** 2)).mean() / (len(xt) * scale)
+        ridge = (penalty * (w ** 2)).sum(0).mean() / (len(xt) * scale)
         logits = (torch.nn.functional.normalize(predicted, dim=1)
                   @ torch.nn.functional.normalize(yt, dim=1).T) / temperature
         nce = 0.5 * (torch.nn.functional.cross_entropy(logits, targets)
@@ -199,9 +277,26 @@ def contrastive_refine(x: np.ndarray, y: np.ndarray, weights: np.ndarray, alphas
     return w.detach().cpu().numpy().astype(float)
 
 
+def _fit(x: np.ndarray, y: np.ndarray, sizes: Sequence[int], groups: np.ndarray,
+         alphas: np.ndarray, n_folds: int, n_iter: int, seed: int, contrastive: float,
+         device: str | torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge (and alignment) on centred data, the spaces scaled by :func:`space_scaling`.
+
+    Returns the weights in the features' own units, the alphas and the space scales.
+    """
+    scaling = space_scaling(x, sizes)
+    scaled = x * scaling
+    weights, chosen, scales = _ridge(scaled, y, sizes, groups, alphas, n_folds, n_iter, seed)
+    if contrastive > 0:
+        weights = contrastive_refine(scaled, y, weights, ridge_penalties(chosen, scales, sizes),
+                                     contrastive, device=device)
+    return weights * scaling[:, None], chosen, scales
+
+
 def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
                  groups: Sequence[int] | np.ndarray, *, alphas: np.ndarray = DEFAULT_ALPHAS,
-                 n_folds: int = 5, contrastive: float = 0.0, device: str = "cpu",
+                 n_folds: int = 5, contrastive: float = 0.0,
+                 device: str | torch.device = "cpu",
                  n_iter: int = 20, seed: int = 0,
                  inner_groups: Sequence[int] | np.ndarray | None = None) -> EncodingFit:
     """Fit and evaluate the encoding model.
@@ -223,8 +318,9 @@ def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
         Outer (evaluation) folds; the inner (penalty) folds are as many, within training.
     contrastive : float, default=0
         Weight of the contrastive alignment term (0: plain ridge).
-    device : str, default="cpu"
-        ``"cuda..."`` runs himalaya on its torch backend on the GPU.
+    device : str or torch.device, default="cpu"
+        A CUDA device runs himalaya on its torch backend on the GPU
+        (:func:`himalaya_backend`), and the contrastive refinement there too.
     n_iter : int, default=20
         Random-search iterations of the banded ridge.
     seed : int, default=0
@@ -250,19 +346,13 @@ def fit_encoding(features: Mapping[str, np.ndarray], responses: np.ndarray,
         predictions = np.zeros_like(y_all)
         for train, test in folds:
             x_mean, y_mean = x_all[train].mean(0), y_all[train].mean(0)
-            x_train, y_train = x_all[train] - x_mean, y_all[train] - y_mean
-            weights, chosen, _ = _ridge(x_train, y_train, sizes, inner[train], alphas,
-                                        n_folds, n_iter, seed)
-            if contrastive > 0:
-                weights = contrastive_refine(x_train, y_train, weights, chosen, contrastive,
-                                             device=device)
+            weights, _, _ = _fit(x_all[train] - x_mean, y_all[train] - y_mean, sizes,
+                                 inner[train], alphas, n_folds, n_iter, seed, contrastive,
+                                 device)
             predictions[test] = (x_all[test] - x_mean) @ weights + y_mean
         x_mean, y_mean = x_all.mean(0), y_all.mean(0)
-        weights, chosen, scales = _ridge(x_all - x_mean, y_all - y_mean, sizes, inner,
-                                         alphas, n_folds, n_iter, seed)
-        if contrastive > 0:
-            weights = contrastive_refine(x_all - x_mean, y_all - y_mean, weights, chosen,
-                                         contrastive, device=device)
+        weights, chosen, scales = _fit(x_all - x_mean, y_all - y_mean, sizes, inner, alphas,
+                                       n_folds, n_iter, seed, contrastive, device)
     finally:
         set_backend(previous, on_error="warn")
     scores = pearson_columns(predictions, y_all)

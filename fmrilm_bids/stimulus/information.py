@@ -39,16 +39,26 @@ class Identification:
     n_permutations: int
 
 
+def response_t(responses: np.ndarray) -> np.ndarray:
+    """The t-statistic of each target's mean response over the samples against 0 (no labels)."""
+    responses = np.asarray(responses, dtype=float)
+    spread = responses.std(axis=0, ddof=1) / np.sqrt(len(responses))
+    return responses.mean(axis=0) / np.where(spread > 0, spread, np.inf)
+
+
+def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the ``fraction`` (at least one) of the largest ``scores`` (NaN last)."""
+    count = max(1, round(fraction * len(scores)))
+    return np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:count]
+
+
 def driven_voxels(responses: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Indices of the ``fraction`` of targets with the largest mean response t-statistic.
 
-    Uses no labels: the t-statistic of the mean over all samples against 0.
+    Uses no labels: the t-statistic of the mean over all samples against 0
+    (:func:`response_t`).
     """
-    responses = np.asarray(responses, dtype=float)
-    spread = responses.std(axis=0, ddof=1) / np.sqrt(len(responses))
-    t = responses.mean(axis=0) / np.where(spread > 0, spread, np.inf)
-    count = max(1, round(fraction * responses.shape[1]))
-    return np.argsort(-np.nan_to_num(t, nan=-np.inf), kind="stable")[:count]
+    return top_fraction(response_t(responses), fraction)
 
 
 def split_half_identification(patterns: np.ndarray, labels: np.ndarray,

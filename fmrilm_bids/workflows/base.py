@@ -77,7 +77,9 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
                          name="outputnode")
     stimulus_tasks = select_stimulus_runs(subject.bold, config)
     with_model = {task: can_fit_encoding(runs, config) for task, runs in stimulus_tasks.items()}
-    n_sections = len(subject.bold) + (0 if use_fmriprep else 1) + sum(with_model.values())
+    # Each task with stimulus models adds two sections: encoding, then decoding.
+    n_sections = (len(subject.bold) + (0 if use_fmriprep else 1)
+                  + 2 * sum(with_model.values()))
     sections = pe.Node(niu.Merge(n_sections), name="report_sections")
     timeseries = pe.Node(niu.Merge(len(subject.bold)), name="all_timeseries")
     report = pe.Node(SubjectReport(subject=subject.subject,
@@ -121,9 +123,10 @@ def init_single_subject_wf(subject: SubjectSelection, config: Config) -> pe.Work
                                                for field in RUN_FIELDS])
             for index, run in enumerate(runs)])
         if with_model[task]:
-            workflow.connect(stimulus_wf, "outputnode.report_section", sections,
-                             f"in{next_section}")
-            next_section += 1
+            workflow.connect([(stimulus_wf, sections, [
+                ("outputnode.report_section", f"in{next_section}"),
+                ("outputnode.decoding_section", f"in{next_section + 1}")])])
+            next_section += 2
     workflow.connect([
         (sections, report, [("out", "sections")]),
         (report, outputnode, [("out_report", "report")]),

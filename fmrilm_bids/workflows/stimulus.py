@@ -1,4 +1,5 @@
-"""Stimulus models of one participant's task: single-trial responses, encoding, captions.
+"""Stimulus models of one participant's task: single-trial responses, encoding, captions,
+decoding.
 
 ``init_stimulus_wf`` takes the runs of one task whose ``events.tsv`` gives every event a
 caption (a caption column, ``trial_type``, or ``stim_file`` with ``--stim-captions``; see
@@ -15,6 +16,14 @@ and per task (all its runs)::
     sub-<l>_task-<t>_space-<tpl>_desc-encoding_weights.npy
     sub-<l>_task-<t>_seg-<atlas>_stat-r_desc-encoding_statmap.tsv               per parcel
     sub-<l>_task-<t>_desc-encoding_selectivity.tsv                 BrainSCUBA / LaVCa captions
+    sub-<l>_task-<t>_space-<tpl>_desc-decoding_metrics.tsv        held-out decoding figures
+
+and, per run, what the participant's own decoders read out of each unit::
+
+    <run>_space-<tpl>_desc-decoded_captions.tsv     seen, retrieved and generated captions,
+                                                    category probabilities
+    <run>_space-<tpl>_desc-decoded_retrieval.tsv    the top retrieved captions, with scores
+    <run>_space-<tpl>_desc-decoded_embeddings.npy   held-out decoded embeddings
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.derivatives import bids_uri
 from fmrilm_bids.dataset.layout import BoldRun
 from fmrilm_bids.interfaces.bids import DerivativesDataSink
+from fmrilm_bids.interfaces.decoding import COLUMN_DESCRIPTIONS, DecodingModel
 from fmrilm_bids.interfaces.stimulus import (
     EncodingModel,
     SingleTrialResponses,
@@ -87,8 +97,9 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
     nipype Workflow
         ``inputnode``: ``bold_std_<i>``, ``mask_std_<i>``, ``confounds_file_<i>``,
         ``confounds_metadata_<i>``, ``start_time_<i>`` for each run ``i``.
-        ``outputnode``: ``r_map``, ``selectivity_file``, ``report_section`` (left unset
-        when the runs are too few for an encoding model, :func:`can_fit_encoding`).
+        ``outputnode``: ``r_map``, ``selectivity_file``, ``report_section`` (encoding),
+        ``decoding_section`` (left unset when the runs are too few for the models,
+        :func:`can_fit_encoding`).
     """
     task = runs[0].task
     wf_config = config.workflow
@@ -98,7 +109,8 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
     inputnode = pe.Node(niu.IdentityInterface(fields=[
         f"{f}_{i}" for i in range(len(runs)) for f in RUN_FIELDS]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["r_map", "selectivity_file",
-                                                       "report_section"]), name="outputnode")
+                                                       "report_section", "decoding_section"]),
+                         name="outputnode")
     gm_probseg = str(space_file(wf_config.spaces[0], "probseg", label="GM"))
     merges = {key: pe.Node(niu.Merge(len(runs)), name=f"merge_{key}")
               for key in ("betas", "tables", "masks")}
@@ -191,6 +203,7 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
     ])
     if has_noise_ceiling(runs, config):
         workflow.connect(model, "ceiling_map", ds_ceiling, "in_file")
+    _connect_decoding(workflow, runs, config, space, merges, outputnode, common)
     for position in range(len(wf_config.atlases)):
         pick = pe.Node(niu.Select(index=position), name=f"select_encoding_{position}")
         pick_name = pe.Node(niu.Select(index=position), name=f"name_encoding_{position}")
@@ -204,6 +217,52 @@ def init_stimulus_wf(runs: Sequence[BoldRun], config: Config, space: str | None 
             (pick_name, ds_parcels, [("out", "segmentation")]),
         ])
     return workflow
+
+
+def _connect_decoding(workflow: pe.Workflow, runs: Sequence[BoldRun], config: Config,
+                      space: dict[str, str], merges: dict[str, pe.Node],
+                      outputnode: pe.Node, common: dict[str, object]) -> None:
+    """The participant's own decoders of the task, and the sinks of what they read out."""
+    wf_config = config.workflow
+    output_dir = str(config.execution.output_dir)
+    model = pe.Node(DecodingModel(
+        llm_dir=str(wf_config.llm_dir) if wf_config.llm_dir else None,
+        device=str(resolve_device(wf_config.device)), cv=wf_config.encoding_cv,
+        n_folds=wf_config.encoding_folds, seed=config.seeds.master,
+        title=f"sub-{runs[0].subject} task-{runs[0].task}"), name="decoding_model")
+    ds_metrics = pe.Node(DerivativesDataSink(
+        **{**common, "desc": "decoding"}, suffix="metrics", **space,
+        Description="Held-out decoding figures of the task beside chance, with permutation "
+        "p-values (retrieval among the units, category and zero-shot category accuracy, "
+        "caption similarity)."), name="ds_decoding_metrics", run_without_submitting=True)
+    workflow.connect([
+        (merges["betas"], model, [("out", "betas_files")]),
+        (merges["tables"], model, [("out", "betas_tables")]),
+        (model, ds_metrics, [("metrics_file", "in_file"), ("metadata", "meta_dict")]),
+        (model, outputnode, [("section", "decoding_section")]),
+    ])
+    kinds = {"captions_files": ("captions", {"Description": "What the participant's own "
+                                             "decoder read out of each event (or block), "
+                                             "held out.", **COLUMN_DESCRIPTIONS}),
+             "retrieval_files": ("retrieval", {"Description": "The candidate captions most "
+                                               "similar to each unit's decoded embedding."}),
+             "embeddings_files": ("embeddings", {"Description": "Held-out decoded embedding "
+                                                 "of each unit (rows as in the "
+                                                 "desc-decoded_captions.tsv), relative to "
+                                                 "its decoder's mean output."})}
+    for index, run in enumerate(runs):
+        label = node_name(run.name)
+        sources = {"Sources": [bids_uri(path, config.execution.bids_dir)
+                               for path in (run.path, run.events)]}
+        for output, (suffix, metadata) in kinds.items():
+            pick = pe.Node(niu.Select(index=index), name=f"select_{suffix}_{label}")
+            sink = pe.Node(DerivativesDataSink(
+                base_directory=output_dir, source_file=str(run.path), desc="decoded",
+                suffix=suffix, **space, **sources, **metadata),
+                name=f"ds_decoded_{suffix}_{label}", run_without_submitting=True)
+            workflow.connect([(model, pick, [(output, "inlist")]),
+                              (pick, sink, [("out", "in_file")]),
+                              (model, sink, [("metadata", "meta_dict")])])
 
 
 def _run_units(runs: Sequence[BoldRun], config: Config) -> list[pd.DataFrame]:
