@@ -8,9 +8,10 @@ demo=${FMRILM_DEMO_DIR:-demo}
 bin=.venv/bin
 "$bin/fmrilm-bids-simulate" "$demo/bids" --overwrite
 "$bin/fmrilm-bids" "$demo/bids" "$demo/derivatives" participant -w "$demo/work"
-# Short training, so that the demo runs in minutes on a laptop CPU (defaults: 2000 and 200).
+# Short training, so that the demo runs in minutes on a laptop CPU (the defaults train for
+# epochs of the data: 100 for the tokenizer, 1 and 2 for the language model's stages).
 "$bin/fmrilm-bids" "$demo/bids" "$demo/derivatives" group -w "$demo/work" \
-    --tokenizer-steps 500 --lm-steps 30
+    --tokenizer-steps 300 --lm-steps 10
 echo "Derivatives: $(cd "$demo/derivatives" && pwd)"
 reports=("$demo"/derivatives/sub-*.html)
 [ -e "${reports[0]}" ] && echo "Reports: ${reports[*]}"
