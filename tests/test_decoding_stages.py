@@ -99,14 +99,14 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = Config(execution=ExecutionConfig(bids_dir=bids, output_dir=out,
                                               analysis_level="group", work_dir=root / "work",
                                               run_uuid="x"),
-                    workflow=WorkflowConfig(llm_dir=llm, device="cpu", encoding_folds=3))
+                    workflow=WorkflowConfig(llm_dir=llm, device="cpu"))
     # The participant level's decoders (the interface the participant workflow runs).
     for subject in runs:
         stem = out / f"sub-{subject}" / "func" / f"sub-{subject}_task-images_space-{SPACE}"
         (root / f"work-{subject}").mkdir()
         result = DecodingModel(betas_files=[f"{stem}_desc-lss_betas.nii.gz"],
                                betas_tables=[f"{stem}_desc-lss_betas.tsv"], llm_dir=str(llm),
-                               n_folds=3, seed=42).run(cwd=str(root / f"work-{subject}"))
+                               seed=42).run(cwd=str(root / f"work-{subject}"))
         shutil.copy(result.outputs.captions_files[0], f"{stem}_desc-decoded_captions.tsv")
         shutil.copy(f"{stem}_desc-lss_betas.json", f"{stem}_desc-decoded_captions.json")
     return {"bids": bids, "out": out, "runs": runs, "config": config, "root": root,
@@ -126,7 +126,7 @@ def test_participant_decoders_write_what_each_event_saw(tree) -> None:
     assert list(units.columns[:len(UNIT_COLUMNS)]) == list(UNIT_COLUMNS)
     assert [c for c in units.columns if c.startswith("p_")] == [
         f"p_{c}" for c in sorted(CAPTIONS)]
-    assert len(units) == 6 * PER_CATEGORY and units["fold"].nunique() == 3
+    assert len(units) == 6 * PER_CATEGORY and units["fold"].nunique() == 5
     assert np.allclose(units.filter(like="p_").sum(axis=1), 1.0, atol=1e-3)
     assert units["zero_shot_category"].notna().all()
     assert (units["category"] == units["trial_type"]).mean() > 0.5  # chance 1/6
@@ -141,7 +141,7 @@ def test_participant_decoders_write_what_each_event_saw(tree) -> None:
     metrics = pd.read_csv(outputs.metrics_file, sep="\t").set_index(["metric", "decoder"])
     assert metrics.loc[("retrieval_top5", "contrastive"), "p_value"] < 0.01
     assert metrics.loc[("zero_shot_accuracy", "ridge"), "chance"] == pytest.approx(0.5)
-    assert outputs.metadata["CrossValidation"] == "3 folds by block"
+    assert outputs.metadata["CrossValidation"] == "5 folds by block"
     section = json.loads(Path(outputs.section).read_text())
     assert section["figures"][0]["uri"].startswith("data:image/png;base64,")
 

@@ -219,11 +219,10 @@ def test_amplitude_baseline_reads_the_condition_of_each_window() -> None:
         accuracy[kind] = classification_metrics(truth, predicted, task.classes)["accuracy"]
     assert accuracy["amplitude"] >= 0.9
     assert accuracy["fc"] < 0.75
-    # Two windows of context: the question's window comes last, earlier ones before it.
+    # The asked window alone: the mean of each parcel over its volumes.
     run = runs[0]
-    features = amplitude_features(run, 0, 1, 1).reshape(2, 8)
-    assert np.all(features[0] == 0)  # nothing before the first window
-    np.testing.assert_allclose(features[1], run.timeseries[:6].mean(axis=0))
+    np.testing.assert_allclose(amplitude_features(run, 0), run.timeseries[:6].mean(axis=0))
+    np.testing.assert_allclose(amplitude_features(run, 1), run.timeseries[6:12].mean(axis=0))
     assert baseline_kinds("window", runs) == ["amplitude", "fc", "tokens"]
     assert baseline_kinds("run", runs) == ["fc", "tokens"]
 

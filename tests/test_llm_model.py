@@ -321,7 +321,7 @@ def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_pat
     projector = model.projector.weight.detach().clone()
     # Steps from the data: half an epoch's draws (the text corpus drawn a quarter as often).
     examples = stage2_examples(model.formatter, runs[:2], CONFIG)
-    settings = replace(STAGE, steps=None, epochs=0.5)
+    settings = replace(STAGE, steps=None, epochs=0.5, grad_accum=1)
     assert CONFIG.sampling_weights == {"text": 0.25}
     lengths: dict[str, list[int]] = {}
     for example in examples:
@@ -734,9 +734,10 @@ def test_stage2_and_stage3_losses_decrease(trained) -> None:
         assert history[warmup - 1]["lr"] == config.learning_rate
         assert history[warmup - 2]["lr"] < config.learning_rate
         assert history[-1]["lr"] == pytest.approx(config.min_learning_rate, rel=0.05)
-        # Micro-batches of about batch_tokens tokens.
+        # Steps of grad_accum micro-batches of about batch_tokens tokens.
         tokens = np.diff([0] + [entry["tokens"] for entry in history])
-        assert tokens.max() <= config.batch_tokens and tokens.mean() > 0.8 * config.batch_tokens
+        per_step = config.batch_tokens * config.grad_accum
+        assert tokens.max() <= per_step and tokens.mean() > 0.8 * per_step
     with pytest.raises(ValueError, match="number of steps"):
         LMTrainConfig().learning_rate_at(0)
 

@@ -48,7 +48,11 @@ class FmriLMConfig:
     full_finetune : bool
         Train every weight instead of LoRA + new rows.
     window_context : int
-        Windows before a window that its prompts show.
+        Windows before a window that its prompts show. Default 0: the window's own 16
+        tokens (events are aligned to windows after the haemodynamic delay, and on the
+        cohort of ``benchmarks/bench_llm.py`` a probe of the Stage-1 features reads the
+        condition better from the window alone than with two windows before it), which
+        also keeps window prompts five times shorter.
     run_segment_windows : int
         Windows of a run-level prompt (longer runs give several segments).
     fmri_sequence_windows : int
@@ -77,7 +81,7 @@ class FmriLMConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
     full_finetune: bool = False
-    window_context: int = 2
+    window_context: int = 0
     run_segment_windows: int = 8
     fmri_sequence_windows: int = 8
     max_length: int = 256
