@@ -234,38 +234,13 @@ def _few_shot_case(world: dict) -> list[Row]:
          "-", "")]
 
 
-def _block_betas(root: Path, seed: int):
-    import nibabel as nib
-    import numpy as np
-    import pandas as pd
-
-    from fmrilm_bids.simulate import load_run_truth, simulate_dataset
-    from fmrilm_bids.simulate.events import TASK
-    from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS
-    from fmrilm_bids.stimulus import lss
-
-    dataset = simulate_dataset(root / f"block-{seed}", n_subjects=1, runs=(TASK,),
-                               task_design="block", n_volumes=175, bold_voxel_size=5.0,
-                               seed=seed, overwrite=True)
-    func = dataset / "sub-01" / "func"
-    events = pd.read_csv(func / f"sub-01_task-{TASK}_events.tsv", sep="\t")
-    table = lss.block_events(events, lss.group_blocks(events))
-    data = np.asarray(nib.load(func / f"sub-01_task-{TASK}_bold.nii.gz").dataobj, np.float32)
-    mean = data.mean(axis=-1)
-    mask = mean > 0.3 * np.percentile(mean[mean > 0], 95)
-    motion = load_run_truth(dataset, "01", TASK).motion[list(MOTION_PARAMETERS)].to_numpy()
-    times = lss.frame_times(data.shape[-1], 2.0, 0.5)
-    betas = 100 * lss.lss_betas(data[mask].T, lss.event_regressors(
-        table["onset"], table["duration"], times), lss.nuisance_design(times, motion)) / mean[mask]
-    return dataset, table, betas
-
-
 def _met(result: dict) -> str:
     return "yes" if result["value"] > result["chance"] and result["p_value"] < 0.01 else "NO"
 
 
 def _block_case(root: Path, app: bool) -> list[Row]:
     import pandas as pd
+    from bench_encoding import block_betas  # the same simulated run as the encoding benchmark
 
     from fmrilm_bids.interfaces.decoding import unit_sentences, unit_targets
     from fmrilm_bids.resources.text_encoder import encode_sentences
@@ -277,7 +252,7 @@ def _block_case(root: Path, app: bool) -> list[Row]:
     category_embeddings = encode_sentences([trial_type_sentence(c) for c in names])
     rows, spread = [], {method: [] for method in decoding.METHODS}
     for seed in BLOCK_SEEDS:
-        dataset, table, betas = _block_betas(root, seed)
+        dataset, table, betas = block_betas(root, seed)
         if seed == BLOCK_SEEDS[0]:
             must_show = dataset
         sentences = unit_sentences(table["caption"])

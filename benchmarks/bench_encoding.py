@@ -238,17 +238,21 @@ def _encoding_cases() -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
-def _block_case(root: Path) -> list[tuple[str, str, str, str, str]]:
+def block_betas(root: Path, seed: int = 3):
+    """A simulated single-run block design (12 blocks of 6 categories, 5 mm voxels): the
+    dataset, its block table and the blocks' LSS betas (percent signal change) in the brain."""
     import nibabel as nib
+    import numpy as np
     import pandas as pd
 
     from fmrilm_bids.simulate import load_run_truth, simulate_dataset
     from fmrilm_bids.simulate.events import TASK
     from fmrilm_bids.simulate.geometry import MOTION_PARAMETERS
-    from fmrilm_bids.stimulus import information, lss
+    from fmrilm_bids.stimulus import lss
 
-    dataset = simulate_dataset(root / "block", n_subjects=1, runs=(TASK,), task_design="block",
-                               n_volumes=175, bold_voxel_size=5.0, seed=3, overwrite=True)
+    dataset = simulate_dataset(root / f"block-{seed}", n_subjects=1, runs=(TASK,),
+                               task_design="block", n_volumes=175, bold_voxel_size=5.0,
+                               seed=seed, overwrite=True)
     func = dataset / "sub-01" / "func"
     events = pd.read_csv(func / f"sub-01_task-{TASK}_events.tsv", sep="\t")
     table = lss.block_events(events, lss.group_blocks(events))
@@ -259,6 +263,13 @@ def _block_case(root: Path) -> list[tuple[str, str, str, str, str]]:
     times = lss.frame_times(data.shape[-1], 2.0, 0.5)
     betas = 100 * lss.lss_betas(data[mask].T, lss.event_regressors(
         table["onset"], table["duration"], times), lss.nuisance_design(times, motion)) / mean[mask]
+    return dataset, table, betas
+
+
+def _block_case(root: Path) -> list[tuple[str, str, str, str, str]]:
+    from fmrilm_bids.stimulus import information
+
+    _, table, betas = block_betas(root)
     result = information.split_half_identification(
         betas[:, information.driven_voxels(betas, 0.1)], table["trial_type"].to_numpy())
     return [("block-design", "split-half identification (chance 0.17)",
