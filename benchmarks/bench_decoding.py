@@ -22,19 +22,23 @@ Cases:
   decoder trained on all its training units, on the same held-out units;
 * ``block-design``: one simulated run of 12 blocks of 6 categories (5 mm), LSS block betas of
   the BOLD images (motion as confounds, as ``bench_encoding.py``, whose seed 3 is the
-  must-show's run; seeds 1, 2, 4, 5 show the spread); each block's category read from its
-  decoded embedding by the decoders trained on the other 11 blocks; 10,000 permutations.
-  With ``--app``, the seed-3 run goes through the app's own participant level (``--sloppy``
-  preprocessing, its decoders, five folds by block): the figures of its
-  ``desc-decoding_metrics.tsv``;
+  must-show's run; seeds 1, 2 and 4-10 show the spread); each block's category read from
+  its decoded embedding by the decoders trained on the other 11 blocks, beside the
+  simplest decoder (the nearest category mean of the other blocks, by correlation) and the
+  run's split-half identification p (is the information there at all); 10,000
+  permutations. With ``--app``, the seed-3 run goes through the app's own participant level
+  (``--sloppy`` preprocessing, its decoders, the default ``--decoding-folds``: one block
+  held out at a time): the figures of its ``desc-decoding_metrics.tsv``;
 * ``gpu``: the contrastive head's cross-validation of the simulator case on the GPU
   (``--device cuda``, or ``auto`` with a GPU); not measured without one.
 
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_decoding.py [--out DIR] [--device auto] [--app]
+        [--cases simulator few-shot block-design]
 
-Prints a table: case, figure, value, the issue's must-show, whether it is met, and the time.
+Prints a table, each row as soon as it is measured: case, figure, value, the issue's
+must-show, whether it is met, and the time.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 Row = tuple[str, str, str, str, str, str]
@@ -52,7 +57,9 @@ N_RUNS = 6
 N_SUBJECTS = 5
 #: Participants of the simulator case, and seeds of the block design (3: the must-show's).
 SIMULATED = (1, 2, 3, 4)
-BLOCK_SEEDS = (3, 1, 2, 4, 5)
+BLOCK_SEEDS = (3, 1, 2, 4, 5, 6, 7, 8, 9, 10)
+#: Cases that ``--cases`` picks.
+CASES = ("simulator", "few-shot", "block-design")
 
 
 def _world() -> dict:
@@ -238,19 +245,21 @@ def _met(result: dict) -> str:
     return "yes" if result["value"] > result["chance"] and result["p_value"] < 0.01 else "NO"
 
 
-def _block_case(root: Path, app: bool) -> list[Row]:
+def _block_case(root: Path, app: bool) -> Iterator[Row]:
+    import numpy as np
     import pandas as pd
     from bench_encoding import block_betas  # the same simulated run as the encoding benchmark
 
     from fmrilm_bids.interfaces.decoding import unit_sentences, unit_targets
     from fmrilm_bids.resources.text_encoder import encode_sentences
     from fmrilm_bids.simulate.events import CATEGORIES
-    from fmrilm_bids.stimulus import decoding, readout
+    from fmrilm_bids.stimulus import decoding, information, readout
     from fmrilm_bids.stimulus.features import trial_type_sentence
 
     names = sorted(CATEGORIES)
     category_embeddings = encode_sentences([trial_type_sentence(c) for c in names])
-    rows, spread = [], {method: [] for method in decoding.METHODS}
+    deciders = (*decoding.METHODS, "nearest mean")
+    significant = dict.fromkeys(deciders, 0)
     for seed in BLOCK_SEEDS:
         dataset, table, betas = block_betas(root, seed)
         if seed == BLOCK_SEEDS[0]:
@@ -259,25 +268,33 @@ def _block_case(root: Path, app: bool) -> list[Row]:
         distinct = list(dict.fromkeys(s for group in sentences for s in group))
         targets = unit_targets(sentences, dict(zip(distinct, encode_sentences(distinct),
                                                    strict=True)))
+        truth, blocks = table["trial_type"].to_numpy(), table["block"].to_numpy()
         start = time.perf_counter()
-        held = decoding.held_out(betas, targets, table["block"].to_numpy(), n_folds=12,
-                                 seed=7)
+        held = decoding.held_out(betas, targets, blocks, n_folds=12, seed=7)
         elapsed = time.perf_counter() - start
-        metrics = readout.evaluation_table(held, targets, table["trial_type"].to_numpy(),
-                                           names, category_embeddings,
+        metrics = readout.evaluation_table(held, targets, truth, names, category_embeddings,
                                            n_permutations=10_000).set_index(["metric",
                                                                              "decoder"])
-        for decoder in decoding.METHODS:
-            accuracy = metrics.loc[("category_accuracy", decoder)]
-            spread[decoder].append(f"{accuracy['value']:.2f} (p = {accuracy['p_value']:.3f})")
-            if seed == BLOCK_SEEDS[0]:
-                rows.append(("block-design", f"per-block category, 12 blocks / 6 categories, "
-                             f"seed {seed}, {decoder}", _fmt(accuracy), "> chance, p < 0.01",
-                             _met(accuracy), f"{elapsed:.0f} s CPU"
-                             if decoder == "contrastive" else ""))
-    for decoder in decoding.METHODS:
-        rows.append(("block-design", f"same, seeds {', '.join(map(str, BLOCK_SEEDS))}, "
-                     f"{decoder}", "; ".join(spread[decoder]), "-", "-", ""))
+        figures = {decoder: metrics.loc[("category_accuracy", decoder)].to_dict()
+                   for decoder in decoding.METHODS}
+        figures["nearest mean"] = readout.classification_accuracy(
+            information.nearest_mean_categories(betas, truth, blocks), truth,
+            np.full(len(truth), len(names)), 10_000)
+        identification = information.split_half_identification(
+            betas[:, information.driven_voxels(betas, 0.1)], truth)
+        for decider in deciders:
+            significant[decider] += figures[decider]["p_value"] < 0.01
+        must = seed == BLOCK_SEEDS[0]
+        yield ("block-design", f"per-block category, 12 blocks / 6 categories, seed {seed}"
+               f"{' (the must-show run)' if must else ''}: contrastive; ridge; nearest "
+               "category mean (baseline); split-half identification p (information in the "
+               "run)", "; ".join(_fmt(figures[d]) for d in deciders)
+               + f"; p = {identification.p_value:.4f}",
+               "contrastive > chance, p < 0.01" if must else "-",
+               _met(figures["contrastive"]) if must else "-",
+               f"{elapsed:.0f} s CPU (both decoders, 12 + 3 folds)")
+    yield ("block-design", f"seeds with p < 0.01, of {len(BLOCK_SEEDS)}",
+           "; ".join(f"{d} {significant[d]}" for d in deciders), "-", "-", "")
     if app:
         out = root / "app"
         start = time.perf_counter()
@@ -290,12 +307,11 @@ def _block_case(root: Path, app: bool) -> list[Row]:
         figures = pd.read_csv(found[0], sep="\t").set_index(["metric", "decoder"])
         for decoder in decoding.METHODS:
             accuracy = figures.loc[("category_accuracy", decoder)].to_dict()
-            rows.append(("block-design", f"seed {BLOCK_SEEDS[0]} through the app's "
-                         f"participant level (--sloppy), {decoder}", _fmt(accuracy),
-                         "> chance, p < 0.01", _met(accuracy),
-                         f"{elapsed:.0f} s CPU (whole participant level)"
-                         if decoder == "contrastive" else ""))
-    return rows
+            yield ("block-design", f"seed {BLOCK_SEEDS[0]} through the app's participant "
+                   f"level (--sloppy, default folds), {decoder}", _fmt(accuracy),
+                   "> chance, p < 0.01", _met(accuracy),
+                   f"{elapsed:.0f} s CPU (whole participant level)"
+                   if decoder == "contrastive" else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -305,22 +321,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--app", action="store_true",
                         help="also run the app's participant level on the block design")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
+                        help="cases to run (default: all; gpu and captions come with "
+                        "simulator)")
     opts = parser.parse_args(argv)
     root = opts.out or Path(tempfile.mkdtemp(prefix="bench-decoding-"))
     from fmrilm_bids.utils.environment import configure_environment
 
     configure_environment(work_dir=root / "work")
-    world = _world()
-    rows, subject = _simulator_cases(world, "cpu")
-    rows += _gpu_case(subject, opts.device)
-    rows += _few_shot_case(world)
-    rows += _block_case(root, opts.app)
     header = ("case", "figure", "value", "must show", "met", "time")
     print(f"threads: OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print("|" + "---|" * len(header), flush=True)
+
+    def show(rows: Iterable[Row]) -> None:
+        for row in rows:  # each row as soon as it is measured
+            print("| " + " | ".join(row) + " |", flush=True)
+
+    world = _world() if {"simulator", "few-shot"} & set(opts.cases) else {}
+    if "simulator" in opts.cases:
+        rows, subject = _simulator_cases(world, "cpu")
+        show(rows)
+        show(_gpu_case(subject, opts.device))
+    if "few-shot" in opts.cases:
+        show(_few_shot_case(world))
+    if "block-design" in opts.cases:
+        show(_block_case(root, opts.app))
 
 
 if __name__ == "__main__":

@@ -184,6 +184,7 @@ class WorkflowConfig:
     stimulus_features: list[str] = field(default_factory=lambda: ["sentence"])
     encoding_cv: str = "auto"
     encoding_folds: int = 5
+    decoding_folds: int = 12
     contrastive_alignment: float = 0.0
     selectivity_top: int = 10
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bids_app.parser import build_parser
-from bids_app.run import main
+from bids_app.run import build_config, main
 from fmrilm_bids import __version__
 from fmrilm_bids.config import Config
 from fmrilm_bids.dataset.validator import validate_dataset
@@ -44,6 +44,14 @@ def test_dash_and_underscore_spellings(spelling: str) -> None:
 def test_flags_not_given_stay_unset() -> None:
     opts = build_parser().parse_args(["in", "out", "group"])
     assert not hasattr(opts, "nprocs") and not hasattr(opts, "seed")
+
+
+def test_decoding_folds_default_to_one_held_out_block_of_twelve(tmp_path: Path) -> None:
+    parser = build_parser()
+    args = [str(tmp_path / "in"), str(tmp_path / "out"), "participant"]
+    assert build_config(parser.parse_args(args), parser).workflow.decoding_folds == 12
+    opts = parser.parse_args([*args, "--decoding-folds", "4"])
+    assert build_config(opts, parser).workflow.decoding_folds == 4
 
 
 def test_participant_run_writes_outputs_and_saves_config(

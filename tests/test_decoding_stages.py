@@ -106,7 +106,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (root / f"work-{subject}").mkdir()
         result = DecodingModel(betas_files=[f"{stem}_desc-lss_betas.nii.gz"],
                                betas_tables=[f"{stem}_desc-lss_betas.tsv"], llm_dir=str(llm),
-                               seed=42).run(cwd=str(root / f"work-{subject}"))
+                               n_folds=5, seed=42).run(cwd=str(root / f"work-{subject}"))
         shutil.copy(result.outputs.captions_files[0], f"{stem}_desc-decoded_captions.tsv")
         shutil.copy(f"{stem}_desc-lss_betas.json", f"{stem}_desc-decoded_captions.json")
     return {"bids": bids, "out": out, "runs": runs, "config": config, "root": root,

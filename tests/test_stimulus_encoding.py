@@ -252,6 +252,25 @@ def test_split_half_identification_is_exact_and_calibrated():
     assert len(information.driven_voxels(np.abs(signal), 0.1)) == 20
 
 
+def test_nearest_mean_reads_held_out_blocks_and_only_from_the_other_blocks():
+    rng = np.random.default_rng(4)
+    labels = np.asarray([f"c{k}" for k in np.tile(np.arange(6), 2)])
+    blocks = np.arange(12)
+    # Responsive voxels (positive mean) carry the category; the rest are noise.
+    signal = rng.standard_normal((6, 300)) + 3.0
+    patterns = np.hstack([signal[np.tile(np.arange(6), 2)] + rng.normal(0, 0.8, (12, 300)),
+                          rng.normal(0, 1.0, (12, 300))])
+    predicted = information.nearest_mean_categories(patterns, labels, blocks, 0.3)
+    assert (predicted == labels).mean() >= 0.9
+    # A category whose only block is held out cannot be predicted for it.
+    single = labels.copy()
+    single[0] = "lonely"
+    assert information.nearest_mean_categories(patterns, single, blocks, 0.3)[0] != "lonely"
+    noise = information.nearest_mean_categories(rng.standard_normal((12, 600)), labels,
+                                                blocks)
+    assert (noise == labels).mean() < 0.5
+
+
 def test_llm_hidden_states_as_a_second_feature_space(truth, tmp_path):
     from test_group_level import save_tiny_llama
 

@@ -329,7 +329,7 @@ class _DecodingInputSpec(BaseInterfaceInputSpec):
     llm_dir = traits.Either(None, traits.Str, default=None, usedefault=True)
     device = traits.Str("cpu", usedefault=True)
     cv = traits.Enum("auto", "run", "block", usedefault=True)
-    n_folds = traits.Int(5, usedefault=True)
+    n_folds = traits.Int(12, usedefault=True)
     top = traits.Int(TOP_CAPTIONS, usedefault=True)
     seed = traits.Int(0, usedefault=True)
     title = traits.Str("", usedefault=True)

@@ -182,7 +182,7 @@ def pooled_evaluation(participants: Sequence[TaskBetas], config: Config,
         distinct = list(dict.fromkeys(s for group in sentences for s in group))
         target = unit_targets(sentences, dict(zip(distinct, embed(distinct), strict=True)))
         kinds = unit_categories(units)
-        parts.append(held_out(responses, target, groups, kinds, workflow.encoding_folds,
+        parts.append(held_out(responses, target, groups, kinds, workflow.decoding_folds,
                               DEFAULT_CONFIG, device, seed, blocks))
         targets.append(target)
         categories.append(kinds if kinds is not None else np.full(len(units), "n/a"))
@@ -226,7 +226,7 @@ def few_shot_table(subjects: Sequence[SubjectResponses], config: Config,
     """Retrieval of each few-shot setting, pooled over the participants (top-1 and top-5,
     among each participant's units), and the adapted / own ratio of top-1."""
     results = few_shot_evaluation(list(subjects), ADAPTER_FRACTION,
-                                  config.workflow.encoding_folds, DEFAULT_CONFIG, device,
+                                  config.workflow.decoding_folds, DEFAULT_CONFIG, device,
                                   config.seeds.master)
     targets = np.vstack([s.targets for s in subjects])
     strata = np.concatenate([np.full(len(s.targets), i) for i, s in enumerate(subjects)])
@@ -461,7 +461,7 @@ def apply_shared_decoder(selection: Selection, config: Config, model_dir: Path,
             responses, units = read_betas(participant.files, participant.tables,
                                           np.asarray(mask_img.dataobj) > 0)
             groups, _, by_run = fold_groups(units, workflow.encoding_cv)
-            folds = group_folds(groups, workflow.encoding_folds)
+            folds = group_folds(groups, workflow.decoding_folds)
             sentences = unit_sentences(units["caption"])
             distinct = list(dict.fromkeys(s for group in sentences for s in group))
             targets = unit_targets(sentences, dict(zip(distinct, encode_sentences(distinct),

@@ -1,4 +1,5 @@
-"""Is there stimulus information in the responses? Split-half identification, permutation p.
+"""Is there stimulus information in the responses? Split-half identification, permutation p;
+and the simplest classifier of held-out groups (nearest category mean, by correlation).
 
 Each category's blocks (or events) are split into two halves (first and second
 presentations); a category is identified when its first-half pattern correlates more with
@@ -103,3 +104,38 @@ def split_half_identification(patterns: np.ndarray, labels: np.ndarray,
     p_value = float(np.mean(null >= observed - 1e-12))
     return Identification(accuracy=accuracy, statistic=observed, p_value=p_value,
                           n_categories=k, n_permutations=len(orders))
+
+
+def nearest_mean_categories(patterns: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                            fraction: float = 0.1) -> np.ndarray:
+    """Each group's samples classified by the category mean they correlate with best, the
+    means and the voxels (:func:`driven_voxels` of ``fraction``) taken from the other groups.
+
+    The simplest decoder of a block design (leave one block out), the baseline beside
+    the caption-embedding decoders.
+
+    Parameters
+    ----------
+    patterns : ndarray of shape (n_samples, n_targets)
+    labels : ndarray of shape (n_samples,)
+    groups : ndarray of shape (n_samples,)
+        Block or run of each sample; each is held out in turn.
+    fraction : float, default=0.1
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        Predicted label of each sample (from the categories of the other groups).
+    """
+    patterns = np.asarray(patterns, dtype=float)
+    labels, groups = np.asarray(labels).astype(str), np.asarray(groups)
+    predicted = np.empty(len(labels), dtype=object)
+    for group in np.unique(groups):
+        test, train = groups == group, groups != group
+        voxels = driven_voxels(patterns[train], fraction)
+        kept = patterns[:, voxels] - patterns[train][:, voxels].mean(axis=0)
+        names = sorted(set(labels[train]))
+        means = np.stack([kept[train & (labels == name)].mean(axis=0) for name in names])
+        correlation = np.corrcoef(kept[test], means)[:test.sum(), test.sum():]
+        predicted[test] = np.asarray(names)[correlation.argmax(axis=1)]
+    return predicted.astype(str)

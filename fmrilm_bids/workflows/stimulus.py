@@ -228,7 +228,7 @@ def _connect_decoding(workflow: pe.Workflow, runs: Sequence[BoldRun], config: Co
     model = pe.Node(DecodingModel(
         llm_dir=str(wf_config.llm_dir) if wf_config.llm_dir else None,
         device=str(resolve_device(wf_config.device)), cv=wf_config.encoding_cv,
-        n_folds=wf_config.encoding_folds, seed=config.seeds.master,
+        n_folds=wf_config.decoding_folds, seed=config.seeds.master,
         title=f"sub-{runs[0].subject} task-{runs[0].task}"), name="decoding_model")
     ds_metrics = pe.Node(DerivativesDataSink(
         **{**common, "desc": "decoding"}, suffix="metrics", **space,
