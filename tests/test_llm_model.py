@@ -52,6 +52,8 @@ from fmrilm_bids.fmrilm.llm.examples import (
 from fmrilm_bids.fmrilm.llm.inference import (
     CONFIDENT,
     answer_tasks,
+    calibrate_tasks,
+    class_scores,
     confidence_sentence,
     generate,
     run_captions,
@@ -64,7 +66,7 @@ from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE
 from fmrilm_bids.fmrilm.llm.pipeline import with_inputs
 from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter, Prompt
 from fmrilm_bids.fmrilm.llm.runs import event_windows, window_events
-from fmrilm_bids.fmrilm.llm.tasks import resolve_tasks, task_items
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, resolve_tasks, task_items
 from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE, weighted_loss
 from fmrilm_bids.utils.files import publish_directory
 
@@ -1012,6 +1014,39 @@ def test_captions_say_how_sure_the_model_is(trained) -> None:
     assert not rest_windows["caption"].str.contains("likely|Unsure").any()
 
 
+def test_calibration_evens_out_the_classes_over_training_prompts(trained, data) -> None:
+    model, train, test = trained["model"], trained["train"], trained["test"]
+    participants = data[1]
+    tasks = calibrate_tasks(model, model.tasks, train, participants, n_prompts=10**6)
+    assert all(bool(t.calibration) == (t.kind == "class") for t in tasks)
+    condition = next(t for t in tasks if t.name == "condition")
+    assert len(condition.calibration) == len(condition.classes)
+    items = task_items(condition, train, participants, CONFIG.window_context,
+                       CONFIG.run_segment_windows)
+    prompts = [task_prompts(model, condition, train[i.run_index], [(i.start, i.stop)])[0]
+               for i in items]
+
+    def mean_log_softmax(scores: np.ndarray) -> np.ndarray:
+        return (scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)).mean(axis=0)
+
+    # Uncalibrated, the classes differ in mean log-probability; calibrated, over the prompts
+    # it was fitted on, they have the same.
+    assert np.ptp(mean_log_softmax(score_candidates(model, prompts, condition.classes))) > 1e-3
+    assert np.ptp(mean_log_softmax(class_scores(model, condition, prompts))) < 1e-6
+    np.testing.assert_allclose(
+        mean_log_softmax(score_candidates(model, prompts, condition.classes)),
+        condition.calibration, atol=1e-6)
+    # It travels with the model folder's task list, and the app's answers use it.
+    assert TaskSpec.from_dict(json.loads(json.dumps(condition.to_dict()))) == condition
+    tuned = model.tasks
+    try:
+        model.tasks = [replace(condition, calibration=(0.0, 50.0))]  # against "places"
+        answers = answer_tasks(model, test[0])["condition"]
+    finally:
+        model.tasks = tuned
+    assert set(answers["answer"]) == {condition.classes[0]}
+
+
 @pytest.mark.parametrize("kind", ["tied", "untied", "full", "discrete"])
 def test_save_load_round_trip_gives_the_same_logits(backbones, data, tmp_path,
                                                     kind: str) -> None:
@@ -1098,6 +1133,7 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
     assert metrics["test_subjects"] == TEST
     tasks = metrics["tasks"]
     assert tasks["group"]["setting"] == "zero-shot" and "few_shot" in tasks["group"]
+    assert next(t for t in result.model.tasks if t.name == "condition").calibration
     assert tasks["condition"]["setting"] == "tuned"
     for name in ("condition", "rest_vs_task", "group"):
         assert {"fmrilm", "baseline_fc", "baseline_tokens"} <= set(tasks[name]), name

@@ -42,6 +42,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.inference import (
+    class_scores,
     generate,
     parse_number,
     score_candidates,
@@ -185,8 +186,9 @@ def model_answers(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
     """The model's answers to ``items`` (probabilities, numbers or texts)."""
     prompts = [task_prompts(model, task, runs[item.run_index], [(item.start, item.stop)],
                             turns)[0] for item in items]
-    if task.kind == "class":
-        return softmax(score_candidates(model, prompts, task.classes))
+    if task.kind == "class":  # calibrated without few-shot turns (as it was fitted)
+        return softmax(class_scores(model, task, prompts) if not turns else
+                       score_candidates(model, prompts, task.classes))
     texts = generate(model, prompts, decoding)
     return np.array([parse_number(t) for t in texts]) if task.kind == "number" else texts
 

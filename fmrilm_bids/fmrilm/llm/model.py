@@ -449,8 +449,9 @@ A causal language model that reads fMRI tokens (fMRI-LM Stages 2 and 3, Wei et a
 arXiv:2511.21760). Backbone: {metadata['backbone']}; {config['codebook_size']} fMRI tokens
 `<fmri_0>`..`<fmri_{config['codebook_size'] - 1}>` between `<fmri>` and `</fmri>`,
 {config['tokens_per_window']} per window; at an fMRI position it reads {inputs}; trained
-with {mode}. Tuned questions: {tasks}.
-Load with `FmriLM.from_pretrained(folder)`.""", {
+with {mode}. Tuned questions: {tasks}. A classification answer's score is its
+log-probability less its mean over prompts about training subjects (contextual
+calibration). Load with `FmriLM.from_pretrained(folder)`.""", {
         **sections, "Model": config, "Software": metadata["software"],
         "Limitations": """Descriptions are learned from the descriptor corpus (texts computed
 from imaging features), and answers from the labels of the training dataset: outputs are as

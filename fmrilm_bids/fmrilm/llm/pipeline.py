@@ -32,6 +32,7 @@ from fmrilm_bids.fmrilm.llm.evaluate import evaluate_fmrilm
 from fmrilm_bids.fmrilm.llm.examples import Example, instruction_examples, stage2_examples
 from fmrilm_bids.fmrilm.llm.inference import (
     answer_tasks,
+    calibrate_tasks,
     condition_task,
     fmri_embeddings,
     run_captions,
@@ -243,6 +244,9 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     examples3 += [replayed[i] for i in sorted(keep[:round(replay_fraction * len(replayed))])]
     result3 = train_fmrilm(model, examples3, out_dir / "stage3", stage3, resume,
                            description="Stage 3") if tuned else None
+    # Calibration of the classification answers, from prompts about training subjects.
+    tuned = calibrate_tasks(model, tuned, train_runs, participants, seed=config.seed)
+    held_out = calibrate_tasks(model, held_out, train_runs, participants, seed=config.seed)
     model.tasks = tuned
 
     metrics: dict[str, object] = {}

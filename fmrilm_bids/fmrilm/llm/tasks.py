@@ -50,6 +50,10 @@ class TaskSpec:
     classes : tuple of str
         Allowed answers of a classification task (set from the training data by
         :func:`resolve_tasks`).
+    calibration : tuple of float
+        Per class, the trained model's mean log-probability of that answer over prompts of
+        training subjects, subtracted from its scores before the softmax (contextual
+        calibration; :func:`~.inference.calibrate_tasks`). Empty: scores as they are.
     """
 
     name: str
@@ -59,6 +63,7 @@ class TaskSpec:
     questions: tuple[str, ...]
     bins: tuple[float, ...] = ()
     classes: tuple[str, ...] = ()
+    calibration: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.level not in ("window", "run") or self.kind not in ("class", "text", "number"):
