@@ -99,7 +99,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = Config(execution=ExecutionConfig(bids_dir=bids, output_dir=out,
                                               analysis_level="group", work_dir=root / "work",
                                               run_uuid="x"),
-                    workflow=WorkflowConfig(llm_dir=llm, device="cpu"))
+                    workflow=WorkflowConfig(llm_dir=llm, device="cpu", decoding_folds=5))
     # The participant level's decoders (the interface the participant workflow runs).
     for subject in runs:
         stem = out / f"sub-{subject}" / "func" / f"sub-{subject}_task-images_space-{SPACE}"
