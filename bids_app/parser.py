@@ -168,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="outer cross-validation folds (default: 5)")
     add(stim, "--decoding-folds", type=int, metavar="N",
         help="cross-validation folds of the decoders, by the same runs or blocks "
-        "(default: 12, so each of up to 12 runs or blocks is held out alone and every "
-        "category of a held-out block keeps training blocks)")
+        "(default: 12: up to 12 runs or blocks, each is held out alone, so a category "
+        "with two blocks or more always keeps one for training)")
     add(stim, "--contrastive-alignment", type=float, metavar="W",
         help="weight of LLM-VEM's contrastive alignment term (default: 0, plain ridge)")
     add(stim, "--selectivity-top", type=int, metavar="N",
