@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import resource
 import tempfile
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     root = (args.out or Path(tempfile.mkdtemp(prefix="bench-llm-"))).absolute()
+    # Progress of the long steps as log lines (bars only on a terminal).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from fmrilm_bids.utils.environment import configure_environment
 

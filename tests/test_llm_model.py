@@ -10,6 +10,7 @@ its code's, :data:`CODES`), and make every question learnable from the features 
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import math
@@ -60,6 +61,7 @@ from fmrilm_bids.fmrilm.llm.inference import (
     score_candidates,
     task_prompts,
     user_message,
+    whole_sentences,
 )
 from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
 from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE
@@ -89,7 +91,8 @@ CONFIG = FmriLMConfig(codebook_size=CODEBOOK, tokens_per_window=GROUPS, feature_
                       run_segment_windows=6, fmri_sequence_windows=6, max_length=96,
                       system_prompt="You read fMRI.")
 DISCRETE = replace(CONFIG, fmri_inputs="discrete", feature_dim=0)
-STAGE = LMTrainConfig(steps=40, batch_tokens=256, learning_rate=1e-2, min_learning_rate=1e-3,
+STAGE = LMTrainConfig(steps=40, batch_tokens=256, grad_accum=2, learning_rate=1e-2,
+                      min_learning_rate=1e-3,
                       warmup_steps=5, checkpoint_interval=20, progress=False)
 STAGE3 = replace(STAGE, steps=400, learning_rate=5e-3, min_learning_rate=5e-4,
                  checkpoint_interval=200)
@@ -973,6 +976,17 @@ def test_generation_is_greedy_and_batch_independent(backbones, trained) -> None:
     assert held == greedy(model, short, 6, 3) and held.startswith(one) and held != one
 
 
+def test_captions_end_with_a_finished_sentence() -> None:
+    cut = ("Activity rises in the visual network. Network signals are tightly coupled (r=0.06). "
+           "The default mode network is below baseline and the")
+    assert whole_sentences(cut) == ("Activity rises in the visual network. Network signals "
+                                    "are tightly coupled (r=0.06).")
+    assert whole_sentences("Is it a face? Yes! And") == "Is it a face? Yes!"
+    # No finished sentence: kept whole (a caption is never emptied); decimals are no end.
+    assert whole_sentences("faces") == "faces"
+    assert whole_sentences("coupled (r=0.06") == "coupled (r=0.06"
+
+
 def test_captions_say_how_sure_the_model_is(trained) -> None:
     assert CONFIDENT == 0.5
     assert confidence_sentence(np.array([0.8, 0.2]), ["faces", "places"]) == \
@@ -1116,6 +1130,15 @@ def test_llm_text_embedder_pools_the_backbone(backbones) -> None:
     assert not np.allclose(hidden, inputs)
     with pytest.raises(ValueError, match="pooling"):
         llm_text_embedder(backbones["tied"], pooling="max")
+
+
+def test_input_pooling_keeps_only_the_embedding_matrix(backbones) -> None:
+    # Stage 1's embedder lives through Stages 2-3: with input pooling it must not hold a
+    # second copy of the whole backbone (hundreds of MB for SmolLM2).
+    embed = llm_text_embedder(backbones["tied"], pooling="input")
+    held = [cell.cell_contents for cell in inspect.unwrap(embed).__closure__]
+    modules = [value for value in held if isinstance(value, torch.nn.Module)]
+    assert [type(module) for module in modules] == [torch.nn.Embedding]
 
 
 # Entry points -------------------------------------------------------------------------------

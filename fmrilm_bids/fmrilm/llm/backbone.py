@@ -204,6 +204,10 @@ def llm_text_embedder(llm_dir: str | Path | None = None, cache_dir: str | Path |
         raise ValueError(f"pooling must be 'hidden' or 'input', not {pooling!r}.")
     tokenizer, model = load_backbone(llm_dir, cache_dir, device)
     device = next(model.parameters()).device
+    width = model.get_input_embeddings().embedding_dim
+    # Keep only what embeds (input pooling: the embedding matrix, not the whole model).
+    encoder = model.get_input_embeddings() if pooling == "input" else model.get_decoder()
+    del model
 
     @torch.inference_mode()
     def embed(texts: list[str]) -> np.ndarray:
@@ -216,14 +220,12 @@ def llm_text_embedder(llm_dir: str | Path | None = None, cache_dir: str | Path |
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with autocast(device):
                 if pooling == "input":
-                    states = model.get_input_embeddings()(ids)
+                    states = encoder(ids)
                 else:
-                    states = model.get_decoder()(input_ids=ids,
-                                                 attention_mask=mask).last_hidden_state
+                    states = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
             weights = mask[..., None].float()
             pooled.append(((states.float() * weights).sum(1) / weights.sum(1).clamp(min=1))
                           .cpu().numpy())
-        width = model.get_input_embeddings().embedding_dim
         return (np.concatenate(pooled) if pooled else np.zeros((0, width))).astype(np.float32)
 
     return embed

@@ -43,6 +43,10 @@ class FmriLMConfig:
     lora_r, lora_alpha : int
         LoRA rank and scale (``alpha / r``).
     lora_dropout : float
+        Dropout on the adapters' inputs. Default 0: each adapted projection would keep its
+        own dropped copy of its input for the backward pass; on the CPU, dropout 0.05 cost
+        about 0.35 GB more peak memory per 512 training tokens and 12 % of the throughput
+        (SmolLM2-135M, 2 threads), and the stages are too short to overfit.
     lora_target_modules : tuple of str
         Module names that get adapters (Llama-style projections by default).
     full_finetune : bool
@@ -78,7 +82,7 @@ class FmriLMConfig:
     fmri_inputs: str = "continuous"
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = LLAMA_PROJECTIONS
     full_finetune: bool = False
     window_context: int = 0
@@ -120,7 +124,10 @@ class LMTrainConfig:
     epochs : float
         Passes over the examples when ``steps`` is None.
     batch_tokens : int
-        Tokens per micro-batch and process (whole examples, packed into rows).
+        Tokens per micro-batch and process (whole examples, packed into rows). Activation
+        memory grows with it: on the CPU (SmolLM2-135M, float32, 2 threads) one micro-batch
+        of 512 tokens peaked at 2.9 GB of process memory and trained at 169 tokens/s, one
+        of 1024 at 4.4 GB and 151 tokens/s.
     row_length : int
         Longest packed row (attention costs grow with its square).
     grad_accum : int
@@ -145,9 +152,9 @@ class LMTrainConfig:
 
     steps: int | None = None
     epochs: float = 1.0
-    batch_tokens: int = 1024
+    batch_tokens: int = 512
     row_length: int = 512
-    grad_accum: int = 2
+    grad_accum: int = 4
     learning_rate: float = 1e-3
     min_learning_rate: float = 1e-4
     warmup_steps: int = 20

@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from transformers import DynamicCache
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+#: The end of a sentence: a full stop, question or exclamation mark before a space or the end
+#: (not a decimal point).
+SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def _features(prompts: Sequence[Prompt], device: torch.device) -> torch.Tensor | None:
@@ -358,12 +361,21 @@ def confidence_sentence(probabilities: np.ndarray, classes: Sequence[str]) -> st
             f"or {classes[second]} (p = {probabilities[second]:.2f}).")
 
 
+def whole_sentences(text: str) -> str:
+    """``text`` without an unfinished last sentence (generation stopped by
+    ``max_new_tokens`` in mid-sentence); unchanged when it holds no finished sentence, so a
+    caption is never emptied."""
+    ends = [match.end() for match in SENTENCE_END.finditer(text)]
+    return text[:ends[-1]] if ends else text
+
+
 def run_captions(model: FmriLM, run: LMRun, decoding: DecodingConfig | None = None,
                  condition: pd.DataFrame | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """A caption of every window and of every event, generated together.
 
-    A window's caption is its generated description; in a run with events, followed by what
+    A window's caption is its generated description, cut after its last finished sentence
+    (:func:`whole_sentences`); in a run with events, followed by what
     the model thinks was shown (:func:`confidence_sentence` of ``condition``, the window
     answers of the tuned trial-type question). An event is captioned from the window holding
     its response, with the tuned stimulus question (:func:`caption_task`), else with the
@@ -390,7 +402,7 @@ def run_captions(model: FmriLM, run: LMRun, decoding: DecodingConfig | None = No
     task = caption_task(model)
     prompts += window_prompts(model, run, inside,
                               task.question(0) if task else WINDOW_DESCRIBE[0])
-    texts = generate(model, prompts, decoding)
+    texts = [whole_sentences(text) for text in generate(model, prompts, decoding)]
     captions = texts[:run.n_windows]
     unsure = np.zeros(run.n_windows, dtype=bool)
     if condition is not None and len(response_windows):
