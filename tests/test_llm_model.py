@@ -92,8 +92,8 @@ CONFIG = FmriLMConfig(codebook_size=CODEBOOK, tokens_per_window=GROUPS, feature_
                       system_prompt="You read fMRI.")
 DISCRETE = replace(CONFIG, fmri_inputs="discrete", feature_dim=0)
 STAGE = LMTrainConfig(steps=40, batch_tokens=256, grad_accum=2, learning_rate=1e-2,
-                      min_learning_rate=1e-3,
-                      warmup_steps=5, checkpoint_interval=20, progress=False)
+                      min_learning_rate=1e-3, warmup_steps=5, checkpoint_interval=20,
+                      progress=False)
 STAGE3 = replace(STAGE, steps=400, learning_rate=5e-3, min_learning_rate=5e-4,
                  checkpoint_interval=200)
 KINDS = ["answer", "describe", "fmri", "text"]
