@@ -1,8 +1,13 @@
-"""Shared fixtures. Every test runs offline, with caches in a per-session temporary folder."""
+"""Shared fixtures. Every test runs offline, with caches in a per-session temporary folder.
+
+The folder (several GB after a full run) is removed when the session ends; set
+``FMRILM_TEST_ROOT`` to a folder of your own to keep the outputs for inspection.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +29,13 @@ def pytest_configure(config: pytest.Config) -> None:
     cache = Path(os.environ.get("FMRILM_TEST_CACHE", Path.home() / ".cache" / "fmrilm-tests"))
     configure_environment(work_dir=root / "work", cache_dir=cache)
     config.fmrilm_root = root  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove this process's temporary session folder (each xdist worker has its own)."""
+    root = getattr(config, "fmrilm_root", None)
+    if root is not None and _SESSION_ROOT is None:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

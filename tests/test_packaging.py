@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import subprocess
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -74,3 +76,15 @@ def test_console_scripts_resolve() -> None:
     installed = {ep.name: ep for ep in entry_points(group="console_scripts")}
     for name in declared:
         assert callable(installed[name].load()), name
+
+
+def test_a_test_session_removes_its_temporary_folder(tmp_path: Path) -> None:
+    """A full run writes several GB under the session folder; CI machines share their disk."""
+    env = {k: v for k, v in os.environ.items() if k != "FMRILM_TEST_ROOT"}
+    env["TMPDIR"] = str(tmp_path)
+    node = "tests/test_packaging.py::test_readme_starts_with_the_two_commands"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", node], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(tmp_path.glob("fmrilm-tests-*"))
