@@ -70,8 +70,9 @@ class FmriLMConfig:
         Weight of each example kind: ``fmri``, ``describe``, ``text`` (Stage 2), ``answer``
         (Stage 3). The loss is the weighted mean of each kind's token-mean loss.
     sampling_weights : dict of str to float
-        Multiplies how often an example group is drawn (:class:`~.examples.EpochSampler`;
-        default 1): the text-only corpus, the largest group, is drawn less.
+        Multiplies an example group's share of the training tokens
+        (:class:`~.examples.EpochSampler`; default 1): the text-only corpus, the largest
+        group, is drawn less.
     seed : int
         Seed of LoRA and new-row initialisation.
     """

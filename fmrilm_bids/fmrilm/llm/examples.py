@@ -19,11 +19,13 @@ most ``row_length`` tokens (first fit, longest first) instead of being padded to
 longest; each example's positions restart at 0, which makes the attention block-diagonal
 (transformers builds the mask from the position ids), so an example sees only itself and
 the result equals running it alone. :class:`EpochSampler` decides which examples a
-micro-batch holds: example groups (one per question, plus the Stage-2 kinds) are drawn with
-probability proportional to the square root of their size (small groups are not drowned,
-large ones not over-repeated) times the group's weight (e.g. the text-only corpus less
-often), without replacement inside a group until it is used up. An epoch is as many draws
-as there are examples.
+micro-batch holds: example groups (one per question, plus the Stage-2 kinds) are drawn so
+that each group's share of the training *tokens* is proportional to the square root of its
+size (small groups are not drowned, large ones not over-repeated) times the group's weight
+(e.g. the text-only corpus less often); a group of long examples (a run-level question reads
+128 fMRI tokens) is drawn less often than one of short window questions, which would
+otherwise spend most of the compute. Inside a group, examples are drawn without replacement
+until it is used up. An epoch is as many draws as there are examples.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ class EpochSampler:
         least one).
     rng : numpy.random.Generator
     group_weights : mapping of str to float, optional
-        Multiplies the drawing probability of a group (default 1).
+        Multiplies a group's share of the tokens (default 1).
     """
 
     def __init__(self, examples: Sequence[Example], batch_tokens: int,
@@ -260,16 +262,17 @@ class EpochSampler:
             self.groups.setdefault(example.group, []).append(index)
         self.names = sorted(self.groups)
         sizes = np.array([len(self.groups[name]) for name in self.names], dtype=float)
-        weights = np.sqrt(sizes) * [(group_weights or {}).get(name, 1.0) for name in self.names]
+        self.mean_lengths = np.array([np.mean([len(self.examples[i]) for i in self.groups[name]])
+                                      for name in self.names])
+        shares = np.sqrt(sizes) * [(group_weights or {}).get(name, 1.0) for name in self.names]
+        weights = shares / self.mean_lengths  # draws that give those token shares
         self.weights = weights / weights.sum()
         self.queues: dict[str, list[int]] = {name: [] for name in self.names}
 
     @property
     def tokens(self) -> float:
         """Expected tokens of one epoch: as many draws as there are examples."""
-        mean_length = [np.mean([len(self.examples[i]) for i in self.groups[name]])
-                       for name in self.names]
-        return len(self.examples) * float(np.dot(self.weights, mean_length))
+        return len(self.examples) * float(np.dot(self.weights, self.mean_lengths))
 
     def steps_for(self, epochs: float, grad_accum: int) -> int:
         """Optimiser steps that show ``epochs`` passes' worth of tokens."""
