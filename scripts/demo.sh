@@ -9,7 +9,7 @@ bin=.venv/bin
 "$bin/fmrilm-bids-simulate" "$demo/bids" --overwrite
 "$bin/fmrilm-bids" "$demo/bids" "$demo/derivatives" participant -w "$demo/work"
 # Short training, so that the demo runs in minutes on a laptop CPU (the defaults train for
-# epochs of the data: 100 for the tokenizer, 1 and 2 for the language model's stages).
+# epochs of the data: 400 for the tokenizer, 1 and 2 for the language model's stages).
 "$bin/fmrilm-bids" "$demo/bids" "$demo/derivatives" group -w "$demo/work" \
     --tokenizer-steps 300 --lm-steps 10
 echo "Derivatives: $(cd "$demo/derivatives" && pwd)"

@@ -477,7 +477,7 @@ def group_paragraphs(config: Config, facts: RunFacts,
                  f"evaluated zero-shot and few-shot ({wf.few_shot_k} examples per class)."
                  if wf.zero_shot else "")
     tokenizer_length = (f"{wf.tokenizer_steps} steps" if wf.tokenizer_steps else
-                        "100 passes over the training windows, at least 300 steps")
+                        "400 passes over the training windows, at least 300 steps")
     lm_length = (f"{wf.lm_steps} steps per stage" if wf.lm_steps else
                  f"{wf.lm_epochs[0]:g} and {wf.lm_epochs[1]:g} epochs")
     inputs = ("each token's continuous Stage-1 features through a learned linear projection"
