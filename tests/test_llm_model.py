@@ -327,7 +327,7 @@ def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_pat
     # Steps from the data: 3/4 of an epoch's draws (the text corpus a quarter of its tokens).
     examples = stage2_examples(model.formatter, runs[:2], CONFIG)
     settings = replace(STAGE, steps=None, epochs=0.75, grad_accum=1)
-    assert CONFIG.sampling_weights == {"text": 0.25}
+    assert CONFIG.sampling_weights["text"] == 0.25
     lengths: dict[str, list[int]] = {}
     for example in examples:
         lengths.setdefault(example.group, []).append(len(example))

