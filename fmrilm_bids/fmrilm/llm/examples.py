@@ -22,10 +22,11 @@ the result equals running it alone. :class:`EpochSampler` decides which examples
 micro-batch holds: example groups (one per question, plus the Stage-2 kinds) are drawn so
 that each group's share of the training *tokens* is proportional to the square root of its
 size (small groups are not drowned, large ones not over-repeated) times the group's weight
-(e.g. the text-only corpus less often); a group of long examples (a run-level question reads
-128 fMRI tokens) is drawn less often than one of short window questions, which would
-otherwise spend most of the compute. Inside a group, examples are drawn without replacement
-until it is used up. An epoch is as many draws as there are examples.
+(``FmriLMConfig.sampling_weights``: the text-only corpus less often, the window condition
+more); a group of long examples (a run-level question reads 128 fMRI tokens) is drawn less
+often than one of short window questions, which would otherwise spend most of the compute.
+Inside a group, examples are drawn without replacement until it is used up. An epoch is as
+many draws as there are examples.
 """
 
 from __future__ import annotations

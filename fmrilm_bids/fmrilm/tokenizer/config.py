@@ -118,9 +118,9 @@ class TrainConfig:
         window mean (the amplitude pattern, which holds the responses to events but only a
         sixth of the patch variance), and of the commitment. Weighting the amplitude up
         (8) keeps the responses to events in the tokens and raises the reconstruction too:
-        on the benchmark cohort (``benchmarks/bench_llm.py``, 400 epochs) held-out R² 0.49
-        against 0.47 without it, and a logistic regression on a window's token features
-        reads the condition at 0.73-0.75 against 0.66-0.67.
+        on the cohort of ``benchmarks/bench_llm.py`` (400 epochs), held-out R² 0.49 against
+        0.47 without it, and a logistic regression on a window's token features reads the
+        condition at 0.73-0.75 against 0.66-0.67.
     alignment_weight, event_alignment_weight : float
         Loss weights of the alignment to the descriptor texts and to what was shown.
     eval_interval, checkpoint_interval : int
