@@ -316,14 +316,17 @@ def run_participant_level(selection: Selection, config: Config) -> None:
 def run_group_level(selection: Selection, config: Config) -> None:
     """Train fMRI-LM on the participants' outputs and write every run's model outputs."""
     from fmrilm_bids.preproc.denoise import get_strategy
+    from fmrilm_bids.stages.bundle import STAGE1_FILE
     from fmrilm_bids.stages.group import run_group_level as train_and_apply
 
-    train_and_apply(selection, config)
+    model_dir = train_and_apply(selection, config)
     if not launched_process().is_main:
         return
+    stage1 = json.loads((model_dir / STAGE1_FILE).read_text())
     facts = RunFacts(participants=len(selection.subjects), runs=len(selection.bold_runs),
                      slice_timed=0,
-                     denoising=get_strategy(config.workflow.denoise_strategy).description)
+                     denoising=get_strategy(config.workflow.denoise_strategy).description,
+                     tokenizer_training=stage1["Training"])
     versions = _versions((*SOFTWARE, *MODEL_SOFTWARE))
     written = write_citation(config.execution.output_dir / "logs",
                              group_paragraphs(config, facts, versions), stem="CITATION_group")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from bids_app.run import main
@@ -53,9 +54,15 @@ def test_fmriprep_inputs_and_group_text(tmp_path: Path) -> None:
     paragraphs = participant_paragraphs(config, FACTS, VERSIONS)
     assert "[@tustison2010]" not in str(paragraphs) and "[@esteban2019]" in str(paragraphs)
     config.workflow.zero_shot = ["sex"]
-    config.workflow.tokenizer_steps = 123
-    group = " ".join(p for _, p in group_paragraphs(config, FACTS, VERSIONS))
+    # Stage 1's length as the model recorded it (stage1.json's Training).
+    trained = replace(FACTS, tokenizer_training={"steps": 123, "epochs": 400.0,
+                                                 "min_steps": 300})
+    group = " ".join(p for _, p in group_paragraphs(config, trained, VERSIONS))
     assert "(123 steps)" in group and "The questions sex were kept out" in group
+    trained = replace(FACTS, tokenizer_training={"steps": None, "epochs": 2.5,
+                                                 "min_steps": 7})
+    group = " ".join(p for _, p in group_paragraphs(config, trained, VERSIONS))
+    assert "(2.5 passes over the training windows, at least 7 steps)" in group
     assert "continuous Stage-1 features" in group and "1 and 2 epochs" in group
     assert "SmolLM2-135M-Instruct [@allal2025]" in group and "PEFT* 0.21.2" in group
     config.workflow.atlases = ["AAL", "HCPEx"]

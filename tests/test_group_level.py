@@ -122,6 +122,9 @@ def test_model_is_published_with_metrics_and_report(trained) -> None:
     assert "Stages 2-3" in (trained["out"] / "group.html").read_text()
     corpus = pd.read_csv(trained["out"] / "group" / "desc-descriptors_corpus.tsv", sep="\t")
     assert set(corpus["sub"].astype(str).str.zfill(2)) == {"01", "02", "03"}
+    # The methods text states the Stage-1 length the model recorded (--tokenizer-steps).
+    assert info["Training"]["steps"] == 20
+    assert "(20 steps)" in (trained["out"] / "logs" / "CITATION_group.md").read_text()
 
 
 def test_reports_show_the_language_outputs_as_figures(trained) -> None:

@@ -320,6 +320,9 @@ class RunFacts:
     sdc : dict
         Runs corrected for susceptibility distortions, by method (``phasediff``,
         ``pepolar``).
+    tokenizer_training : dict
+        The group level's Stage-1 training settings as the model recorded them
+        (``stage1.json``'s ``Training``: ``steps``, or ``epochs`` and ``min_steps``).
     """
 
     participants: int
@@ -327,6 +330,7 @@ class RunFacts:
     slice_timed: int
     denoising: str
     sdc: Mapping[str, int] = field(default_factory=dict)
+    tokenizer_training: Mapping[str, object] = field(default_factory=dict)
 
 
 def _atlases(config: Config, first_only: bool = False) -> str:
@@ -476,8 +480,11 @@ def group_paragraphs(config: Config, facts: RunFacts,
     zero_shot = (f" The questions {', '.join(wf.zero_shot)} were kept out of tuning and "
                  f"evaluated zero-shot and few-shot ({wf.few_shot_k} examples per class)."
                  if wf.zero_shot else "")
-    tokenizer_length = (f"{wf.tokenizer_steps} steps" if wf.tokenizer_steps else
-                        "400 passes over the training windows, at least 300 steps")
+    training = facts.tokenizer_training
+    tokenizer_length = (
+        f" ({training['steps']} steps)" if training.get("steps") else
+        f" ({training['epochs']:g} passes over the training windows, at least "
+        f"{training['min_steps']} steps)" if training else "")
     lm_length = (f"{wf.lm_steps} steps per stage" if wf.lm_steps else
                  f"{wf.lm_epochs[0]:g} and {wf.lm_epochs[1]:g} epochs")
     inputs = ("each token's continuous Stage-1 features through a learned linear projection"
@@ -493,7 +500,7 @@ def group_paragraphs(config: Config, facts: RunFacts,
         f"metrics, gradients, ICA, amplitude and motion) were z-scored against {reference} "
         f"and written as sentences. Stage 1: a neural tokenizer reading each 12 s window as "
         f"one token per learned parcel group from a shared codebook (vector quantization "
-        f"[@vandenoord2017]) was trained ({tokenizer_length}), aligned contrastively to the "
+        f"[@vandenoord2017]) was trained{tokenizer_length}, aligned contrastively to the "
         f"language model's input embeddings of the descriptor text and of what was shown. "
         f"Stages 2 and 3: {llm} was extended with the codebook's tokens and read "
         f"{inputs}; it was tuned with LoRA adapters [@hu2022] ({lm_length}, packed "
