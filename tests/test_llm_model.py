@@ -67,7 +67,7 @@ from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
 from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE
 from fmrilm_bids.fmrilm.llm.pipeline import with_inputs
 from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter, Prompt
-from fmrilm_bids.fmrilm.llm.runs import event_windows, window_events
+from fmrilm_bids.fmrilm.llm.runs import event_windows, feature_moments, window_events
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, resolve_tasks, task_items
 from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE, weighted_loss
 from fmrilm_bids.utils.files import publish_directory
@@ -317,13 +317,13 @@ def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_pat
     model = build(backbones["tied" if tied else "untied"])
     names = set(model.trainable_parameters())
     assert any("trainable_tokens_delta" in n for n in names)
-    assert {"projector.weight", "projector.bias"} <= names
+    assert {"projector.linear.weight", "projector.linear.bias"} <= names
     assert all("lora_" in n or "trainable_tokens_delta" in n or n.startswith("projector.")
                for n in names)
     frozen = {n: p.detach().clone() for n, p in model.model.named_parameters()
               if not p.requires_grad}
     rows = model.model.get_input_embeddings()(torch.tensor(model.vocab.new_ids)).detach()
-    projector = model.projector.weight.detach().clone()
+    projector = model.projector.linear.weight.detach().clone()
     # Steps from the data: 3/4 of an epoch's draws (the text corpus a quarter of its tokens).
     examples = stage2_examples(model.formatter, runs[:2], CONFIG)
     settings = replace(STAGE, steps=None, epochs=0.75, grad_accum=1)
@@ -347,7 +347,7 @@ def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_pat
             assert torch.equal(parameter, frozen[name]), name
     after = model.model.get_input_embeddings()(torch.tensor(model.vocab.new_ids)).detach()
     assert not torch.allclose(rows, after)
-    assert not torch.allclose(projector, model.projector.weight)  # it reads the features
+    assert not torch.allclose(projector, model.projector.linear.weight)  # it reads features
     full = build(backbones["tied"], replace(CONFIG, full_finetune=True))
     assert len(full.trainable_parameters()) == len(list(full.model.parameters())) + 2
     discrete = build(backbones["tied"], DISCRETE)
@@ -377,6 +377,13 @@ def test_runs_hold_groups_of_tokens_and_their_features(backbones, data) -> None:
                                          r"\(2, 2\)"):
         LMRun("01", "rest", [[1, 2], [3, 4]], [0.0, 12.0], 12.0,
               token_features=np.zeros((2, 3, 4)))
+    # The projector's standardisation: every token of every run, run by run.
+    stacked = np.concatenate([r.segment_features(0, r.n_windows) for r in runs[:3]])
+    mean, std = feature_moments(runs[:3])
+    np.testing.assert_allclose(mean, stacked.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(std, stacked.std(axis=0), atol=1e-6)
+    with pytest.raises(ValueError, match="No run carries Stage-1 features"):
+        feature_moments([LMRun("01", "rest", [1, 2], [0.0, 12.0], 12.0)])
 
     model = build(backbones["tied"])
     formatter = model.formatter
@@ -571,7 +578,7 @@ def test_the_projector_starts_as_the_stage1_projection(backbones) -> None:
                          str(backbones["tied"]), (weight, bias))
     scale = float(base.norm(dim=1).mean() / token_embeddings.norm(dim=1).mean())
     assert scale < 0.1  # the Stage-1 vectors are far longer than the backbone's rows
-    projector = model.projector
+    projector = model.projector.linear
     torch.testing.assert_close(projector.weight[:, :LATENT], weight * scale)
     assert torch.equal(projector.weight[:, LATENT:], torch.zeros(64, GROUPS))  # group one-hot
     torch.testing.assert_close(projector.bias, bias * scale)
@@ -580,8 +587,25 @@ def test_the_projector_starts_as_the_stage1_projection(backbones) -> None:
     torch.testing.assert_close(rows, token_embeddings * scale)
     # Without Stage-1 token embeddings there is nothing to scale to.
     unscaled = build(backbones["tied"], projection=(weight, bias))
-    assert torch.equal(unscaled.projector.weight[:, :LATENT], weight)
-    assert torch.equal(unscaled.projector.bias, bias)
+    assert torch.equal(unscaled.projector.linear.weight[:, :LATENT], weight)
+    assert torch.equal(unscaled.projector.linear.bias, bias)
+    # Standardised features: the same map of the raw latents at the start.
+    mean = torch.randn(FEATURES, generator=generator).numpy()
+    std = (0.1 + torch.rand(FEATURES, generator=generator)).numpy()
+    std[-1] = 0.0  # a constant feature (a group one-hot column in a one-group model)
+    tokenizer, backbone = load_backbone(backbones["tied"])
+    standardised = FmriLM.build(tokenizer, backbone, CONFIG, token_embeddings,
+                                str(backbones["tied"]), (weight, bias), (mean, std))
+    assert standardised.projector.std[-1] == 1.0
+    features = torch.randn(5, FEATURES, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(standardised.projector(features),
+                                   model.projector(features), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(standardised.projector.linear(torch.zeros(FEATURES)),
+                                   model.projector(torch.from_numpy(mean)))
+    with pytest.raises(ValueError, match=rf"reads {FEATURES} features; got means of shape "
+                                         rf"\({FEATURES - 1},\)"):
+        standardised.projector.standardise(mean[:-1], std[:-1])
     for shape in ((32, LATENT), (64, FEATURES + 1)):
         with pytest.raises(ValueError, match=rf"Stage-1 projection is \({shape[0]}, "
                                              rf"{shape[1]}\).*reads {FEATURES} features"):
@@ -792,7 +816,7 @@ def test_gradient_checkpointing_gives_the_same_training(backbones, data, tmp_pat
                      tmp_path / str(checkpointing), settings)
         assert model.model.get_decoder().gradient_checkpointing == checkpointing
         trained.append(model.trainable_parameters())
-    assert "projector.weight" in trained[0]
+    assert "projector.linear.weight" in trained[0]
     for name, value in trained[0].items():
         torch.testing.assert_close(value, trained[1][name], rtol=1e-4, atol=1e-6)
 
@@ -1107,8 +1131,8 @@ def test_save_load_round_trip_gives_the_same_logits(backbones, data, tmp_path,
     if kind == "discrete":
         assert loaded.projector is None
     else:
-        assert torch.equal(loaded.projector.weight, model.projector.weight)
-        assert torch.equal(loaded.projector.bias, model.projector.bias)
+        for name, value in model.projector.state_dict().items():  # standardisation too
+            assert torch.equal(loaded.projector.state_dict()[name], value), name
     card = (saved / "README.md").read_text()
     assert "| runs | 2 |" in card and "| transformers |" in card and "condition" in card
     assert f"{GROUPS} per window" in card
@@ -1166,6 +1190,10 @@ def test_fit_and_apply_end_to_end(backbones, data, tmp_path) -> None:
                         few_shot_k=1, decoding=DecodingConfig(max_new_tokens=10))
     assert result.model.config == CONFIG
     assert result.train_subjects == TRAIN and result.test_subjects == TEST
+    moments = feature_moments([run for run in runs if run.subject in TRAIN])
+    for name, value in zip(("mean", "std"), moments, strict=True):
+        torch.testing.assert_close(getattr(result.model.projector, name),
+                                   torch.from_numpy(value))
     metrics = json.loads((tmp_path / "fmrilm" / "metrics.json").read_text())
     assert metrics["test_subjects"] == TEST
     tasks = metrics["tasks"]
@@ -1265,7 +1293,7 @@ def test_data_parallel_training_keeps_processes_in_step(backbones, tmp_path) -> 
     weights = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in (0, 1)]
     single = build(backbones["tied"])
     assert set(weights[0]) == set(single.trainable_parameters())
-    assert "projector.weight" in weights[0]
+    assert "projector.linear.weight" in weights[0]
     for name, value in weights[0].items():
         assert torch.equal(value, weights[1][name]), name  # in step after every update
     assert not all(torch.equal(v, single.trainable_parameters()[k].detach())

@@ -57,8 +57,8 @@ def test_smollm2_reads_fmri_tokens_and_answers_offline() -> None:
     torch.testing.assert_close(rows[256], base_rows.mean(dim=0))
     # The projector starts as the Stage-1 projection, at the scale of SmolLM2's rows.
     scale = float(base_rows.norm(dim=1).mean() / token_embeddings.norm(dim=1).mean())
-    torch.testing.assert_close(model.projector.weight[:, :4], projection[0] * scale)
-    assert torch.equal(model.projector.weight[:, 4:], torch.zeros(576, 2))
+    torch.testing.assert_close(model.projector.linear.weight[:, :4], projection[0] * scale)
+    assert torch.equal(model.projector.linear.weight[:, 4:], torch.zeros(576, 2))
     # LoRA starts as the identity: text logits are the backbone's.
     with torch.no_grad():
         logits = model.logits(text, torch.ones_like(text))

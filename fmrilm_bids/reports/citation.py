@@ -487,7 +487,8 @@ def group_paragraphs(config: Config, facts: RunFacts,
         f"{training['min_steps']} steps)" if training else "")
     lm_length = (f"{wf.lm_steps} steps per stage" if wf.lm_steps else
                  f"{wf.lm_epochs[0]:g} and {wf.lm_epochs[1]:g} epochs")
-    inputs = ("each token's continuous Stage-1 features through a learned linear projection"
+    inputs = ("each token's continuous Stage-1 features, standardised with the training "
+              "tokens' means and standard deviations, through a learned linear projection"
               if wf.fmri_inputs == "continuous" else "the tokens' own embeddings")
     text = (
         f"fMRI-LM [@wei2025] was trained with *fmrilm-bids* {v('fmrilm-bids')} (*PyTorch* "

@@ -36,10 +36,10 @@ class FmriLMConfig:
         segment_features`; 0: not known yet, set from the runs by
         :func:`~.pipeline.fit_fmrilm`).
     fmri_inputs : {"continuous", "discrete"}
-        What the model reads at an fMRI position: the token's continuous Stage-1 features
-        through a learned linear projection (the reference design; its codes stay the
-        targets of the fMRI head), or the token's own embedding row (the discrete
-        ablation).
+        What the model reads at an fMRI position: the token's continuous Stage-1 features,
+        standardised, through a learned linear projection (the reference design; its
+        codes stay the targets of the fMRI head), or the token's own embedding row (the
+        discrete ablation).
     lora_r, lora_alpha : int
         LoRA rank and scale (``alpha / r``).
     lora_dropout : float

@@ -12,15 +12,16 @@ extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What tra
 * **Full fine-tuning** (``full_finetune=True``): every weight trains; the whole model is
   saved.
 
-* **The projector** (``fmri_inputs="continuous"``, the default): a linear map from each
-  fMRI token's continuous Stage-1 features (:meth:`~.runs.LMRun.segment_features`) to the
-  LLM's embedding space; its output replaces the token's embedding at every fMRI position
-  (:meth:`FmriLM.embed`), as in the reference design, where the LLM reads the encoder's
-  features and the discrete codes are only the targets of its fMRI head (the output rows
-  of the fMRI tokens). It starts as Stage 1's alignment projection (``to_llm``, scaled to
-  the backbone's embedding norms), so the first step already reads the features in the
-  LLM's text space. With ``fmri_inputs="discrete"`` (the ablation) the model reads the
-  tokens' own embedding rows.
+* **The projector** (``fmri_inputs="continuous"``, the default,
+  :class:`FeatureProjector`): each fMRI token's continuous Stage-1 features
+  (:meth:`~.runs.LMRun.segment_features`), standardised with the training tokens' means and
+  standard deviations, then a linear map to the LLM's embedding space; its output replaces
+  the token's embedding at every fMRI position (:meth:`FmriLM.embed`), as in the reference
+  design, where the LLM reads the encoder's features and the discrete codes are only the
+  targets of its fMRI head (the output rows of the fMRI tokens). It starts as Stage 1's
+  alignment projection (``to_llm``, scaled to the backbone's embedding norms), so the first
+  step already reads the features in the LLM's text space. With
+  ``fmri_inputs="discrete"`` (the ablation) the model reads the tokens' own embedding rows.
 
 The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
 where labels are set, so prompt tokens cost no vocabulary projection; packed rows (several
@@ -99,6 +100,57 @@ def _quiet_peft() -> Iterator[None]:
         yield
 
 
+class FeatureProjector(nn.Module):
+    """Continuous fMRI features -> embedding: standardise each feature, then a linear map.
+
+    The means and standard deviations are fixed buffers (:meth:`standardise`, from the
+    training tokens; saved with the weights), so every feature reaches the linear map at
+    unit scale, as the token-feature baseline reads them (``StandardScaler``). The raw
+    features are small (the unit-norm latent's coordinates, the group time courses and the
+    group one-hot vary by about 0.2), and Adam moves each weight by about the learning
+    rate whatever its input's scale: read raw, the projected embeddings change about five
+    times more slowly, and in a short Stage 3 the model learns to read them far less
+    (README, "How well the language outputs read the brain today").
+
+    Parameters
+    ----------
+    in_features : int
+        Width of a token's features.
+    out_features : int
+        The backbone's hidden size.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("std", torch.ones(in_features))
+        self.linear = nn.Linear(in_features, out_features)
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    @torch.no_grad()
+    def standardise(self, mean: torch.Tensor | np.ndarray,
+                    std: torch.Tensor | np.ndarray) -> None:
+        """Set the features' means and standard deviations (:func:`~.runs.feature_moments`
+        of the training runs; a constant feature keeps a standard deviation of 1)."""
+        mean, std = (torch.as_tensor(np.asarray(v, dtype=np.float32)) for v in (mean, std))
+        if mean.shape != (self.in_features,) or std.shape != (self.in_features,):
+            raise ValueError(f"The projector reads {self.in_features} features; got means "
+                             f"of shape {tuple(mean.shape)} and standard deviations of shape "
+                             f"{tuple(std.shape)}.")
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.std)
+
+
 class FmriLM(nn.Module):
     """A backbone with fMRI tokens, adapters and a prompt format (module docstring).
 
@@ -118,7 +170,7 @@ class FmriLM(nn.Module):
         Questions it was tuned on (saved with it).
     card : dict
         Sections of the model card (data used, metrics, training settings).
-    projector : torch.nn.Linear or None
+    projector : FeatureProjector or None
         Features -> embedding at the fMRI positions (continuous inputs).
     """
 
@@ -135,7 +187,7 @@ class FmriLM(nn.Module):
         if config.fmri_inputs == "continuous" and config.feature_dim < 1:
             raise ValueError("A model reading continuous fMRI inputs needs feature_dim (the "
                              "width of LMRun.segment_features); or use fmri_inputs='discrete'.")
-        self.projector = (nn.Linear(config.feature_dim, hidden)
+        self.projector = (FeatureProjector(config.feature_dim, hidden)
                           if config.fmri_inputs == "continuous" else None)
         if self.projector is not None:
             self.projector.to(model.get_input_embeddings().weight.device)
@@ -145,7 +197,8 @@ class FmriLM(nn.Module):
               config: FmriLMConfig,
               token_embeddings: torch.Tensor | np.ndarray | None = None,
               backbone: str = DEFAULT_BACKBONE,
-              projection: tuple[torch.Tensor, torch.Tensor] | None = None) -> FmriLM:
+              projection: tuple[torch.Tensor, torch.Tensor] | None = None,
+              moments: tuple[np.ndarray, np.ndarray] | None = None) -> FmriLM:
         """Extend the vocabulary of a loaded backbone and add what trains.
 
         Parameters
@@ -162,6 +215,10 @@ class FmriLM(nn.Module):
             ``code_dim`` features (the latents), scaled as the token embeddings are
             (:func:`~.vocabulary.extend_vocabulary`); the other features start at 0.
             Without it the projector starts at random (seeded).
+        moments : (ndarray (feature_dim,), ndarray (feature_dim,)), optional
+            Means and standard deviations of the training tokens' features
+            (:func:`~.runs.feature_moments`), with which the projector standardises them
+            (without them it reads the features as they are).
         """
 
         torch.manual_seed(config.seed)
@@ -175,6 +232,8 @@ class FmriLM(nn.Module):
                 model = get_peft_model(backbone_model, lora_config(config, backbone_model,
                                                                    vocab))
         lm = cls(model, tokenizer, vocab, config, backbone)
+        if lm.projector is not None and moments is not None:
+            lm.projector.standardise(*moments)
         if lm.projector is not None and projection is not None:
             lm.initialise_projector(*projection, reference[:vocab.base_vocab_size],
                                     token_embeddings)
@@ -186,7 +245,8 @@ class FmriLM(nn.Module):
                              token_embeddings: torch.Tensor | np.ndarray | None) -> None:
         """Start the projector as Stage 1's ``to_llm`` (see :meth:`build`), scaled so that
         the codebook's images have the mean norm of the backbone's embedding rows
-        ``reference``."""
+        ``reference``, on the projector's standardised features (the same map of the raw
+        latents)."""
         weight, bias = torch.as_tensor(weight).float(), torch.as_tensor(bias).float()
         if weight.shape[0] != self.projector.out_features or \
                 weight.shape[1] > self.projector.in_features:
@@ -198,9 +258,11 @@ class FmriLM(nn.Module):
             rows = torch.as_tensor(np.asarray(token_embeddings)).float()
             scale = float(reference.norm(dim=1).mean() / rows.norm(dim=1).mean().clamp(
                 min=1e-12))
-        self.projector.weight.zero_()
-        self.projector.weight[:, :weight.shape[1]] = weight * scale
-        self.projector.bias.copy_(bias * scale)
+        latent = slice(0, weight.shape[1])
+        linear, mean, std = self.projector.linear, self.projector.mean, self.projector.std
+        linear.weight.zero_()
+        linear.weight[:, latent] = weight * std[latent] * scale
+        linear.bias.copy_((bias + weight @ mean[latent]) * scale)
 
     @contextlib.contextmanager
     def merged(self) -> Iterator[FmriLM]:
@@ -256,8 +318,8 @@ class FmriLM(nn.Module):
                              f"{0 if features is None else len(features)} feature rows; "
                              "build prompts with Formatter.prompt (LMRun.token_features "
                              "set).")
-        projected = self.projector(features.to(self.projector.weight.device,
-                                               self.projector.weight.dtype))
+        weight = self.projector.linear.weight
+        projected = self.projector(features.to(weight.device, weight.dtype))
         return embeddings.masked_scatter(positions[..., None], projected.to(embeddings.dtype))
 
     def hidden_states(self, input_ids: torch.Tensor,
@@ -437,8 +499,8 @@ def model_card(metadata: dict[str, object]) -> str:
     mode = ("full fine-tuning" if config["full_finetune"] else
             f"LoRA (r={config['lora_r']}, alpha={config['lora_alpha']}) on "
             f"{', '.join(config['lora_target_modules'])}, plus the new token embeddings")
-    inputs = ("each token's continuous Stage-1 features through a learned linear projection "
-              "(the codes are the targets of its fMRI head)"
+    inputs = ("each token's continuous Stage-1 features, standardised, through a learned "
+              "linear projection (the codes are the targets of its fMRI head)"
               if config.get("fmri_inputs", "continuous") == "continuous" else
               "each token's own embedding (discrete inputs)")
     tasks = ", ".join(f"{task['name']} ({task['kind']}, {task['level']})"

@@ -38,7 +38,7 @@ from fmrilm_bids.fmrilm.llm.inference import (
     run_captions,
 )
 from fmrilm_bids.fmrilm.llm.model import FmriLM
-from fmrilm_bids.fmrilm.llm.runs import LMRun
+from fmrilm_bids.fmrilm.llm.runs import LMRun, feature_moments
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
 from fmrilm_bids.fmrilm.llm.train import train_fmrilm
 from fmrilm_bids.fmrilm.splits import subject_split
@@ -214,10 +214,13 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     config = with_inputs(config, runs)
     context = distributed_context()
 
-    # Backbone with fMRI tokens, adapters; the questions.
+    # Backbone with fMRI tokens, adapters, the projector standardising the training
+    # tokens' features; the questions.
     tokenizer, backbone = load_backbone(llm_dir, cache_dir, device)
     model = FmriLM.build(tokenizer, backbone, config, token_embeddings,
-                         backbone_source(llm_dir), projection)
+                         backbone_source(llm_dir), projection,
+                         feature_moments(train_runs) if config.fmri_inputs == "continuous"
+                         else None)
     tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
     unknown = sorted(set(held_out_tasks) - {task.name for task in tasks})
     if unknown:

@@ -20,6 +20,7 @@ centre when several do; :func:`window_events`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -148,6 +149,31 @@ class LMRun:
     @property
     def is_rest(self) -> bool:
         return "rest" in self.task.lower()
+
+
+def feature_moments(runs: Sequence[LMRun]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each feature (:meth:`LMRun.segment_features`) over
+    every token of ``runs``, accumulated run by run; float32 ``(dim,)`` each.
+
+    Raises
+    ------
+    ValueError
+        When no run carries features.
+    """
+    count, total, squares = 0, 0.0, 0.0
+    for run in runs:
+        features = run.segment_features(0, run.n_windows)
+        if features is None:
+            continue
+        features = features.astype(np.float64)
+        count += len(features)
+        total = total + features.sum(axis=0)
+        squares = squares + np.square(features).sum(axis=0)
+    if count == 0:
+        raise ValueError("No run carries Stage-1 features (LMRun.token_features).")
+    mean = total / count
+    variance = np.maximum(squares / count - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
 
 
 def window_segment(window: int, context: int) -> tuple[int, int]:
