@@ -105,11 +105,11 @@ class FeatureProjector(nn.Module):
 
     The means and standard deviations are fixed buffers (:meth:`standardise`, from the
     training tokens; saved with the weights), so every feature reaches the linear map at
-    unit scale, as the token-feature baseline reads them (``StandardScaler``). The raw
-    features are small (the unit-norm latent's coordinates, the group time courses and the
-    group one-hot vary by about 0.2), and Adam moves each weight by about the learning
-    rate whatever its input's scale: read raw, the projected embeddings change about five
-    times more slowly, and in a short Stage 3 the model learns to read them far less
+    unit scale and centred, as the token-feature baseline reads them (``StandardScaler``).
+    Adam moves each weight by about the learning rate whatever its input's scale, so a
+    feature's scale sets how fast the model learns to read it; the raw features are small
+    (the latent's coordinates, the group time courses and the group one-hot vary by about
+    0.2 on the benchmark cohort). Read raw, a short Stage 3 learned to read them far less
     (README, "How well the language outputs read the brain today").
 
     Parameters
