@@ -220,7 +220,9 @@ def _few_shot_case(world: dict) -> list[Row]:
                                                   data["targets"], data["runs"],
                                                   data["blocks"]))
     start = time.perf_counter()
-    results = adapters.few_shot_evaluation(subjects, 0.25, n_folds=5, seed=3)
+    processes = len(os.sched_getaffinity(0))  # as the app (--nprocs: every core)
+    results = adapters.few_shot_evaluation(subjects, 0.25, n_folds=5, seed=3,
+                                           processes=processes)
     elapsed = time.perf_counter() - start
     targets = np.vstack([s.targets for s in subjects])
     strata = np.concatenate([np.full(len(s.targets), i) for i, s in enumerate(subjects)])
@@ -231,7 +233,8 @@ def _few_shot_case(world: dict) -> list[Row]:
     fraction = np.mean([results[s.name]["subset"].mean() / len(s.targets) for s in subjects])
     return [
         ("few-shot", "retrieval top-1, own decoder on all its training units",
-         _fmt(figures["own"]), "-", "-", f"{elapsed:.0f} s CPU (5 x leave-one-out)"),
+         _fmt(figures["own"]), "-", "-",
+         f"{elapsed:.0f} s CPU ({processes} processes; 5 x leave-one-out)"),
         ("few-shot", f"retrieval top-1, shared + adapter on {fraction:.0%} of the units",
          _fmt(figures["adapted"]), "-", "-", ""),
         ("few-shot", "adapted / own", f"{ratio:.2f}", ">= 0.8",

@@ -53,9 +53,15 @@ def _subject(world: dict, seed: int, **options) -> tuple[adapters.SubjectRespons
 @pytest.mark.slow
 def test_decoders_read_captions_categories_and_unseen_categories(world) -> None:
     subject, categories = _subject(world, 1)
+    # The 18 fits (9 per decoder) side by side in two worker processes, as one after another.
     held = decoding.held_out(subject.responses, subject.targets, subject.groups, categories,
-                             n_folds=6, seed=3)
+                             n_folds=6, seed=3, processes=2)
     assert set(held.folds) == set(range(6)) and set(held.zero_shot_folds) == {0, 1, 2}
+    for folds, predicted in ((group_folds(subject.groups, 6), held.predicted["ridge"]),
+                             (decoding.category_folds(categories), held.zero_shot["ridge"])):
+        serial, _ = decoding.cross_validate(subject.responses, subject.targets,
+                                            subject.groups, folds, "ridge", seed=3)
+        assert np.allclose(predicted, serial, equal_nan=True)
     for train, test in group_folds(subject.groups, 6):  # folds never split a run
         assert not set(subject.groups[train]) & set(subject.groups[test])
     table = readout.evaluation_table(held, subject.targets, categories, world["names"],
@@ -147,12 +153,15 @@ def test_a_new_subject_adapts_the_shared_decoder_from_a_quarter_of_its_units(wor
     small = [adapters.SubjectResponses(s.name, s.responses[:40], s.targets[:40],
                                        s.groups[:40], s.blocks[:40]) for s in (first, new)]
     results = adapters.few_shot_evaluation(small, 0.25, n_folds=2, seed=0)
+    # The folds fitted side by side in two worker processes give the same predictions.
+    parallel = adapters.few_shot_evaluation(small, 0.25, n_folds=2, seed=0, processes=2)
     for subject in small:
         result = results[subject.name]
         assert set(result["subset"]) == {10}  # whole blocks (single events) up to 25 %
         for setting in ("own", "adapted", "shared", "own_fraction"):
             assert result[setting].shape == subject.targets.shape
             assert np.isfinite(result[setting]).all()
+            assert np.allclose(parallel[subject.name][setting], result[setting], atol=1e-4)
 
 
 def test_ablation_finds_the_network_the_decoder_reads(world) -> None:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from test_group_level import save_tiny_llama
 
-from fmrilm_bids.config import Config, ExecutionConfig, WorkflowConfig
+from fmrilm_bids.config import Config, ExecutionConfig, NipypeConfig, WorkflowConfig
 from fmrilm_bids.dataset.derivatives import write_derivatives_skeleton
 from fmrilm_bids.dataset.layout import BoldRun, Selection, SubjectSelection
 from fmrilm_bids.dataset.output_checks import check_outputs
@@ -99,7 +99,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = Config(execution=ExecutionConfig(bids_dir=bids, output_dir=out,
                                               analysis_level="group", work_dir=root / "work",
                                               run_uuid="x"),
-                    workflow=WorkflowConfig(llm_dir=llm, device="cpu", decoding_folds=5))
+                    workflow=WorkflowConfig(llm_dir=llm, device="cpu", decoding_folds=5),
+                    nipype=NipypeConfig(nprocs=2))  # the group's fits on two processes
     # The participant level's decoders (the interface the participant workflow runs).
     for subject in runs:
         stem = out / f"sub-{subject}" / "func" / f"sub-{subject}_task-images_space-{SPACE}"

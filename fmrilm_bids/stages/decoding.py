@@ -21,6 +21,9 @@ its LSS betas (``<run>_space-<tpl>_desc-lss_betas.nii.gz`` and ``.tsv``). Per ta
       ``group/task-<t>_desc-decoding_attribution.tsv``;
     * a section of ``group.html``.
 
+    On the CPU, the decoders' independent fits (folds) run side by side on ``--nprocs``
+    worker processes (:func:`processes`).
+
 ``participant --model`` (:func:`apply_shared_decoder`)
     A participant's units decoded by the shared decoder through the participant's own
     adapter, fitted on the training folds only (folds as the participant level's): per run
@@ -168,6 +171,12 @@ def _caption_embeddings(paths: Sequence[Path], column: str, n_units: int,
     return vectors
 
 
+def processes(config: Config, device: torch.device) -> int:
+    """Worker processes of the decoders' independent fits: ``--nprocs`` on the CPU, one on
+    a GPU."""
+    return config.nipype.nprocs if device.type == "cpu" else 1
+
+
 def pooled_evaluation(participants: Sequence[TaskBetas], config: Config,
                       device: torch.device,
                       embed: Callable[[list[str]], np.ndarray]) -> pd.DataFrame:
@@ -183,7 +192,7 @@ def pooled_evaluation(participants: Sequence[TaskBetas], config: Config,
         target = unit_targets(sentences, dict(zip(distinct, embed(distinct), strict=True)))
         kinds = unit_categories(units)
         parts.append(held_out(responses, target, groups, kinds, workflow.decoding_folds,
-                              DEFAULT_CONFIG, device, seed, blocks))
+                              DEFAULT_CONFIG, device, seed, blocks, processes(config, device)))
         targets.append(target)
         categories.append(kinds if kinds is not None else np.full(len(units), "n/a"))
         generated.append(_caption_embeddings(participant.captions_files, "decoded_caption",
@@ -227,7 +236,7 @@ def few_shot_table(subjects: Sequence[SubjectResponses], config: Config,
     among each participant's units), and the adapted / own ratio of top-1."""
     results = few_shot_evaluation(list(subjects), ADAPTER_FRACTION,
                                   config.workflow.decoding_folds, DEFAULT_CONFIG, device,
-                                  config.seeds.master)
+                                  config.seeds.master, processes(config, device))
     targets = np.vstack([s.targets for s in subjects])
     strata = np.concatenate([np.full(len(s.targets), i) for i, s in enumerate(subjects)])
     rows = []

@@ -46,6 +46,7 @@ from fmrilm_bids.stimulus.decoding import (
 from fmrilm_bids.stimulus.encoding import group_folds
 from fmrilm_bids.stimulus.information import response_t, top_fraction
 from fmrilm_bids.utils.devices import CPU
+from fmrilm_bids.utils.parallel import map_in_processes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -273,9 +274,40 @@ def without_captions(subjects: list[SubjectResponses],
     return kept
 
 
+@dataclass(frozen=True)
+class FewShotFold:
+    """One fold of one subject in :func:`few_shot_evaluation`: its units (indices)."""
+
+    subject: int
+    train: np.ndarray = field(repr=False)
+    test: np.ndarray = field(repr=False)
+    subset: np.ndarray = field(repr=False)
+    seed: int = 0
+
+
+def few_shot_fold(shared: tuple[list[SubjectResponses], DecoderConfig, torch.device],
+                  fold: FewShotFold) -> dict[str, np.ndarray]:
+    """The four settings' predictions of ``fold``'s test units (see
+    :func:`few_shot_evaluation`); ``shared`` is (subjects, config, device)."""
+    subjects, config, device = shared
+    subject = subjects[fold.subject]
+    x, y, blocks = subject.responses, subject.targets, subject.blocks
+    train, test, subset = fold.train, fold.test, fold.subset
+    others = [s for s in subjects if s.name != subject.name]
+    decoder = fit_shared(without_captions(others, y[test]), config, device, fold.seed)
+    adapter = decoder.adapt(x[subset], y[subset], fold.seed)
+    return {
+        "own": fit_decoder(x[train], y[train], blocks[train], "contrastive", config, device,
+                           fold.seed).predict(x[test]),
+        "adapted": decoder.predict(x[test], adapter),
+        "shared": decoder.predict(x[test], decoder.identity(x[subset])),
+        "own_fraction": fit_decoder(x[subset], y[subset], blocks[subset], "contrastive",
+                                    config, device, fold.seed).predict(x[test])}
+
+
 def few_shot_evaluation(subjects: list[SubjectResponses], fraction: float = 0.25,
                         n_folds: int = 5, config: DecoderConfig = DEFAULT_CONFIG,
-                        device: torch.device = CPU, seed: int = 0
+                        device: torch.device = CPU, seed: int = 0, processes: int = 1
                         ) -> dict[str, dict[str, np.ndarray]]:
     """Held-out predictions of each subject by its own decoder and by the adapted shared one.
 
@@ -290,6 +322,10 @@ def few_shot_evaluation(subjects: list[SubjectResponses], fraction: float = 0.25
       same units as the adapter);
     - ``own_fraction``: the subject's own decoder trained on those same few units.
 
+    The folds are independent (each seeded on its own): ``processes`` worker processes fit
+    them side by side (:func:`~fmrilm_bids.utils.parallel.map_in_processes`; 1 on a GPU),
+    with the same results (up to the rounding of a different thread count).
+
     Returns
     -------
     dict
@@ -299,29 +335,25 @@ def few_shot_evaluation(subjects: list[SubjectResponses], fraction: float = 0.25
     if len(subjects) < 2:
         raise ValueError("Few-shot evaluation needs two subjects or more")
     rng = np.random.default_rng(seed)
-    results: dict[str, dict[str, np.ndarray]] = {}
+    folds = []
     for index, subject in enumerate(subjects):
-        others = [s for s in subjects if s.name != subject.name]
         count = max(2, int(np.ceil(fraction * len(subject.targets))))
-        predicted = {name: np.full(subject.targets.shape, np.nan)
-                     for name in ("own", "adapted", "shared", "own_fraction")}
-        subset_size = np.zeros(len(subject.targets))
-        x, y, blocks = subject.responses, subject.targets, subject.blocks
         for fold, (train, test) in enumerate(group_folds(subject.groups, n_folds)):
-            fold_seed = seed + 1000 * index + fold
-            shared = fit_shared(without_captions(others, y[test]), config, device, fold_seed)
-            subset = fraction_of_blocks(blocks, train, count, rng)
-            subset_size[test] = len(subset)
-            predicted["own"][test] = fit_decoder(x[train], y[train], blocks[train],
-                                                 "contrastive", config, device,
-                                                 fold_seed).predict(x[test])
-            adapter = shared.adapt(x[subset], y[subset], fold_seed)
-            predicted["adapted"][test] = shared.predict(x[test], adapter)
-            predicted["shared"][test] = shared.predict(x[test], shared.identity(x[subset]))
-            predicted["own_fraction"][test] = fit_decoder(
-                x[subset], y[subset], blocks[subset], "contrastive", config, device,
-                fold_seed).predict(x[test])
-        results[subject.name] = {**predicted, "subset": subset_size}
+            folds.append(FewShotFold(index, train, test,
+                                     fraction_of_blocks(subject.blocks, train, count, rng),
+                                     seed + 1000 * index + fold))
+    LOGGER.info("Few-shot evaluation: %d subjects, %d folds, %d process(es)", len(subjects),
+                len(folds), processes)
+    predictions = map_in_processes(few_shot_fold, (subjects, config, device), folds,
+                                   processes)
+    results = {subject.name: {name: np.full(subject.targets.shape, np.nan)
+                              for name in ("own", "adapted", "shared", "own_fraction")}
+               | {"subset": np.zeros(len(subject.targets))} for subject in subjects}
+    for fold, predicted in zip(folds, predictions, strict=True):
+        result = results[subjects[fold.subject].name]
+        for name, values in predicted.items():
+            result[name][fold.test] = values
+        result["subset"][fold.test] = len(fold.subset)
     return results
 
 

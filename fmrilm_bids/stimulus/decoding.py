@@ -51,6 +51,7 @@ from fmrilm_bids.config import settings_from_dict
 from fmrilm_bids.stimulus.encoding import group_folds
 from fmrilm_bids.stimulus.information import response_t, top_fraction
 from fmrilm_bids.utils.devices import CPU, autocast
+from fmrilm_bids.utils.parallel import map_in_processes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -439,13 +440,55 @@ def fit_decoder(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
     return decoder
 
 
+def fold_predictions(data: tuple[np.ndarray, np.ndarray, np.ndarray, DecoderConfig,
+                                  torch.device],
+                     job: tuple[str, np.ndarray, np.ndarray, int]) -> tuple[np.ndarray, float]:
+    """One fold: the ``method`` decoder fitted on the ``train`` units (seeded ``seed``), its
+    predictions of the ``test`` units and its ``1 / temperature``.
+
+    ``data`` is (responses, targets, groups, config, device); ``job`` is (method, train,
+    test, seed).
+    """
+    responses, targets, groups, config, device = data
+    method, train, test, seed = job
+    decoder = fit_decoder(responses[train], targets[train], groups[train], method, config,
+                          device, seed)
+    return decoder.predict(responses[test]), decoder.logit_scale
+
+
+def cross_validate_many(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
+                        fold_sets: Sequence[tuple[str, Folds]],
+                        config: DecoderConfig = DEFAULT_CONFIG, device: torch.device = CPU,
+                        seed: int = 0, processes: int = 1
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`cross_validate` of each (method, folds) of ``fold_sets``, their fits side by
+    side on ``processes`` worker processes
+    (:func:`~fmrilm_bids.utils.parallel.map_in_processes`; the fold of index ``i`` seeded
+    ``seed + i`` in every set, as one after another)."""
+    responses = np.asarray(responses, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.float64)
+    jobs = [(method, train, test, seed + index) for method, folds in fold_sets
+            for index, (train, test) in enumerate(folds)]
+    outcomes = iter(map_in_processes(fold_predictions, (responses, targets, np.asarray(groups),
+                                                        config, device), jobs, processes))
+    results = []
+    for _, folds in fold_sets:
+        predicted = np.full(targets.shape, np.nan)
+        scale = np.full(len(targets), np.nan)
+        for _, test in folds:
+            predicted[test], scale[test] = next(outcomes)
+        results.append((predicted, scale))
+    return results
+
+
 def cross_validate(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                    folds: Folds, method: str = "contrastive",
                    config: DecoderConfig = DEFAULT_CONFIG, device: torch.device = CPU,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int = 0, processes: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Held-out decoded embeddings: each fold's test units from a decoder fitted on the rest.
 
-    ``groups`` are the groups of the decoders' inner folds (the penalty choice).
+    ``groups`` are the groups of the decoders' inner folds (the penalty choice); the folds
+    are fitted on ``processes`` worker processes (:func:`cross_validate_many`).
 
     Returns
     -------
@@ -455,17 +498,8 @@ def cross_validate(responses: np.ndarray, targets: np.ndarray, groups: np.ndarra
         ``1 / temperature`` of the decoder that predicted each unit
         (:attr:`FittedDecoder.logit_scale`).
     """
-    responses = np.asarray(responses, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.float64)
-    groups = np.asarray(groups)
-    predicted = np.full(targets.shape, np.nan)
-    scale = np.full(len(targets), np.nan)
-    for index, (train, test) in enumerate(folds):
-        decoder = fit_decoder(responses[train], targets[train], groups[train], method, config,
-                              device, seed + index)
-        predicted[test] = decoder.predict(responses[test])
-        scale[test] = decoder.logit_scale
-    return predicted, scale
+    return cross_validate_many(responses, targets, groups, [(method, folds)], config, device,
+                               seed, processes)[0]
 
 
 @dataclass(frozen=True)
@@ -501,7 +535,7 @@ MIN_ZERO_SHOT_CATEGORIES = 4
 def held_out(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
              categories: Sequence[str] | None = None, n_folds: int = 5,
              config: DecoderConfig = DEFAULT_CONFIG, device: torch.device = CPU,
-             seed: int = 0, blocks: np.ndarray | None = None) -> HeldOut:
+             seed: int = 0, blocks: np.ndarray | None = None, processes: int = 1) -> HeldOut:
     """Every decoder's held-out predictions of a subject's units (folds by group), and the
     zero-shot ones (:func:`category_folds`) when there are four categories or more.
 
@@ -520,6 +554,8 @@ def held_out(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
     blocks : ndarray of shape (n_units,), optional
         Groups of the decoders' inner folds (e.g. blocks when the folds are runs: with two
         runs, one training run is one group). Default: ``groups``.
+    processes : int, default=1
+        Worker processes fitting the folds side by side (:func:`cross_validate_many`).
     """
     groups = np.asarray(groups)
     inner = groups if blocks is None else np.asarray(blocks)
@@ -527,20 +563,21 @@ def held_out(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
     fold_of = np.zeros(len(groups), dtype=int)
     for index, (_, test) in enumerate(folds):
         fold_of[test] = index
-    predicted, scales, zero_shot = {}, {}, {}
-    for method in METHODS:
-        predicted[method], scales[method] = cross_validate(responses, targets, inner, folds,
-                                                           method, config, device, seed)
     zero_shot_of = np.full(len(groups), -1)
+    unseen: Folds = []
     if categories is not None and len(set(categories)) >= MIN_ZERO_SHOT_CATEGORIES:
         unseen = category_folds(categories)
         for index, (_, test) in enumerate(unseen):
             zero_shot_of[test] = index
-        for method in METHODS:
-            zero_shot[method], _ = cross_validate(responses, targets, inner, unseen, method,
-                                                  config, device, seed)
-    return HeldOut(predicted=predicted, logit_scale=scales, folds=fold_of,
-                   zero_shot=zero_shot, zero_shot_folds=zero_shot_of)
+    fold_sets = [(method, folds) for method in METHODS]
+    fold_sets += [(method, unseen) for method in METHODS] if unseen else []
+    results = cross_validate_many(responses, targets, inner, fold_sets, config, device, seed,
+                                  processes)
+    return HeldOut(predicted={m: results[i][0] for i, m in enumerate(METHODS)},
+                   logit_scale={m: results[i][1] for i, m in enumerate(METHODS)},
+                   folds=fold_of, zero_shot={m: results[len(METHODS) + i][0]
+                                             for i, m in enumerate(METHODS) if unseen},
+                   zero_shot_folds=zero_shot_of)
 
 
 def stack_held_out(parts: Sequence[HeldOut]) -> HeldOut:
