@@ -484,11 +484,10 @@ def cross_validate_many(responses: np.ndarray, targets: np.ndarray, groups: np.n
 def cross_validate(responses: np.ndarray, targets: np.ndarray, groups: np.ndarray,
                    folds: Folds, method: str = "contrastive",
                    config: DecoderConfig = DEFAULT_CONFIG, device: torch.device = CPU,
-                   seed: int = 0, processes: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Held-out decoded embeddings: each fold's test units from a decoder fitted on the rest.
 
-    ``groups`` are the groups of the decoders' inner folds (the penalty choice); the folds
-    are fitted on ``processes`` worker processes (:func:`cross_validate_many`).
+    ``groups`` are the groups of the decoders' inner folds (the penalty choice).
 
     Returns
     -------
@@ -499,7 +498,7 @@ def cross_validate(responses: np.ndarray, targets: np.ndarray, groups: np.ndarra
         (:attr:`FittedDecoder.logit_scale`).
     """
     return cross_validate_many(responses, targets, groups, [(method, folds)], config, device,
-                               seed, processes)[0]
+                               seed)[0]
 
 
 @dataclass(frozen=True)
