@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from fmrilm_bids.fmrilm.llm import (
@@ -64,10 +65,15 @@ from fmrilm_bids.fmrilm.llm.inference import (
     whole_sentences,
 )
 from fmrilm_bids.fmrilm.llm.metrics import auroc, softmax, words
-from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE
-from fmrilm_bids.fmrilm.llm.pipeline import with_inputs
+from fmrilm_bids.fmrilm.llm.model import PROJECTOR_FILE, RIDGE_ALPHAS, FeatureProjector
+from fmrilm_bids.fmrilm.llm.pipeline import align_projector, with_inputs
 from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Formatter, Prompt
-from fmrilm_bids.fmrilm.llm.runs import event_windows, feature_moments, window_events
+from fmrilm_bids.fmrilm.llm.runs import (
+    event_windows,
+    feature_moments,
+    shown_texts,
+    window_events,
+)
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, resolve_tasks, task_items
 from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE, weighted_loss
 from fmrilm_bids.utils.files import publish_directory
@@ -349,7 +355,7 @@ def test_only_adapters_new_rows_and_the_projector_train(backbones, data, tmp_pat
     assert not torch.allclose(rows, after)
     assert not torch.allclose(projector, model.projector.linear.weight)  # it reads features
     full = build(backbones["tied"], replace(CONFIG, full_finetune=True))
-    assert len(full.trainable_parameters()) == len(list(full.model.parameters())) + 2
+    assert len(full.trainable_parameters()) == len(list(full.model.parameters())) + 3
     discrete = build(backbones["tied"], DISCRETE)
     assert discrete.projector is None
     assert not any(n.startswith("projector.") for n in discrete.trainable_parameters())
@@ -610,6 +616,71 @@ def test_the_projector_starts_as_the_stage1_projection(backbones) -> None:
         with pytest.raises(ValueError, match=rf"Stage-1 projection is \({shape[0]}, "
                                              rf"{shape[1]}\).*reads {FEATURES} features"):
             build(backbones["tied"], projection=(torch.zeros(shape), torch.zeros(shape[0])))
+
+
+def test_each_group_has_a_map_of_its_own(backbones) -> None:
+    model = build(backbones["tied"])
+    projector = model.projector
+    assert projector.groups == GROUPS and projector.group_weight.shape == (GROUPS, LATENT, 64)
+    assert torch.equal(projector.group_weight, torch.zeros(GROUPS, LATENT, 64))  # starts at 0
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        projector.group_weight.normal_(generator=generator)
+        projector.standardise(torch.randn(FEATURES, generator=generator).numpy(),
+                              (0.5 + torch.rand(FEATURES, generator=generator)).numpy())
+        latents = torch.randn(2 * GROUPS, LATENT, generator=generator)
+        features = torch.cat([latents, torch.eye(GROUPS).repeat(2, 1)], dim=1)
+        standard = (features - projector.mean) / projector.std
+        expected = torch.stack([projector.linear(standard[i]) + standard[i, :LATENT]
+                                @ projector.group_weight[i % GROUPS] for i in range(len(features))])
+        torch.testing.assert_close(projector(features), expected)
+        # The same latent read in another group's slot gives another vector.
+        swapped = torch.cat([latents, torch.eye(GROUPS).flip(0).repeat(2, 1)], dim=1)
+        assert not torch.allclose(projector.group_terms(swapped), projector.group_terms(features))
+    shared = build(backbones["tied"], replace(CONFIG, group_projection=False))
+    assert shared.projector.group_weight is None
+    assert not any("group_weight" in name for name in shared.trainable_parameters())
+    with pytest.raises(ValueError, match="has group maps to align"):
+        shared.align_projector(np.zeros((2, GROUPS, FEATURES)), ["a", "b"])
+    with pytest.raises(ValueError, match="cannot have 6 groups"):
+        FeatureProjector(FEATURES, 64, groups=FEATURES)
+
+
+def test_aligned_group_maps_read_what_held_out_windows_showed(backbones, data) -> None:
+    """The ridge start: a window's tokens, summed through their group maps, land nearest to
+    the LLM's embedding of what that window showed, for windows of held-out subjects."""
+    runs, _ = data
+    model = build(backbones["tied"])
+    train = [run for run in runs if run.subject in TRAIN]
+    model.projector.standardise(*feature_moments(train))
+    picture = runs[0]
+    texts = shown_texts(picture)
+    assert sorted(texts) == sorted(window_events(picture))
+    assert set(texts.values()) == {f"{kind}: {caption}" for kind, caption in CAPTIONS.items()}
+    assert shown_texts(runs[1]) == {}  # a resting run shows nothing
+    assert align_projector(model, [run for run in train if run.events is None]) is None
+    assert torch.equal(model.projector.group_weight, torch.zeros_like(
+        model.projector.group_weight))
+    alpha = align_projector(model, train)
+    assert alpha in RIDGE_ALPHAS
+    references = model.text_embeddings([f"{kind}: {caption}" for kind, caption in
+                                        CAPTIONS.items()])
+    correct = total = 0
+    with torch.no_grad():
+        for run in runs:
+            if run.subject in TRAIN or run.events is None:
+                continue
+            for window, text in shown_texts(run).items():
+                read = model.projector.group_terms(torch.from_numpy(
+                    run.segment_features(window, window + 1))).mean(dim=0)
+                similarity = F.cosine_similarity(read[None], references - references.mean(0))
+                correct += int(list(CAPTIONS)[int(similarity.argmax())] == text.split(":")[0])
+                total += 1
+    assert total >= 10 and correct / total >= 0.9
+    with pytest.raises(ValueError, match="one text per window"):
+        model.align_projector(np.zeros((3, GROUPS, FEATURES)), ["a", "b"])
+    with pytest.raises(ValueError, match=rf"shape \(n, {GROUPS}, {FEATURES}\)"):
+        model.align_projector(np.zeros((3, FEATURES)), ["a", "b", "c"])
 
 
 # Packing and sampling -----------------------------------------------------------------------

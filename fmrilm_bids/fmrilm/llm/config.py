@@ -40,6 +40,11 @@ class FmriLMConfig:
         standardised, through a learned linear projection (the reference design; its
         codes stay the targets of the fMRI head), or the token's own embedding row (the
         discrete ablation).
+    group_projection : bool
+        Continuous inputs: besides the projector's shared linear map, each parcel group's
+        features go through a map of their own (``FeatureProjector.group_weight``), so the
+        sum over a window's tokens can weigh every group's features as a linear read-out
+        of the window does. False: the shared map only (the ablation).
     lora_r, lora_alpha : int
         LoRA rank and scale (``alpha / r``).
     lora_dropout : float
@@ -85,6 +90,7 @@ class FmriLMConfig:
     tokens_per_window: int = 1
     feature_dim: int = 0
     fmri_inputs: str = "continuous"
+    group_projection: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0

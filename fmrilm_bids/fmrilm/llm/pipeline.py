@@ -38,7 +38,7 @@ from fmrilm_bids.fmrilm.llm.inference import (
     run_captions,
 )
 from fmrilm_bids.fmrilm.llm.model import FmriLM
-from fmrilm_bids.fmrilm.llm.runs import LMRun, feature_moments
+from fmrilm_bids.fmrilm.llm.runs import LMRun, feature_moments, shown_texts
 from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
 from fmrilm_bids.fmrilm.llm.train import train_fmrilm
 from fmrilm_bids.fmrilm.splits import subject_split
@@ -133,6 +133,21 @@ def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
                    feature_dim=width if config.fmri_inputs == "continuous" else 0)
 
 
+def align_projector(model: FmriLM, runs: Sequence[LMRun]) -> float | None:
+    """Start ``model``'s group maps from what the training windows showed
+    (:meth:`~.model.FmriLM.align_projector` on :func:`~.runs.shown_texts`); the chosen ridge
+    penalty, None (maps left at 0) when fewer than two windows showed something."""
+    shown = [(run.segment_features(window, window + 1), text) for run in runs
+             for window, text in shown_texts(run).items()]
+    if len(shown) < 2:
+        return None
+    alpha = model.align_projector(np.stack([features for features, _ in shown]),
+                                  [text for _, text in shown])
+    LOGGER.info("Projector: group maps aligned to what %d training windows showed (ridge "
+                "penalty %.3g).", len(shown), alpha)
+    return alpha
+
+
 def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
                out_dir: str | Path, config: FmriLMConfig | None = None,
                stage2: LMTrainConfig | None = None, stage3: LMTrainConfig | None = None,
@@ -221,6 +236,8 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
                          backbone_source(llm_dir), projection,
                          feature_moments(train_runs) if config.fmri_inputs == "continuous"
                          else None)
+    if model.projector is not None and model.projector.group_weight is not None:
+        align_projector(model, train_runs)
     tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
     unknown = sorted(set(held_out_tasks) - {task.name for task in tasks})
     if unknown:

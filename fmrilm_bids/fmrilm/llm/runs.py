@@ -223,6 +223,18 @@ def window_events(run: LMRun, hrf_delay: float = HRF_DELAY) -> dict[int, pd.Seri
     return {window: run.events.iloc[row] for window, row in sorted(chosen.items())}
 
 
+def shown_texts(run: LMRun, hrf_delay: float = HRF_DELAY) -> dict[int, str]:
+    """What each window showed, in words (:func:`window_events`): its event's trial type
+    and caption, where present; windows without either are absent."""
+    texts = {}
+    for window, event in window_events(run, hrf_delay).items():
+        parts = [str(event[column]).strip() for column in ("trial_type", "caption")
+                 if column in event and is_present(event[column])]
+        if parts:
+            texts[window] = ": ".join(parts)
+    return texts
+
+
 def is_present(value: object) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
