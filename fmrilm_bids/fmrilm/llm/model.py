@@ -572,7 +572,8 @@ class FmriLM(nn.Module):
             raise FileNotFoundError(f"{directory / METADATA_FILE} is missing; point at a folder "
                                     "written by FmriLM.save_pretrained (or fit_fmrilm).")
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        config = FmriLMConfig.from_dict(metadata["config"])
+        # Models saved before the group maps existed read with the shared map only.
+        config = FmriLMConfig.from_dict({"group_projection": False} | metadata["config"])
         saved_vocab = FmriVocabulary(**metadata["vocab"])
         if config.full_finetune:
             tokenizer, model = load_backbone(directory, device=device)
