@@ -169,19 +169,25 @@ class FeatureProjector(nn.Module):
         self.mean.copy_(mean)
         self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
+    def standardised(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` centred and scaled with the stored means and standard deviations."""
+        return (features - self.mean) / self.std
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        standard = (features - self.mean) / self.std
+        standard = self.standardised(features)
         projected = self.linear(standard)
         if self.group_weight is None:
             return projected
-        return projected + self.group_terms(features)
+        return projected + self._by_group(features, standard)
 
     def group_terms(self, features: torch.Tensor) -> torch.Tensor:
         """Each token's standardised features through its own group's map ``(..., out)``
         (the group read from the one-hot that ends ``features``)."""
+        return self._by_group(features, self.standardised(features))
+
+    def _by_group(self, features: torch.Tensor, standard: torch.Tensor) -> torch.Tensor:
         k = self.groups
-        standard = (features[..., :-k] - self.mean[:-k]) / self.std[:-k]
-        return torch.einsum("...g,...f,gfo->...o", features[..., -k:], standard,
+        return torch.einsum("...g,...f,gfo->...o", features[..., -k:], standard[..., :-k],
                             self.group_weight)
 
 
@@ -353,7 +359,7 @@ class FmriLM(nn.Module):
             raise ValueError(f"{len(features)} windows and {len(texts)} texts: give one text "
                              "per window, at least two.")
         k = projector.groups
-        standard = (features[..., :-k] - projector.mean[:-k]) / projector.std[:-k]
+        standard = projector.standardised(features)[..., :-k]
         design = torch.einsum("nsg,nsf->ngf", features[..., -k:], standard) / k
         design = design.reshape(len(features), -1).double()
         targets = self.text_embeddings(texts).to(device).double()
