@@ -71,11 +71,12 @@ from fmrilm_bids.fmrilm.llm.prompts import RUN_DESCRIBE, WINDOW_DESCRIBE, Format
 from fmrilm_bids.fmrilm.llm.runs import (
     event_windows,
     feature_moments,
-    shown_texts,
+    group_connectivity,
     window_events,
 )
-from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, resolve_tasks, task_items
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, answer_texts, resolve_tasks, task_items
 from fmrilm_bids.fmrilm.llm.train import CHECKPOINT_DIR, STATE_FILE, weighted_loss
+from fmrilm_bids.fmrilm.tokenizer import TokenizedRun
 from fmrilm_bids.utils.files import publish_directory
 
 CODEBOOK = 16
@@ -209,11 +210,12 @@ def build(folder: Path, config: FmriLMConfig = CONFIG,
 
 
 def perturb(model: FmriLM, seed: int = 1) -> FmriLM:
-    """LoRA updates and new rows that change the outputs (both start at 0)."""
+    """LoRA updates, new rows and group maps that change the outputs (all start at 0; the
+    group maps also fill each segment's summary at its ``</fmri>``)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.trainable_parameters().items():
-            if "lora_B" in name or "trainable_tokens_delta" in name:
+            if "lora_B" in name or "trainable_tokens_delta" in name or "group_weight" in name:
                 parameter.normal_(0.0, 0.3)
     return model
 
@@ -544,8 +546,10 @@ def test_continuous_inputs_replace_the_fmri_rows_with_projected_features(backbon
         rows_of_ids = model.model.get_input_embeddings()(ids)
         # The fMRI positions, row by row, read the projected features in order ...
         torch.testing.assert_close(embedded[positions], model.projector(features))
-        # ... and only they: text, delimiters and padding keep their embedding rows.
-        assert torch.equal(embedded[~positions], rows_of_ids[~positions])
+        # ... and only they: text, <fmri> and padding keep their embedding rows (</fmri>
+        # adds the segment's summary, tested below).
+        kept = ~positions & (ids != vocab.close_id)
+        assert torch.equal(embedded[kept], rows_of_ids[kept])
         assert not torch.allclose(embedded[positions], rows_of_ids[positions])
         # The model reads them: other features change what follows them, not what precedes.
         before = model.hidden_states(ids, mask, features=features)
@@ -570,6 +574,45 @@ def test_continuous_inputs_replace_the_fmri_rows_with_projected_features(backbon
         assert torch.equal(discrete.embed(ids, features), rows_of_ids)
     with pytest.raises(ValueError, match="needs feature_dim"):
         build(backbones["tied"], replace(CONFIG, feature_dim=0))
+
+
+def test_each_segment_closes_with_the_mean_of_its_group_terms(backbones, data) -> None:
+    """The segment summary: ``</fmri>`` holds its row plus the mean group term of its own
+    segment's tokens (two segments in one packed row, one in another); nothing else
+    changes, and the ablation keeps the delimiter's row."""
+    runs, _ = data
+    vocab = build(backbones["tied"]).vocab
+    text = build(backbones["tied"]).formatter.encode("A smiling face.")
+    segments = [(runs[0], 0, 1), (runs[1], 2, 4), (runs[2], 5, 6)]
+    pieces = [vocab.segment_ids(run.token_ids[a:b]) for run, a, b in segments]
+    rows = [pieces[0] + text + pieces[1], [vocab.close_id] + text + pieces[2]]
+    ids = torch.tensor([rows[0], rows[1] + [0] * (len(rows[0]) - len(rows[1]))])
+    parts = [torch.from_numpy(run.segment_features(a, b)) for run, a, b in segments]
+    features = torch.cat(parts)
+    closing = [(0, len(pieces[0]) - 1, 0), (0, len(rows[0]) - 1, 1),
+               (1, len(rows[1]) - 1, 2)]
+    generator = torch.Generator().manual_seed(11)
+    embedded = {}
+    for summary in (True, False):
+        model = build(backbones["tied"], replace(CONFIG, segment_summary=summary))
+        with torch.no_grad():
+            model.projector.group_weight.normal_(generator=generator)
+            embedded[summary] = model.embed(ids, features)
+            rows_of_ids = model.model.get_input_embeddings()(ids)
+            others = torch.ones_like(ids, dtype=torch.bool)
+            for row, column, segment in closing:
+                extra = model.projector.group_terms(parts[segment]).mean(dim=0) if summary \
+                    else 0.0
+                torch.testing.assert_close(embedded[summary][row, column],
+                                           rows_of_ids[row, column] + extra)
+                others[row, column] = False
+            positions = model.fmri_positions(ids)
+            torch.testing.assert_close(embedded[summary][positions], model.projector(features))
+            # A </fmri> before its row's first <fmri> (read in an earlier call) gets
+            # nothing.
+            assert torch.equal(embedded[summary][others & ~positions],
+                               rows_of_ids[others & ~positions])
+    assert not torch.allclose(embedded[True], embedded[False])
 
 
 def test_the_projector_starts_as_the_stage1_projection(backbones) -> None:
@@ -641,46 +684,150 @@ def test_each_group_has_a_map_of_its_own(backbones) -> None:
     assert shared.projector.group_weight is None
     assert not any("group_weight" in name for name in shared.trainable_parameters())
     with pytest.raises(ValueError, match="has group maps to align"):
-        shared.align_projector(np.zeros((2, GROUPS, FEATURES)), ["a", "b"])
+        shared.align_projector([np.zeros((GROUPS, FEATURES))] * 2, ["a", "b"])
     with pytest.raises(ValueError, match="cannot have 6 groups"):
         FeatureProjector(FEATURES, 64, groups=FEATURES)
 
 
 def test_aligned_group_maps_read_what_held_out_windows_showed(backbones, data) -> None:
-    """The ridge start: a window's tokens, summed through their group maps, land nearest to
-    the LLM's embedding of what that window showed, for windows of held-out subjects."""
-    runs, _ = data
+    """The ridge start: a window's tokens, averaged through their group maps, land nearest
+    to the LLM's embedding of the answers about that window, for held-out subjects."""
+    runs, participants = data
     model = build(backbones["tied"])
     train = [run for run in runs if run.subject in TRAIN]
     model.projector.standardise(*feature_moments(train))
-    picture = runs[0]
-    texts = shown_texts(picture)
-    assert sorted(texts) == sorted(window_events(picture))
-    assert set(texts.values()) == {f"{kind}: {caption}" for kind, caption in CAPTIONS.items()}
-    assert shown_texts(runs[1]) == {}  # a resting run shows nothing
-    assert align_projector(model, [run for run in train if run.events is None]) is None
+    tasks, _ = resolve_tasks(default_tasks(train, participants), train, participants,
+                             CONFIG.window_context, CONFIG.run_segment_windows)
+    texts = answer_texts(tasks, runs, participants, CONFIG.window_context,
+                         CONFIG.run_segment_windows)
+    picture = runs.index(next(run for run in runs if run.task == "images"))
+    shown = {key[1]: text for key, text in texts.items()
+             if key[0] == picture and key[2] == key[1] + 1}
+    assert sorted(shown) == sorted(window_events(runs[picture]))
+    assert set(shown.values()) == {f"{kind}; {caption}" for kind, caption in CAPTIONS.items()}
+    # A run segment: rest or task, then the participant's answers (sub-01: 20, control).
+    assert texts[(picture, 0, 6)] == "task; 20; control"
+    assert texts[(picture + 1, 6, 12)] == "rest; 20; control"
+    assert align_projector(model, [], train, participants) is None
     assert torch.equal(model.projector.group_weight, torch.zeros_like(
         model.projector.group_weight))
-    alpha = align_projector(model, train)
+    alpha = align_projector(model, tasks, train, participants)
     assert alpha in RIDGE_ALPHAS
-    references = model.text_embeddings([f"{kind}: {caption}" for kind, caption in
+    references = model.text_embeddings([f"{kind}; {caption}" for kind, caption in
                                         CAPTIONS.items()])
     correct = total = 0
     with torch.no_grad():
-        for run in runs:
-            if run.subject in TRAIN or run.events is None:
+        for (index, start, stop), text in texts.items():
+            run = runs[index]
+            if run.subject in TRAIN or stop != start + 1:
                 continue
-            for window, text in shown_texts(run).items():
-                read = model.projector.group_terms(torch.from_numpy(
-                    run.segment_features(window, window + 1))).mean(dim=0)
-                similarity = F.cosine_similarity(read[None], references - references.mean(0))
-                correct += int(list(CAPTIONS)[int(similarity.argmax())] == text.split(":")[0])
-                total += 1
+            read = model.projector.group_terms(torch.from_numpy(
+                run.segment_features(start, stop))).mean(dim=0)
+            similarity = F.cosine_similarity(read[None], references - references.mean(0))
+            correct += int(list(CAPTIONS)[int(similarity.argmax())] == text.split(";")[0])
+            total += 1
     assert total >= 10 and correct / total >= 0.9
-    with pytest.raises(ValueError, match="one text per window"):
+    with pytest.raises(ValueError, match="one text per segment"):
         model.align_projector(np.zeros((3, GROUPS, FEATURES)), ["a", "b"])
-    with pytest.raises(ValueError, match=rf"shape \(n, {GROUPS}, {FEATURES}\)"):
-        model.align_projector(np.zeros((3, FEATURES)), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=rf"shape \(n_tokens, {FEATURES}\); got \(3,\)"):
+        model.align_projector(np.zeros((2, 3)), ["a", "b"])
+
+
+def coupling_runs(subjects: int = 12, n_windows: int = 12, samples: int = 6,
+                  ) -> tuple[list[LMRun], pd.DataFrame]:
+    """Resting runs of two groups whose tokens differ only in how the groups' signals move
+    together: a control's group 2 follows group 1 (r about 0.9), a patient's does not; the
+    latents and each signal's own scale are alike."""
+    rng = np.random.default_rng(3)
+    runs = []
+    for index in range(subjects):
+        first = rng.standard_normal((n_windows, samples))
+        own = rng.standard_normal((n_windows, samples))
+        second = 0.9 * first + 0.45 * own if index % 2 == 0 else own
+        latents = rng.standard_normal((n_windows, 2, 2))
+        features = np.concatenate([latents, np.stack([first, second], axis=1)], axis=-1)
+        runs.append(LMRun(f"{index + 1:02d}", "rest", rng.integers(0, CODEBOOK, (n_windows, 2)),
+                          np.arange(n_windows) * 12.0, 12.0, token_features=features,
+                          timecourse_length=samples))
+    participants = pd.DataFrame({"participant_id": [f"sub-{i + 1:02d}" for i in range(subjects)],
+                                 "group": ["control", "patient"] * (subjects // 2)})
+    return runs, participants
+
+
+def test_connectivity_rows_are_the_groups_correlations_over_the_segment() -> None:
+    runs, _ = coupling_runs()
+    run = runs[0]
+    segment = run.segment_features(2, 6, connectivity=True)
+    width = 2 + 6 + GROUPS + GROUPS  # latent, time course, connectivity row, one-hot
+    assert segment.shape == (4 * GROUPS, width) and segment.dtype == np.float32
+    series = run.token_features[2:6, :, -6:].transpose(1, 0, 2).reshape(GROUPS, -1)
+    correlation = np.corrcoef(series)
+    np.fill_diagonal(correlation, 0.0)
+    expected = np.arctanh(correlation)
+    for row in range(len(segment)):
+        group = row % GROUPS
+        np.testing.assert_array_equal(segment[row, :8], run.token_features[2 + row // GROUPS,
+                                                                           group])
+        np.testing.assert_allclose(segment[row, 8:10], expected[group], rtol=1e-5)
+        np.testing.assert_array_equal(segment[row, 10:], np.eye(GROUPS)[group])
+    assert expected[0, 1] > 1.0  # a control's groups move together
+    np.testing.assert_array_equal(run.segment_features(2, 6), np.delete(segment, [8, 9], 1))
+    # A constant signal and one window (6 samples) are read without error.
+    flat = np.zeros((1, 3, 6))
+    flat[0, 1] = np.arange(6)
+    flat[0, 2] = -np.arange(6)
+    np.testing.assert_allclose(group_connectivity(flat), [[0, 0, 0], [0, 0, np.arctanh(-0.999)],
+                                                          [0, np.arctanh(-0.999), 0]], rtol=1e-5)
+    # Without time courses there are no rows to add.
+    plain = LMRun("01", "rest", [[1, 2]], [0.0], 12.0, token_features=np.ones((1, 2, 4)))
+    assert plain.segment_features(0, 1, connectivity=True).shape == (2, 4 + GROUPS)
+    with pytest.raises(ValueError, match="timecourse_length is 5, but tokens carry 4 features"):
+        LMRun("01", "rest", [[1, 2]], [0.0], 12.0, token_features=np.ones((1, 2, 4)),
+              timecourse_length=5)
+    tokenized = TokenizedRun(np.zeros((12, GROUPS), dtype=np.int64), run.onsets, 12.0,
+                             run.token_features, timecourse_length=6)
+    assert LMRun.from_tokenized(tokenized, "01", "rest").timecourse_length == 6
+    # The standardisation reads the connectivity rows of consecutive segments.
+    stacked = np.concatenate([r.segment_features(start, start + 4, True) for r in runs[:3]
+                              for start in (0, 4, 8)])
+    mean, std = feature_moments(runs[:3], connectivity=True, segment_windows=4)
+    np.testing.assert_allclose(mean, stacked.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(std, stacked.std(axis=0), atol=1e-5)
+
+
+def test_connectivity_rows_let_the_maps_read_a_coupling_difference(backbones) -> None:
+    """Patients and controls differ only in how two groups' signals move together: with
+    the connectivity rows, the aligned group maps read held-out subjects' run segments
+    nearest to their own group's answer; from the tokens' own features they cannot."""
+    runs, participants = coupling_runs()
+    train = [run for run in runs if int(run.subject) <= 8]
+    accuracy = {}
+    for connectivity in (True, False):
+        config = replace(CONFIG, connectivity_inputs=connectivity,
+                         feature_dim=runs[0].segment_features(0, 1, connectivity).shape[1])
+        model = build(backbones["tied"], config)
+        assert model.formatter.connectivity == connectivity
+        model.projector.standardise(*feature_moments(train, connectivity,
+                                                     config.run_segment_windows))
+        tasks, _ = resolve_tasks([participant_task("group")], train, participants,
+                                 config.window_context, config.run_segment_windows)
+        align_projector(model, tasks, train, participants)
+        references = model.text_embeddings(["control", "patient"])
+        answers = answer_texts(tasks, runs, participants, config.window_context,
+                               config.run_segment_windows)
+        correct = total = 0
+        with torch.no_grad():
+            for (index, start, stop), answer in answers.items():
+                if int(runs[index].subject) <= 8:
+                    continue
+                message = model.formatter.user_message(runs[index], start, stop, "?")
+                read = model.projector.group_terms(torch.from_numpy(message["fmri"])).mean(0)
+                similarity = F.cosine_similarity(read[None], references - references.mean(0))
+                correct += int(["control", "patient"][int(similarity.argmax())] == answer)
+                total += 1
+        accuracy[connectivity] = correct / total
+    assert total == 12
+    assert accuracy[True] >= 0.9 and accuracy[False] < 0.75, accuracy
 
 
 # Packing and sampling -----------------------------------------------------------------------
@@ -938,18 +1085,21 @@ def full_forward_scores(model: FmriLM, prompts: list[Prompt],
 
 
 def shared_inputs(model: FmriLM, prompts: list[Prompt]) -> int:
-    """Tokens all ``prompts`` begin with, ids and fMRI features alike (one left to each)."""
-    seen = 0
+    """Tokens all ``prompts`` begin with, ids and fMRI features alike (one left to each),
+    not ending inside a segment (then: up to its ``<fmri>``)."""
+    seen, opened = 0, None
     for position in range(min(len(p) for p in prompts) - 1):
+        token = prompts[0].ids[position]
         if len({p.ids[position] for p in prompts}) > 1:
-            return position
-        if prompts[0].features is not None and model.fmri_positions(
-                torch.tensor(prompts[0].ids[position])):
+            return position if opened is None else opened
+        if prompts[0].features is not None and model.fmri_positions(torch.tensor(token)):
             if any(not np.array_equal(p.features[seen], prompts[0].features[seen])
                    for p in prompts):
-                return position
+                return position if opened is None else opened
             seen += 1
-    return min(len(p) for p in prompts) - 1
+        opened = position if token == model.vocab.open_id else (
+            None if token == model.vocab.close_id else opened)
+    return min(len(p) for p in prompts) - 1 if opened is None else opened
 
 
 @pytest.mark.parametrize("kind", ["tied", "untied", "full", "discrete"])

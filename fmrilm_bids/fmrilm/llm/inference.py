@@ -126,8 +126,9 @@ def _read(model: FmriLM, cache: DynamicCache, ids: torch.Tensor,
 
 def _shared_prefix(model: FmriLM, prompts: Sequence[Prompt]) -> int:
     """Tokens that all ``prompts`` begin with, inputs included: ids, and the features of
-    the fMRI tokens among them (cut before the first fMRI token whose features differ);
-    every prompt keeps at least one token of its own."""
+    the fMRI tokens among them (cut before the first fMRI token whose features differ,
+    and never inside a segment: before its ``<fmri>``); every prompt keeps at least one
+    token of its own."""
     ordered = sorted(prompts, key=lambda p: p.ids)
     low, high = ordered[0].ids, ordered[-1].ids  # lexicographic extremes share what all do
     most = min(len(p) for p in prompts) - 1
@@ -139,6 +140,9 @@ def _shared_prefix(model: FmriLM, prompts: Sequence[Prompt]) -> int:
                                       for p in prompts[1:]]) if len(prompts) > 1 else None
         if same is not None and not same.all():
             shared = int(positions[np.argmin(same)])
+    opened = [i for i in range(shared) if low[i] == model.vocab.open_id]
+    if opened and model.vocab.close_id not in low[opened[-1]:shared]:
+        shared = opened[-1]  # a segment is read whole in one pass (its summary reads it all)
     return shared
 
 
@@ -314,7 +318,8 @@ def fmri_embeddings(model: FmriLM, run: LMRun) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, run.n_windows, length):
         stop = min(start + length, run.n_windows)
         ids = torch.tensor([model.vocab.segment_ids(run.token_ids[start:stop])], device=device)
-        features = run.segment_features(start, stop) if model.projector is not None else None
+        features = (run.segment_features(start, stop, model.config.connectivity_inputs)
+                    if model.projector is not None else None)
         with autocast(device):
             hidden = model.hidden_states(ids, torch.ones_like(ids), features=None
                                          if features is None else

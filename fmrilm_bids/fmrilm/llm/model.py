@@ -22,8 +22,11 @@ extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What tra
   targets of its fMRI head (the output rows of the fMRI tokens). It starts as Stage 1's
   alignment projection (``to_llm``, scaled to the backbone's embedding norms), so the first
   step already reads the features in the LLM's text space; the group maps start from a
-  ridge regression to the LLM's own embedding of what each training window showed
-  (:meth:`FmriLM.align_projector`). With
+  ridge regression to the LLM's own embedding of the answers about each training window
+  and run segment (:meth:`FmriLM.align_projector`). With ``segment_summary`` the mean
+  of a segment's group terms, the read-out that the alignment fits, is also added at the
+  segment's closing ``</fmri>``: one position that holds the whole segment in the LLM's
+  words, however many tokens the segment has. With
   ``fmri_inputs="discrete"`` (the ablation) the model reads the tokens' own embedding rows.
 
 The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
@@ -220,7 +223,9 @@ class FmriLM(nn.Module):
         self.model = model
         self.tokenizer, self.vocab, self.config, self.backbone = tokenizer, vocab, config, \
             backbone
-        self.formatter = Formatter(tokenizer, vocab, config.system_prompt)
+        self.formatter = Formatter(tokenizer, vocab, config.system_prompt,
+                                   config.fmri_inputs == "continuous"
+                                   and config.connectivity_inputs)
         self.tasks: list[TaskSpec] = []
         self.card: dict[str, dict[str, object]] = {}
         hidden = model.get_input_embeddings().weight.shape[1]
@@ -318,25 +323,26 @@ class FmriLM(nn.Module):
             for text in texts])
 
     @torch.no_grad()
-    def align_projector(self, windows: np.ndarray, texts: Sequence[str],
+    def align_projector(self, segments: Sequence[np.ndarray], texts: Sequence[str],
                         alphas: Sequence[float] = RIDGE_ALPHAS) -> float:
-        """Start the group maps so that a window's tokens read, summed, as what it showed.
+        """Start the group maps so that a segment's tokens read, averaged, as its text.
 
-        A ridge regression (penalty chosen by generalised cross-validation) from the
-        window's tokens' standardised features, each group's in its own slot, to the
-        LLM's embedding of the window's text (:meth:`text_embeddings`, less their mean,
-        scaled to the mean norm of the embedding rows) sets ``group_weight``: the mean over
-        a window's fMRI positions of the group terms is the predicted text, so the first
-        Stage-2 step already reads what the window showed in the LLM's own words (a
+        A ridge regression (penalty chosen by generalised cross-validation) from the mean
+        over a segment's tokens of their standardised features, each group's in its own
+        slot, to the LLM's embedding of the segment's text (:meth:`text_embeddings`, less
+        their mean, scaled to the mean norm of the embedding rows) sets ``group_weight``:
+        the mean over a segment's fMRI positions of the group terms is the predicted text,
+        so the first Stage-2 step already reads the segment in the LLM's own words (a
         closed-form version of the projector-alignment stage of vision-language models).
 
         Parameters
         ----------
-        windows : ndarray of shape (n_windows, tokens_per_window, feature_dim)
-            Features of each training window's tokens (:meth:`~.runs.LMRun.
-            segment_features`, one window each).
+        segments : sequence of ndarray of shape (n_tokens, feature_dim)
+            Features of each training segment's tokens (:meth:`~.runs.LMRun.
+            segment_features`; a window, or a run segment).
         texts : sequence of str
-            What each window showed.
+            Each segment's text (:func:`~.tasks.answer_texts`: the answers of the
+            questions about it).
         alphas : sequence of float
             Ridge penalties tried, relative to the mean squared singular value.
 
@@ -350,18 +356,21 @@ class FmriLM(nn.Module):
             raise ValueError("Only a model with group projections (continuous inputs, "
                              "group_projection=True) has group maps to align.")
         device = projector.group_weight.device
-        features = torch.as_tensor(np.asarray(windows, dtype=np.float32), device=device)
-        if features.ndim != 3 or features.shape[1:] != (projector.groups,
-                                                        projector.in_features):
-            raise ValueError(f"Expected windows of shape (n, {projector.groups}, "
-                             f"{projector.in_features}); got {tuple(features.shape)}.")
-        if len(features) != len(texts) or len(texts) < 2:
-            raise ValueError(f"{len(features)} windows and {len(texts)} texts: give one text "
-                             "per window, at least two.")
+        if len(segments) != len(texts) or len(texts) < 2:
+            raise ValueError(f"{len(segments)} segments and {len(texts)} texts: give one text "
+                             "per segment, at least two.")
         k = projector.groups
-        standard = projector.standardised(features)[..., :-k]
-        design = torch.einsum("nsg,nsf->ngf", features[..., -k:], standard) / k
-        design = design.reshape(len(features), -1).double()
+        design_rows = []
+        for segment in segments:
+            features = torch.as_tensor(np.asarray(segment, dtype=np.float32), device=device)
+            if features.ndim != 2 or len(features) == 0 or features.shape[1] != \
+                    projector.in_features:
+                raise ValueError(f"Expected segments of shape (n_tokens, "
+                                 f"{projector.in_features}); got {tuple(features.shape)}.")
+            standard = projector.standardised(features)[:, :-k]
+            design_rows.append(torch.einsum("sg,sf->gf", features[:, -k:],
+                                            standard).flatten() / len(features))
+        design = torch.stack(design_rows).double()
         targets = self.text_embeddings(texts).to(device).double()
         rows = self.model.get_input_embeddings().weight[:self.vocab.base_vocab_size]
         targets = (targets - targets.mean(dim=0)) * (
@@ -436,8 +445,38 @@ class FmriLM(nn.Module):
                              "build prompts with Formatter.prompt (LMRun.token_features "
                              "set).")
         weight = self.projector.linear.weight
-        projected = self.projector(features.to(weight.device, weight.dtype))
-        return embeddings.masked_scatter(positions[..., None], projected.to(embeddings.dtype))
+        features = features.to(weight.device, weight.dtype)
+        embeddings = embeddings.masked_scatter(positions[..., None],
+                                               self.projector(features).to(embeddings.dtype))
+        if not (self.config.segment_summary and self.projector.group_weight is not None):
+            return embeddings
+        return self._with_summaries(input_ids, embeddings, positions, features)
+
+    def _with_summaries(self, input_ids: torch.Tensor, embeddings: torch.Tensor,
+                        positions: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``embeddings`` with each segment's mean group term added at its ``</fmri>``.
+
+        Segments are told apart by their ``<fmri>`` (row-major order, as the features
+        are); a ``</fmri>`` before any ``<fmri>`` of its row (its segment was read in an
+        earlier call) gets nothing.
+        """
+        opens = input_ids == self.vocab.open_id
+        segment = torch.cumsum(opens.reshape(-1), 0) - 1
+        segment = torch.where(torch.cumsum(opens, dim=-1).reshape(-1) > 0, segment, -1)
+        of_token = segment[positions.reshape(-1)]
+        inside = of_token >= 0
+        n_segments = int(segment.max()) + 1
+        if n_segments <= 0:
+            return embeddings
+        terms = self.projector.group_terms(features[inside]).to(embeddings.dtype)
+        sums = terms.new_zeros(n_segments, terms.shape[1]).index_add_(0, of_token[inside],
+                                                                      terms)
+        counts = torch.bincount(of_token[inside], minlength=n_segments)
+        where = ((input_ids.reshape(-1) == self.vocab.close_id) & (segment >= 0)).nonzero()[:, 0]
+        where = where[counts[segment[where]] > 0]
+        means = sums[segment[where]] / counts[segment[where]][:, None]
+        return embeddings.reshape(-1, embeddings.shape[-1]).index_add(0, where, means).reshape(
+            embeddings.shape)
 
     def hidden_states(self, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor | None = None,
@@ -578,8 +617,11 @@ class FmriLM(nn.Module):
             raise FileNotFoundError(f"{directory / METADATA_FILE} is missing; point at a folder "
                                     "written by FmriLM.save_pretrained (or fit_fmrilm).")
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        # Models saved before the group maps existed read with the shared map only.
-        config = FmriLMConfig.from_dict({"group_projection": False} | metadata["config"])
+        # Models saved before the group maps (the connectivity rows, the segment summary)
+        # existed read without them.
+        config = FmriLMConfig.from_dict({"group_projection": False,
+                                         "connectivity_inputs": False,
+                                         "segment_summary": False} | metadata["config"])
         saved_vocab = FmriVocabulary(**metadata["vocab"])
         if config.full_finetune:
             tokenizer, model = load_backbone(directory, device=device)

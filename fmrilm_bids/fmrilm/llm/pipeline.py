@@ -38,8 +38,8 @@ from fmrilm_bids.fmrilm.llm.inference import (
     run_captions,
 )
 from fmrilm_bids.fmrilm.llm.model import FmriLM
-from fmrilm_bids.fmrilm.llm.runs import LMRun, feature_moments, shown_texts
-from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, default_tasks, resolve_tasks
+from fmrilm_bids.fmrilm.llm.runs import LMRun, feature_moments
+from fmrilm_bids.fmrilm.llm.tasks import TaskSpec, answer_texts, default_tasks, resolve_tasks
 from fmrilm_bids.fmrilm.llm.train import train_fmrilm
 from fmrilm_bids.fmrilm.splits import subject_split
 from fmrilm_bids.utils.devices import CPU, distributed_context
@@ -119,8 +119,9 @@ def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
         When the runs differ in tokens per window or feature width, or a model reading
         continuous inputs is given runs without features.
     """
-    shapes = {(run.tokens_per_window, None if run.token_features is None
-               else run.segment_features(0, 1).shape[1]) for run in runs}
+    shapes = {(run.tokens_per_window, None if run.token_features is None else
+               run.segment_features(0, 1, config.connectivity_inputs).shape[1])
+              for run in runs}
     if len(shapes) != 1:
         raise ValueError(f"The runs differ in tokens per window or feature width: "
                          f"{sorted(shapes, key=str)}; tokenise them with one Stage-1 model.")
@@ -133,18 +134,22 @@ def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
                    feature_dim=width if config.fmri_inputs == "continuous" else 0)
 
 
-def align_projector(model: FmriLM, runs: Sequence[LMRun]) -> float | None:
-    """Start ``model``'s group maps from what the training windows showed
-    (:meth:`~.model.FmriLM.align_projector` on :func:`~.runs.shown_texts`); the chosen ridge
-    penalty, None (maps left at 0) when fewer than two windows showed something."""
-    shown = [(run.segment_features(window, window + 1), text) for run in runs
-             for window, text in shown_texts(run).items()]
-    if len(shown) < 2:
+def align_projector(model: FmriLM, tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
+                    participants: pd.DataFrame | None) -> float | None:
+    """Start ``model``'s group maps from the answers of ``tasks`` about ``runs`` (the
+    training questions; :meth:`~.model.FmriLM.align_projector` on each asked-about
+    segment's :func:`~.tasks.answer_texts`); the chosen ridge penalty, None (maps left at
+    0) when fewer than two segments are asked about."""
+    config = model.config
+    texts = answer_texts(tasks, runs, participants, config.window_context,
+                         config.run_segment_windows)
+    if len(texts) < 2:
         return None
-    alpha = model.align_projector(np.stack([features for features, _ in shown]),
-                                  [text for _, text in shown])
-    LOGGER.info("Projector: group maps aligned to what %d training windows showed (ridge "
-                "penalty %.3g).", len(shown), alpha)
+    alpha = model.align_projector(
+        [runs[index].segment_features(start, stop, config.connectivity_inputs)
+         for index, start, stop in texts], list(texts.values()))
+    LOGGER.info("Projector: group maps aligned to the answers about %d training segments "
+                "(ridge penalty %.3g).", len(texts), alpha)
     return alpha
 
 
@@ -234,10 +239,9 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     tokenizer, backbone = load_backbone(llm_dir, cache_dir, device)
     model = FmriLM.build(tokenizer, backbone, config, token_embeddings,
                          backbone_source(llm_dir), projection,
-                         feature_moments(train_runs) if config.fmri_inputs == "continuous"
-                         else None)
-    if model.projector is not None and model.projector.group_weight is not None:
-        align_projector(model, train_runs)
+                         feature_moments(train_runs, config.connectivity_inputs,
+                                         config.run_segment_windows)
+                         if config.fmri_inputs == "continuous" else None)
     tasks = list(tasks) if tasks is not None else default_tasks(train_runs, participants)
     unknown = sorted(set(held_out_tasks) - {task.name for task in tasks})
     if unknown:
@@ -251,6 +255,8 @@ def fit_fmrilm(runs: Sequence[LMRun], participants: pd.DataFrame | None,
     if skipped + skipped_held:
         LOGGER.info("Tasks without two answers in the training runs, left out: %s",
                  ", ".join(skipped + skipped_held))
+    if model.projector is not None and model.projector.group_weight is not None:
+        align_projector(model, tuned, train_runs, participants)
 
     # Stage 2: joint fMRI-text modelling.
     examples2 = stage2_examples(model.formatter, train_runs, config, corpus_texts, config.seed)

@@ -66,13 +66,17 @@ class Formatter:
     vocab : FmriVocabulary
     system_prompt : str, optional
         System message of every prompt (keeps chat templates from adding a long default).
+    connectivity : bool, default=False
+        Segment features with the groups' connectivity rows
+        (:meth:`~.runs.LMRun.segment_features`).
     """
 
     SENTINEL = "\u2063ANSWER\u2063"
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab: FmriVocabulary,
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, connectivity: bool = False) -> None:
         self.tokenizer, self.vocab, self.system_prompt = tokenizer, vocab, system_prompt
+        self.connectivity = connectivity
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.answer_prefix, self.stop_id = "", tokenizer.eos_token_id
         if self.chat:
@@ -134,7 +138,7 @@ class Formatter:
         (with the segment's features under :data:`FEATURES_KEY`)."""
         segment = self.vocab.segment_text(run.token_ids[start:stop])
         return {"role": "user", "content": f"{segment}\n{question}",
-                FEATURES_KEY: run.segment_features(start, stop)}
+                FEATURES_KEY: run.segment_features(start, stop, self.connectivity)}
 
     def conversation(self, turns: Sequence[tuple[dict[str, object], str]],
                      query: dict[str, object]) -> list[dict[str, object]]:

@@ -8,8 +8,17 @@ texts, events, its subject. A prompt shows the model an fMRI **segment**
 segment, :func:`window_segment`); for a whole run, up to ``run_segment_windows`` consecutive
 windows (long runs give several segments, :func:`run_segments`). At the fMRI positions the
 model reads each token's features (:meth:`LMRun.segment_features`: the Stage-1 latent, the
-group's time course in the window and the group's one-hot), or, in the discrete ablation,
-the token's own embedding.
+group's time course in the window, with ``connectivity`` the group's correlations with
+every other group over the segment, and the group's one-hot), or, in the discrete
+ablation, the token's own embedding.
+
+The **connectivity** rows (:func:`group_connectivity`) carry what no single token can: a
+token's features are first-order (its window's latent and time course), and a linear read-
+out of them, summed over a run's tokens, reads the held-out patients of the benchmark
+cohort at chance (AUROC 0.50), while a logistic regression on the Fisher-z correlations
+between the groups' time courses over each 8-window run segment reads them at 0.79, as
+the parcel-connectivity baseline does (0.77). They are computed over the prompt's own
+windows, as the connectivity baseline is, so a prompt reads nothing outside its segment.
 
 Events are assigned to windows by their haemodynamic response: an event belongs to the
 window holding its midpoint shifted by
@@ -62,6 +71,10 @@ class LMRun:
         Parcel signals, for the connectivity baseline.
     tr : float, optional
         Sampling interval of ``timeseries`` (s).
+    timecourse_length : int, default=0
+        The last ``timecourse_length`` features of each token are its group's signal at
+        each sample of the window (``TokenizedRun.timecourse_length``); 0: none, and no
+        connectivity rows.
     """
 
     subject: str
@@ -77,6 +90,7 @@ class LMRun:
     token_features: np.ndarray | None = field(default=None, repr=False)
     timeseries: np.ndarray | None = field(default=None, repr=False)
     tr: float | None = None
+    timecourse_length: int = 0
 
     def __post_init__(self) -> None:
         self.subject = str(self.subject).removeprefix("sub-")
@@ -105,6 +119,10 @@ class LMRun:
             if self.token_features.shape[:2] != self.token_ids.shape:
                 problems.append(f"token_features has shape {self.token_features.shape}, "
                                 f"tokens {self.token_ids.shape}")
+        width = 0 if self.token_features is None else self.token_features.shape[-1]
+        if not 0 <= self.timecourse_length <= width:
+            problems.append(f"timecourse_length is {self.timecourse_length}, but tokens carry "
+                            f"{width} features")
         if self.timeseries is not None and not self.tr:
             problems.append("timeseries is given without its tr")
         if problems:
@@ -116,7 +134,8 @@ class LMRun:
         """A run from a Stage-1 :class:`~fmrilm_bids.fmrilm.tokenizer.TokenizedRun`."""
         return cls(subject=subject, task=task, token_ids=tokenized.token_ids,
                    onsets=tokenized.onsets, durations=tokenized.window_duration,
-                   token_features=tokenized.embeddings, **attributes)
+                   token_features=tokenized.embeddings,
+                   timecourse_length=tokenized.timecourse_length, **attributes)
 
     @property
     def key(self) -> str:
@@ -133,27 +152,61 @@ class LMRun:
     def tokens_per_window(self) -> int:
         return self.token_ids.shape[1]
 
-    def segment_features(self, start: int, stop: int) -> np.ndarray | None:
+    def segment_features(self, start: int, stop: int,
+                         connectivity: bool = False) -> np.ndarray | None:
         """Features of the tokens of windows ``[start, stop)``, in token order (window by
-        window, group by group): each token's Stage-1 features, then the one-hot of its
-        group; ``(n_tokens, dim + n_groups)`` float32, None without features."""
+        window, group by group): each token's Stage-1 features, with ``connectivity`` (and
+        a ``timecourse_length``) its group's row of :func:`group_connectivity` over the
+        segment, then the one-hot of its group; ``(n_tokens, width)`` float32, None without
+        features."""
         if self.token_features is None:
             return None
         features = self.token_features[start:stop]
-        groups = np.broadcast_to(np.eye(self.tokens_per_window, dtype=np.float32),
-                                 (len(features), self.tokens_per_window,
-                                  self.tokens_per_window))
-        return np.concatenate([features, groups], axis=-1).reshape(
-            -1, features.shape[-1] + self.tokens_per_window)
+        n, groups = len(features), self.tokens_per_window
+        parts = [features]
+        if connectivity and self.timecourse_length:
+            rows = group_connectivity(features[..., -self.timecourse_length:])
+            parts.append(np.broadcast_to(rows, (n, groups, groups)))
+        parts.append(np.broadcast_to(np.eye(groups, dtype=np.float32), (n, groups, groups)))
+        combined = np.concatenate(parts, axis=-1)
+        return combined.reshape(n * groups, combined.shape[-1])
 
     @property
     def is_rest(self) -> bool:
         return "rest" in self.task.lower()
 
 
-def feature_moments(runs: Sequence[LMRun]) -> tuple[np.ndarray, np.ndarray]:
+def group_connectivity(timecourses: np.ndarray) -> np.ndarray:
+    """Fisher-z correlations between the groups' signals over a segment.
+
+    Parameters
+    ----------
+    timecourses : ndarray of shape (n_windows, n_groups, samples)
+        Each group's signal at each sample of each window.
+
+    Returns
+    -------
+    ndarray of shape (n_groups, n_groups), float32
+        ``arctanh`` of the correlation of each pair of groups over the segment's samples
+        (clipped at |r| = 0.999); 0 on the diagonal and for a constant signal.
+    """
+    series = np.asarray(timecourses, dtype=np.float64)
+    series = series.transpose(1, 0, 2).reshape(series.shape[1], -1)
+    centred = series - series.mean(axis=1, keepdims=True)
+    norms = np.sqrt(np.square(centred).sum(axis=1))
+    scaled = np.divide(centred, norms[:, None], out=np.zeros_like(centred),
+                       where=norms[:, None] > 1e-12)
+    correlation = np.clip(scaled @ scaled.T, -0.999, 0.999)
+    np.fill_diagonal(correlation, 0.0)
+    return np.arctanh(correlation).astype(np.float32)
+
+
+def feature_moments(runs: Sequence[LMRun], connectivity: bool = False,
+                    segment_windows: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each feature (:meth:`LMRun.segment_features`) over
-    every token of ``runs``, accumulated run by run; float32 ``(dim,)`` each.
+    every token of ``runs`` (each once), accumulated in consecutive segments of
+    ``segment_windows`` windows; float32 ``(dim,)`` each. The connectivity rows are those
+    of each segment, as a run-level prompt of that length shows them.
 
     Raises
     ------
@@ -162,13 +215,15 @@ def feature_moments(runs: Sequence[LMRun]) -> tuple[np.ndarray, np.ndarray]:
     """
     count, total, squares = 0, 0.0, 0.0
     for run in runs:
-        features = run.segment_features(0, run.n_windows)
-        if features is None:
-            continue
-        features = features.astype(np.float64)
-        count += len(features)
-        total = total + features.sum(axis=0)
-        squares = squares + np.square(features).sum(axis=0)
+        for start in range(0, run.n_windows, segment_windows):
+            features = run.segment_features(start, min(start + segment_windows,
+                                                       run.n_windows), connectivity)
+            if features is None:
+                continue
+            features = features.astype(np.float64)
+            count += len(features)
+            total = total + features.sum(axis=0)
+            squares = squares + np.square(features).sum(axis=0)
     if count == 0:
         raise ValueError("No run carries Stage-1 features (LMRun.token_features).")
     mean = total / count
@@ -221,18 +276,6 @@ def window_events(run: LMRun, hrf_delay: float = HRF_DELAY) -> dict[int, pd.Seri
         if windows[row] >= 0:
             chosen.setdefault(int(windows[row]), int(row))
     return {window: run.events.iloc[row] for window, row in sorted(chosen.items())}
-
-
-def shown_texts(run: LMRun, hrf_delay: float = HRF_DELAY) -> dict[int, str]:
-    """What each window showed, in words (:func:`window_events`): its event's trial type
-    and caption, where present; windows without either are absent."""
-    texts = {}
-    for window, event in window_events(run, hrf_delay).items():
-        parts = [str(event[column]).strip() for column in ("trial_type", "caption")
-                 if column in event and is_present(event[column])]
-        if parts:
-            texts[window] = ": ".join(parts)
-    return texts
 
 
 def is_present(value: object) -> bool:

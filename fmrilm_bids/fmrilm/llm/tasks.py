@@ -241,6 +241,25 @@ def task_items(task: TaskSpec, runs: Sequence[LMRun], participants: pd.DataFrame
     return items
 
 
+def answer_texts(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
+                 participants: pd.DataFrame | None, window_context: int,
+                 run_segment_windows: int) -> dict[tuple[int, int, int], str]:
+    """What is known about each segment that a question asks about, in words.
+
+    Returns
+    -------
+    dict
+        ``(run_index, start, stop)`` -> the answers of every task about that segment, in
+        task order, joined by ``"; "`` (a picture window: ``"animals; A red fox sniffs the
+        snow."``; a run segment: ``"task; patient; F"``).
+    """
+    answers: dict[tuple[int, int, int], list[str]] = {}
+    for task in tasks:
+        for item in task_items(task, runs, participants, window_context, run_segment_windows):
+            answers.setdefault((item.run_index, item.start, item.stop), []).append(item.answer)
+    return {segment: "; ".join(parts) for segment, parts in answers.items()}
+
+
 def resolve_tasks(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
                   participants: pd.DataFrame | None, window_context: int,
                   run_segment_windows: int) -> tuple[list[TaskSpec], list[str]]:

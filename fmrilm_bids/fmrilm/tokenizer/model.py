@@ -333,7 +333,8 @@ class NeuralTokenizer(nn.Module):
         prepared = prepare_runs(runs, config.target_tr, config.patch_length, config.clip,
                                 threads=torch.get_num_threads())
         return [TokenizedRun(token_ids=token_ids, onsets=run.onsets,
-                             window_duration=run.window_duration, embeddings=features)
+                             window_duration=run.window_duration, embeddings=features,
+                             timecourse_length=config.patch_length)
                 for run, (features, token_ids) in zip(
                     prepared, self.encode_runs(prepared, batch_windows), strict=True)]
 

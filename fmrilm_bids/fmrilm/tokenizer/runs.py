@@ -486,12 +486,17 @@ class TokenizedRun:
         Continuous features of each token (the representation it was read from; the
         neural tokenizer's: its pre-quantisation latent, then its group's pooled time
         courses).
+    timecourse_length : int, default=0
+        The last ``timecourse_length`` features of each token are its group's signal at
+        each sample of the window (the neural tokenizer's last pooled time course of the
+        group; 0: none).
     """
 
     token_ids: np.ndarray
     onsets: np.ndarray
     window_duration: float
     embeddings: np.ndarray = field(repr=False)
+    timecourse_length: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         """``onset``, ``duration``, ``token_1`` .. ``token_<n_groups>`` rows (a
