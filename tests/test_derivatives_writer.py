@@ -108,12 +108,27 @@ def test_captions_the_model_left_empty_are_missing_not_blank() -> None:
 
     from fmrilm_bids.stages.outputs import captions_table
 
-    windows = pd.DataFrame({"onset": [0.0, 12.0, 24.0], "duration": 12.0,
-                            "caption": ["A dog on a beach.", "", "  "]})
+    windows = pd.DataFrame({"onset": [0.0, 12.0, 24.0, 36.0], "duration": 12.0,
+                            "caption": ["A dog on a beach.", "", "  ", None]})
     events = pd.DataFrame({"onset": [3.0], "duration": 2.0, "trial_type": ["animal"],
-                           "caption": ["A cat."]})
+                           "caption": ["A cat\non a\tmat. \n"]})
     table = captions_table(windows, events)
-    assert table["caption"].isna().tolist() == [False, False, True, True]
+    assert table["caption"].isna().tolist() == [False, False, True, True, True]
     written = table.to_csv(sep="\t", index=False, na_rep="n/a").splitlines()
+    assert len(written) == 6  # one line per caption: a TSV cell holds no line break
     assert [line.rsplit("\t", 1)[1] for line in written[1:]] == [
-        "A dog on a beach.", "A cat.", "n/a", "n/a"]
+        "A dog on a beach.", "A cat on a mat.", "n/a", "n/a", "n/a"]
+
+
+def test_text_answers_are_written_on_one_line() -> None:
+    import pandas as pd
+
+    from fmrilm_bids.stages.outputs import answers_table
+
+    table = answers_table({"stimulus": pd.DataFrame({"onset": [0.0, 12.0], "duration": 12.0,
+                                                      "answer": ["A red\nfox.", None]}),
+                           "age": pd.DataFrame({"onset": [0.0], "duration": 60.0,
+                                                "answer": [34.0]})})
+    assert table["answer"].tolist()[:1] == ["A red fox."] and table["answer"].isna()[1]
+    assert table["answer"].tolist()[2] == 34.0
+    assert len(table.to_csv(sep="\t", index=False, na_rep="n/a").splitlines()) == 4

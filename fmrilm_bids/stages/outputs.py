@@ -104,11 +104,15 @@ def run_sources(output_dir: Path, run: BoldRun, bids_dir: Path, timeseries_file:
 
 
 def answers_table(answers: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One table of every question's answers (``question`` first)."""
+    """One table of every question's answers (``question`` first; a text answer on one
+    line, as :func:`captions_table` writes captions)."""
     tables = [table.assign(question=name) for name, table in answers.items()]
     if not tables:
         return pd.DataFrame(columns=["question", "onset", "duration", "answer"])
     merged = pd.concat(tables, ignore_index=True)
+    if merged["answer"].dtype == object:
+        merged["answer"] = merged["answer"].map(
+            lambda value: " ".join(value.split()) if isinstance(value, str) else value)
     return merged[["question", *[c for c in merged.columns if c != "question"]]]
 
 
@@ -116,7 +120,9 @@ def captions_table(window_captions: pd.DataFrame | None,
                    event_captions: pd.DataFrame | None) -> pd.DataFrame:
     """Window and event captions in one table, sorted by onset (``scope`` says which).
 
-    A caption the model left empty is missing (written ``n/a``), never an empty cell.
+    A caption the model left empty is missing (written ``n/a``), never an empty cell; a
+    caption the model wrote over several lines (or with tabs) is one line, its runs of
+    white space single spaces (a TSV cell holds neither).
     """
     tables = []
     if window_captions is not None:
@@ -127,8 +133,8 @@ def captions_table(window_captions: pd.DataFrame | None,
         return pd.DataFrame(columns=["onset", "duration", "scope", "caption"])
     table = pd.concat(tables, ignore_index=True).sort_values(["onset", "scope"], kind="stable")
     leading = ["onset", "duration", "scope", *(["trial_type"] if "trial_type" in table else [])]
-    blank = table["caption"].isna() | (table["caption"].astype(str).str.strip() == "")
-    table["caption"] = table["caption"].where(~blank)
+    captions = table["caption"].astype(str).str.split().str.join(" ")
+    table["caption"] = captions.where(table["caption"].notna() & (captions != ""))
     return table[[*leading, "caption"]].reset_index(drop=True)
 
 
