@@ -103,6 +103,13 @@ def run_sources(output_dir: Path, run: BoldRun, bids_dir: Path, timeseries_file:
     return [bids_uri(run.path, bids_dir), bids_uri(timeseries_file, output_dir, "")]
 
 
+def _one_line(texts: pd.Series) -> pd.Series:
+    """Each text on one line, its runs of white space single spaces (a TSV cell holds no
+    line break or tab); missing values and non-text values stay as they are."""
+    return texts.map(lambda value: " ".join(value.split()) if isinstance(value, str)
+                     else value)
+
+
 def answers_table(answers: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """One table of every question's answers (``question`` first; a text answer on one
     line, as :func:`captions_table` writes captions)."""
@@ -110,9 +117,7 @@ def answers_table(answers: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     if not tables:
         return pd.DataFrame(columns=["question", "onset", "duration", "answer"])
     merged = pd.concat(tables, ignore_index=True)
-    if merged["answer"].dtype == object:
-        merged["answer"] = merged["answer"].map(
-            lambda value: " ".join(value.split()) if isinstance(value, str) else value)
+    merged["answer"] = _one_line(merged["answer"])
     return merged[["question", *[c for c in merged.columns if c != "question"]]]
 
 
@@ -133,8 +138,8 @@ def captions_table(window_captions: pd.DataFrame | None,
         return pd.DataFrame(columns=["onset", "duration", "scope", "caption"])
     table = pd.concat(tables, ignore_index=True).sort_values(["onset", "scope"], kind="stable")
     leading = ["onset", "duration", "scope", *(["trial_type"] if "trial_type" in table else [])]
-    captions = table["caption"].astype(str).str.split().str.join(" ")
-    table["caption"] = captions.where(table["caption"].notna() & (captions != ""))
+    captions = _one_line(table["caption"])
+    table["caption"] = captions.where(captions.notna() & (captions.astype(str) != ""))
     return table[[*leading, "caption"]].reset_index(drop=True)
 
 

@@ -251,7 +251,7 @@ def answer_texts(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
     dict
         ``(run_index, start, stop)`` -> the answers of every task about that segment, in
         task order, joined by ``"; "`` (a picture window: ``"animals; A red fox sniffs the
-        snow."``; a run segment: ``"task; patient; F"``).
+        snow."``; a run segment: ``"task; F; 34; patient"``).
     """
     answers: dict[tuple[int, int, int], list[str]] = {}
     for task in tasks:
