@@ -96,7 +96,7 @@ def fmri_examples(formatter: Formatter, runs: Sequence[LMRun],
                              (config.max_length - 2) // run.tokens_per_window))
         for start, stop in run_segments(run.n_windows, windows):
             ids = formatter.vocab.segment_ids(run.token_ids[start:stop])
-            features = (run.segment_features(start, stop, config.connectivity_inputs)
+            features = (formatter.segment_features(run, start, stop)
                         if config.fmri_inputs == "continuous" else None)
             examples.append(Example(ids, list(ids), "fmri", "fmri", features))
     return examples

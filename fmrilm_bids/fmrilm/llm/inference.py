@@ -318,7 +318,7 @@ def fmri_embeddings(model: FmriLM, run: LMRun) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, run.n_windows, length):
         stop = min(start + length, run.n_windows)
         ids = torch.tensor([model.vocab.segment_ids(run.token_ids[start:stop])], device=device)
-        features = (run.segment_features(start, stop, model.config.connectivity_inputs)
+        features = (model.formatter.segment_features(run, start, stop)
                     if model.projector is not None else None)
         with autocast(device):
             hidden = model.hidden_states(ids, torch.ones_like(ids), features=None

@@ -146,7 +146,7 @@ def align_projector(model: FmriLM, tasks: Sequence[TaskSpec], runs: Sequence[LMR
     if len(texts) < 2:
         return None
     alpha = model.align_projector(
-        [runs[index].segment_features(start, stop, config.connectivity_inputs)
+        [model.formatter.segment_features(runs[index], start, stop)
          for index, start, stop in texts], list(texts.values()))
     LOGGER.info("Projector: group maps aligned to the answers about %d training segments "
                 "(ridge penalty %.3g).", len(texts), alpha)

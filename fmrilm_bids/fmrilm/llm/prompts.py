@@ -132,13 +132,19 @@ class Formatter:
         """Plain text, ending with the end-of-sequence token."""
         return [*self.encode(text), self.tokenizer.eos_token_id]
 
+    def segment_features(self, run: LMRun, start: int, stop: int) -> np.ndarray | None:
+        """Features of the tokens of windows ``[start, stop)`` as this model reads them
+        (:meth:`~.runs.LMRun.segment_features`, with connectivity rows when ``connectivity``).
+        """
+        return run.segment_features(start, stop, self.connectivity)
+
     def user_message(self, run: LMRun, start: int, stop: int,
                      question: str) -> dict[str, object]:
         """A user turn showing windows ``[start, stop)`` of ``run`` and asking ``question``
         (with the segment's features under :data:`FEATURES_KEY`)."""
         segment = self.vocab.segment_text(run.token_ids[start:stop])
         return {"role": "user", "content": f"{segment}\n{question}",
-                FEATURES_KEY: run.segment_features(start, stop, self.connectivity)}
+                FEATURES_KEY: self.segment_features(run, start, stop)}
 
     def conversation(self, turns: Sequence[tuple[dict[str, object], str]],
                      query: dict[str, object]) -> list[dict[str, object]]:
