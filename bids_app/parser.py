@@ -170,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="cross-validation folds of the decoders, by the same runs or blocks "
         "(default: 12: up to 12 runs or blocks, each is held out alone, so a category "
         "with two blocks or more always keeps one for training)")
+    add(stim, "--adapter-folds", type=int, metavar="N",
+        help="group level: folds of each participant in the shared decoder's few-shot test "
+        "(each participant as a new one; a shared decoder is trained per fold; default: 4)")
     add(stim, "--contrastive-alignment", type=float, metavar="W",
         help="weight of LLM-VEM's contrastive alignment term (default: 0, plain ridge)")
     add(stim, "--selectivity-top", type=int, metavar="N",

@@ -72,7 +72,7 @@ OPTION_SECTIONS = {
                  "reference_group", "networks", "questions", "zero_shot", "few_shot_k",
                  "stimulus_models", "stimulus_unit", "caption_column", "stim_captions",
                  "stimulus_features", "encoding_cv", "encoding_folds", "decoding_folds",
-                 "contrastive_alignment", "selectivity_top"),
+                 "adapter_folds", "contrastive_alignment", "selectivity_top"),
 }
 #: Packages the group level's citation boilerplate adds to the preprocessing ones.
 MODEL_SOFTWARE = ("torch", "transformers", "peft", "sentence-transformers")

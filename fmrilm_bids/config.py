@@ -185,6 +185,7 @@ class WorkflowConfig:
     encoding_cv: str = "auto"
     encoding_folds: int = 5
     decoding_folds: int = 12
+    adapter_folds: int = 4
     contrastive_alignment: float = 0.0
     selectivity_top: int = 10
 

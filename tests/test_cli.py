@@ -54,6 +54,14 @@ def test_decoding_folds_default_to_one_held_out_block_of_twelve(tmp_path: Path) 
     assert build_config(opts, parser).workflow.decoding_folds == 4
 
 
+def test_adapter_folds_set_the_few_shot_test_alone(tmp_path: Path) -> None:
+    parser = build_parser()
+    args = [str(tmp_path / "in"), str(tmp_path / "out"), "group"]
+    assert build_config(parser.parse_args(args), parser).workflow.adapter_folds == 4
+    config = build_config(parser.parse_args([*args, "--adapter-folds", "6"]), parser)
+    assert (config.workflow.adapter_folds, config.workflow.decoding_folds) == (6, 12)
+
+
 def test_participant_run_writes_outputs_and_saves_config(
         tiny_bids: Path, tiny_fmriprep: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -58,6 +58,7 @@ from fmrilm_bids.fmrilm.llm.inference import (
     class_scores,
     confidence_sentence,
     generate,
+    number_answer,
     run_captions,
     score_candidates,
     task_prompts,
@@ -491,6 +492,15 @@ def test_tasks_come_from_events_and_participants(data) -> None:
     items = task_items(by_name["group"], runs, participants, 1, 6)
     assert len(items) == len(runs) * 3 and {i.answer for i in items} == {"control", "patient"}
     assert by_name["age"].classes == () and not skipped
+    # A number answer is taken within the training answers' range widened by half of it.
+    ages = sorted(float(i.answer) for i in task_items(by_name["age"], runs, participants, 1, 6))
+    assert by_name["age"].bounds == (ages[0], ages[-1]) and ages[0] < ages[-1]
+    margin = (ages[-1] - ages[0]) / 2
+    assert by_name["age"].plausible(ages[0] - margin) == ages[0] - margin
+    assert np.isnan(by_name["age"].plausible(ages[-1] + margin + 1))
+    assert np.isnan(number_answer(by_name["age"], "About 150 years."))  # not an answer
+    assert number_answer(by_name["age"], f"About {ages[1]} years.") == ages[1]
+    assert number_answer(by_name["group"], "35") == 35.0  # no bounds: as written
     binned = participant_task("age", bins=[30, 40])
     assert [binned.bin_label(v) for v in (25, 30, 35, 45)] == [
         "under 30", "30 to 40", "30 to 40", "40 or more"]
@@ -1231,6 +1241,23 @@ def test_generation_is_greedy_and_batch_independent(backbones, trained) -> None:
     assert one == test[0].events["trial_type"].iloc[1]
     held = generate(model, [short], DecodingConfig(max_new_tokens=6))[0]
     assert held == greedy(model, short, 6, 3) and held.startswith(one) and held != one
+    # The one-word answer leaves the batch at its stop token; the others run on unchanged.
+    mixed = generate(model, [short, *prompts], DecodingConfig(max_new_tokens=8,
+                                                              min_new_tokens=1))
+    assert mixed == [one, *(greedy(model, p, 8, 1) for p in prompts)]
+    # A repetition penalty (below 1, a bonus) weighs the answer's tokens as generate() does.
+    penalised = DecodingConfig(max_new_tokens=8, repetition_penalty=0.05)
+    with torch.inference_mode():
+        reference = model.model.generate(
+            inputs_embeds=model.embed(torch.tensor([prompts[1].ids]),
+                                      torch.from_numpy(prompts[1].features)),
+            attention_mask=torch.ones((1, len(prompts[1])), dtype=torch.long),
+            max_new_tokens=8, min_new_tokens=3, do_sample=False, repetition_penalty=0.05,
+            eos_token_id=model.formatter.stop_id, pad_token_id=model.tokenizer.pad_token_id,
+            temperature=None, top_p=None, top_k=None)[0]
+    text = generate(model, prompts[1:2], penalised)[0]
+    assert text == model.tokenizer.decode(reference, skip_special_tokens=True).strip()
+    assert text != batched[1]  # the penalty changed the answer
 
 
 def test_captions_end_with_a_finished_sentence() -> None:

@@ -235,7 +235,7 @@ def few_shot_table(subjects: Sequence[SubjectResponses], config: Config,
     """Retrieval of each few-shot setting, pooled over the participants (top-1 and top-5,
     among each participant's units), and the adapted / own ratio of top-1."""
     results = few_shot_evaluation(list(subjects), ADAPTER_FRACTION,
-                                  config.workflow.decoding_folds, DEFAULT_CONFIG, device,
+                                  config.workflow.adapter_folds, DEFAULT_CONFIG, device,
                                   config.seeds.master, processes(config, device))
     targets = np.vstack([s.targets for s in subjects])
     strata = np.concatenate([np.full(len(s.targets), i) for i, s in enumerate(subjects)])

@@ -9,13 +9,17 @@ folder under the fmrilm-bids cache dir. The cache dir itself is ``$FMRILM_CACHE_
 ``$XDG_CACHE_HOME/fmrilm-bids`` (``~/.cache/fmrilm-bids``) when writable, else
 ``<work dir>/cache``.
 
+The process's memory allocator is set to reuse freed memory (:func:`keep_freed_memory`).
+
 :func:`configure_environment` must run before ``templateflow``, ``niworkflows``, ``nipype``
 or ``matplotlib`` are imported: they read these variables once, at import.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,6 +40,39 @@ OFFLINE_VARIABLES: dict[str, str] = {
     "NIPYPE_NO_ET": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+#: glibc ``mallopt`` parameters (``malloc.h``).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+#: Free memory at the top of the heap kept for reuse before it goes back to the system.
+TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's ``malloc`` reuse freed memory instead of handing it back to the system.
+
+    PyTorch on the CPU allocates and frees large buffers at every training step (the
+    trainable rows of the language model's embedding take a 113 MB copy of the whole
+    matrix per forward pass). glibc serves each block above 32 MB with fresh ``mmap`` pages
+    that the kernel faults in and zeroes every time, and returns it at ``free``: on 2 cores
+    the kernel's share of a Stage-2 step reached half of it and varied from run to run
+    (82-100 against 147-150 tokens/s on the demo's data, 41 against 9 s of system time).
+    With ``mmap`` off and a 1 GiB trim threshold, freed blocks stay in the heap and are
+    reused; peak memory grows a little (3.26 against 3.11 GiB there).
+
+    Returns
+    -------
+    bool
+        Whether it applied (glibc on Linux; elsewhere nothing changes).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl)
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                   TRIM_THRESHOLD))
 
 
 def _writable(path: Path) -> bool:
@@ -66,7 +103,8 @@ def default_cache_dir(work_dir: Path | None = None) -> Path:
 
 
 def configure_environment(work_dir: Path | None = None, cache_dir: Path | None = None) -> Path:
-    """Point every cache at writable folders and switch the libraries offline.
+    """Point every cache at writable folders, switch the libraries offline and let the
+    allocator reuse freed memory (:func:`keep_freed_memory`).
 
     Parameters
     ----------
@@ -95,4 +133,5 @@ def configure_environment(work_dir: Path | None = None, cache_dir: Path | None =
         tmp.mkdir(parents=True, exist_ok=True)
         os.environ["TMPDIR"] = str(tmp)
         tempfile.tempdir = str(tmp)
+    keep_freed_memory()
     return cache

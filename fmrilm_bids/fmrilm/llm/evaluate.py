@@ -44,7 +44,7 @@ from fmrilm_bids.fmrilm.llm.config import DecodingConfig
 from fmrilm_bids.fmrilm.llm.inference import (
     class_scores,
     generate,
-    parse_number,
+    number_answers,
     score_candidates,
     task_prompts,
     user_message,
@@ -189,8 +189,9 @@ def model_answers(model: FmriLM, task: TaskSpec, runs: Sequence[LMRun],
     if task.kind == "class":  # calibrated without few-shot turns (as it was fitted)
         return softmax(class_scores(model, task, prompts) if not turns else
                        score_candidates(model, prompts, task.classes))
-    texts = generate(model, prompts, decoding)
-    return np.array([parse_number(t) for t in texts]) if task.kind == "number" else texts
+    if task.kind == "number":
+        return number_answers(model, task, prompts, decoding)
+    return generate(model, prompts, decoding)
 
 
 def shuffled_pairs(predicted: Sequence[str], truth: Sequence[str], n_permutations: int = 2000,

@@ -54,6 +54,9 @@ class TaskSpec:
         Per class, the trained model's mean log-probability of that answer over prompts of
         training subjects, subtracted from its scores before the softmax (contextual
         calibration; :func:`~.inference.calibrate_tasks`). Empty: scores as they are.
+    bounds : tuple of float
+        Of a number task: the lowest and highest answer of the training runs (set by
+        :func:`resolve_tasks`); see :meth:`plausible`.
     """
 
     name: str
@@ -64,6 +67,7 @@ class TaskSpec:
     bins: tuple[float, ...] = ()
     classes: tuple[str, ...] = ()
     calibration: tuple[float, ...] = ()
+    bounds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.level not in ("window", "run") or self.kind not in ("class", "text", "number"):
@@ -89,6 +93,16 @@ class TaskSpec:
         if position == len(edges):
             return f"{edges[-1]:g} or more"
         return f"{edges[position - 1]:g} to {edges[position]:g}"
+
+    def plausible(self, value: float) -> float:
+        """``value`` as an answer to a number task: NaN (no answer) when it lies further
+        outside :attr:`bounds` than half their range (an age of 150 read from a generated
+        text is not an answer); unchanged without bounds."""
+        if not self.bounds:
+            return value
+        low, high = self.bounds
+        margin = (high - low) / 2
+        return value if low - margin <= value <= high + margin else float("nan")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -268,7 +282,8 @@ def resolve_tasks(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
     Returns
     -------
     tasks : list of TaskSpec
-        With :attr:`TaskSpec.classes` set (all bin labels for binned columns).
+        With :attr:`TaskSpec.classes` set (all bin labels for binned columns), and the
+        :attr:`TaskSpec.bounds` of number tasks.
     skipped : list of str
         Tasks left out: no labelled item, or a single class.
     """
@@ -284,5 +299,7 @@ def resolve_tasks(tasks: Sequence[TaskSpec], runs: Sequence[LMRun],
         if not answers or (task.kind == "class" and len(answers) < 2):
             skipped.append(task.name)
             continue
-        resolved.append(replace(task, classes=tuple(classes) if task.kind == "class" else ()))
+        numbers = [float(a) for a in answers] if task.kind == "number" else []
+        resolved.append(replace(task, classes=tuple(classes) if task.kind == "class" else (),
+                                bounds=(min(numbers), max(numbers)) if numbers else ()))
     return resolved, skipped
