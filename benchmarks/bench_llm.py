@@ -256,9 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     # Progress of the long steps as log lines (bars only on a terminal).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from fmrilm_bids.utils.environment import configure_environment
+    from fmrilm_bids.utils.environment import configure_environment, keep_freed_memory
 
     configure_environment(work_dir=root / "work")
+    keep_freed_memory()  # as the group level does
 
     import torch
 

@@ -63,6 +63,7 @@ from fmrilm_bids.stages.outputs import (
 )
 from fmrilm_bids.stages.stage1 import Stage1Run, describe_and_tokenize, run_stage1_group
 from fmrilm_bids.utils.devices import distributed_context, set_precision
+from fmrilm_bids.utils.environment import keep_freed_memory
 from fmrilm_bids.utils.files import atomic_write_text
 
 LOGGER = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def run_group_level(selection: Selection, config: Config) -> Path:
     # The edge: --device resolved once (this process's GPU in a parallel run), passed down.
     seed, device = config.seeds.master, context.device(workflow.device)
     LOGGER.info("Models run on %s (CPU precision %s)", device, set_precision(workflow.precision))
+    keep_freed_memory()
     atlas = atlas_name(workflow.atlases[0])
     model_dir = output_dir / MODEL_FOLDER
     participants = read_participants(bids_dir)

@@ -9,7 +9,8 @@ folder under the fmrilm-bids cache dir. The cache dir itself is ``$FMRILM_CACHE_
 ``$XDG_CACHE_HOME/fmrilm-bids`` (``~/.cache/fmrilm-bids``) when writable, else
 ``<work dir>/cache``.
 
-The process's memory allocator is set to reuse freed memory (:func:`keep_freed_memory`).
+The group level (model training) also sets the memory allocator to reuse freed memory
+(:func:`keep_freed_memory`).
 
 :func:`configure_environment` must run before ``templateflow``, ``niworkflows``, ``nipype``
 or ``matplotlib`` are imported: they read these variables once, at import.
@@ -58,7 +59,9 @@ def keep_freed_memory() -> bool:
     the kernel's share of a Stage-2 step reached half of it and varied from run to run
     (82-100 against 147-150 tokens/s on the demo's data, 41 against 9 s of system time).
     With ``mmap`` off and a 1 GiB trim threshold, freed blocks stay in the heap and are
-    reused; peak memory grows a little (3.26 against 3.11 GiB there).
+    reused; peak memory grows a little (3.26 against 3.11 GiB there). Called where models
+    train (the group level, ``benchmarks/bench_llm.py``), not in the participant level's
+    worker processes, which would each keep up to the threshold.
 
     Returns
     -------
@@ -103,8 +106,7 @@ def default_cache_dir(work_dir: Path | None = None) -> Path:
 
 
 def configure_environment(work_dir: Path | None = None, cache_dir: Path | None = None) -> Path:
-    """Point every cache at writable folders, switch the libraries offline and let the
-    allocator reuse freed memory (:func:`keep_freed_memory`).
+    """Point every cache at writable folders and switch the libraries offline.
 
     Parameters
     ----------
@@ -133,5 +135,4 @@ def configure_environment(work_dir: Path | None = None, cache_dir: Path | None =
         tmp.mkdir(parents=True, exist_ok=True)
         os.environ["TMPDIR"] = str(tmp)
         tempfile.tempdir = str(tmp)
-    keep_freed_memory()
     return cache

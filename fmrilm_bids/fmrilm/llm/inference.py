@@ -81,19 +81,8 @@ def generate(model: FmriLM, prompts: Sequence[Prompt],
     model.eval()
     device = model.device
     pad_id = model.tokenizer.pad_token_id
-    options: dict[str, object] = {"max_new_tokens": decoding.max_new_tokens,
-                                  "min_new_tokens": decoding.min_new_tokens,
-                                  "do_sample": decoding.do_sample,
-                                  "num_beams": decoding.num_beams,
-                                  "repetition_penalty": decoding.repetition_penalty,
-                                  "eos_token_id": model.formatter.stop_id,
-                                  "pad_token_id": pad_id}
-    if decoding.do_sample:
-        options |= {"temperature": decoding.temperature, "top_p": decoding.top_p}
-        torch.manual_seed(decoding.seed)
-    else:
-        options |= {"temperature": None, "top_p": None, "top_k": None}
     greedy = not decoding.do_sample and decoding.num_beams == 1
+    options = {} if greedy else _generate_options(model, decoding)
     rows = list(range(len(prompts)))
     if not decoding.do_sample:  # greedy and beam search: identical prompts, identical texts
         first: dict[tuple, int] = {}
@@ -119,6 +108,21 @@ def generate(model: FmriLM, prompts: Sequence[Prompt],
         texts |= {row: model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
                   for row, tokens in zip(chosen, output, strict=True)}
     return [texts[row] for row in rows]
+
+
+def _generate_options(model: FmriLM, decoding: DecodingConfig) -> dict[str, object]:
+    """transformers' ``generate`` settings of sampling or beam search (sampling seeded)."""
+    options: dict[str, object] = {"max_new_tokens": decoding.max_new_tokens,
+                                  "min_new_tokens": decoding.min_new_tokens,
+                                  "do_sample": decoding.do_sample,
+                                  "num_beams": decoding.num_beams,
+                                  "repetition_penalty": decoding.repetition_penalty,
+                                  "eos_token_id": model.formatter.stop_id,
+                                  "pad_token_id": model.tokenizer.pad_token_id}
+    if not decoding.do_sample:
+        return options | {"temperature": None, "top_p": None, "top_k": None}
+    torch.manual_seed(decoding.seed)
+    return options | {"temperature": decoding.temperature, "top_p": decoding.top_p}
 
 
 def _greedy(model: FmriLM, ids: torch.Tensor, mask: torch.Tensor,
