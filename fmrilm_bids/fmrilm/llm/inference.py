@@ -369,9 +369,10 @@ def number_answer(task: TaskSpec, text: str) -> float:
 
 
 def number_answers(model: FmriLM, task: TaskSpec, prompts: Sequence[Prompt],
-                   decoding: DecodingConfig) -> np.ndarray:
+                   decoding: DecodingConfig | None = None) -> np.ndarray:
     """``task``'s number answer to each prompt (:func:`number_answer` of a text of at most
     :data:`NUMBER_TOKENS` tokens)."""
+    decoding = decoding or DecodingConfig()
     short = replace(decoding, max_new_tokens=min(decoding.max_new_tokens, NUMBER_TOKENS))
     return np.array([number_answer(task, text) for text in generate(model, prompts, short)])
 
