@@ -97,7 +97,8 @@ CODES = (np.array([DIRECTIONS[m] for m in MEANINGS], dtype=float)
 CONFIG = FmriLMConfig(codebook_size=CODEBOOK, tokens_per_window=GROUPS, feature_dim=FEATURES,
                       lora_r=8, lora_alpha=16, lora_dropout=0.1, window_context=0,
                       run_segment_windows=6, fmri_sequence_windows=6, max_length=96,
-                      system_prompt="You read fMRI.")
+                      system_prompt="You read fMRI.",
+                      connectivity_inputs=False)  # the runs carry no time courses
 DISCRETE = replace(CONFIG, fmri_inputs="discrete", feature_dim=0)
 STAGE = LMTrainConfig(steps=40, batch_tokens=256, grad_accum=2, learning_rate=1e-2,
                       min_learning_rate=1e-3, warmup_steps=5, checkpoint_interval=20,
@@ -515,7 +516,10 @@ def test_model_inputs_are_set_from_the_runs(data) -> None:
     blank = FmriLMConfig(codebook_size=CODEBOOK)
     assert (blank.tokens_per_window, blank.feature_dim) == (1, 0)
     assert with_inputs(blank, runs) == replace(blank, tokens_per_window=GROUPS,
-                                               feature_dim=FEATURES)
+                                               feature_dim=FEATURES, connectivity_inputs=False)
+    coupled, _ = coupling_runs()  # with time courses: a connectivity row per token
+    assert with_inputs(blank, coupled) == replace(blank, tokens_per_window=GROUPS,
+                                                  feature_dim=2 + 6 + 2 * GROUPS)
     without = [replace(run, token_features=None) for run in runs]
     discrete = with_inputs(replace(blank, fmri_inputs="discrete"), without)
     assert (discrete.tokens_per_window, discrete.feature_dim) == (GROUPS, 0)
@@ -839,6 +843,64 @@ def test_connectivity_rows_let_the_maps_read_a_coupling_difference(backbones) ->
     assert total == 12
     assert accuracy[True] >= 0.9 and accuracy[False] < 0.75, accuracy
 
+
+
+def test_the_connectivity_map_reads_run_segments_and_only_them(backbones, tmp_path) -> None:
+    """``connectivity_summary``: the summary at the closing ``</fmri>`` of a run segment is
+    a map of its groups' connectivity, aligned to the answers about run segments (held-out
+    subjects read nearest to their own group); a window's stays its mean group term; the
+    map trains, saves and loads with the projector, and the ablation has none."""
+    runs, participants = coupling_runs()
+    train = [run for run in runs if int(run.subject) <= 8]
+    config = with_inputs(replace(CONFIG, connectivity_inputs=True), runs)
+    assert config.connectivity_inputs and config.connectivity_summary
+    model = build(backbones["tied"], config)
+    projector = model.projector
+    assert projector.pair_weight.shape == (1, 64)  # two groups: one pair
+    assert "projector.pair_weight" in model.trainable_parameters()
+    assert not projector.pair_weight.any()  # zero at the start
+    projector.standardise(*feature_moments(train, True, config.run_segment_windows))
+    tasks, _ = resolve_tasks([participant_task("group")], train, participants,
+                             config.window_context, config.run_segment_windows)
+    align_projector(model, tasks, train, participants)
+    assert projector.pair_weight.abs().sum() > 0
+    correlations = [group_connectivity(run.token_features[start:start + 6, :, -6:])[0, 1]
+                    for run in train for start in (0, 3, 6)]  # half overlap
+    torch.testing.assert_close(projector.pair_mean, torch.tensor([np.mean(correlations)]))
+    torch.testing.assert_close(projector.pair_std, torch.tensor([np.std(correlations)]))
+    references = model.text_embeddings(["control", "patient"])
+    correct = total = 0
+    with torch.no_grad():
+        for run in runs[8:]:
+            for start in (0, 3, 6):
+                window = torch.from_numpy(run.segment_features(start, start + 6, True)[:GROUPS])
+                read = projector.pair_terms(window)
+                similarity = F.cosine_similarity(read[None], references - references.mean(0))
+                answer = "control" if int(run.subject) % 2 else "patient"
+                correct += int(["control", "patient"][int(similarity.argmax())] == answer)
+                total += 1
+    assert total == 12 and correct >= 11
+    # At the closing </fmri>: a run segment gets the map, a window its mean group term.
+    run, vocab = runs[9], model.vocab
+    pieces = [vocab.segment_ids(run.token_ids[0:6]), vocab.segment_ids(run.token_ids[6:7])]
+    ids = torch.tensor([pieces[0] + model.formatter.encode("A face.") + pieces[1]])
+    parts = [torch.from_numpy(run.segment_features(a, b, True)) for a, b in ((0, 6), (6, 7))]
+    with torch.no_grad():
+        embedded = model.embed(ids, torch.cat(parts))
+        rows = model.model.get_input_embeddings()(ids)
+        closing = [len(pieces[0]) - 1, ids.shape[1] - 1]
+        torch.testing.assert_close(embedded[0, closing[0]], rows[0, closing[0]]
+                                   + projector.pair_terms(parts[0][:GROUPS]))
+        torch.testing.assert_close(embedded[0, closing[1]], rows[0, closing[1]]
+                                   + projector.group_terms(parts[1]).mean(dim=0))
+    loaded = FmriLM.from_pretrained(model.save_pretrained(tmp_path / "model"))
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(ids, torch.cat(parts)), embedded)
+    ablation = build(backbones["tied"], replace(config, connectivity_summary=False))
+    assert ablation.projector.pair_weight is None
+    assert ablation.projector.pair_mean.numel() == 0
+    with pytest.raises(ValueError, match="cannot have 2 groups and their connectivity"):
+        FeatureProjector(2 * GROUPS - 1, 64, groups=GROUPS, pairs=True)
 
 # Packing and sampling -----------------------------------------------------------------------
 

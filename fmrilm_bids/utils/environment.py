@@ -46,7 +46,7 @@ OFFLINE_VARIABLES: dict[str, str] = {
 #: glibc ``mallopt`` parameters (``malloc.h``).
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 #: Free memory at the top of the heap kept for reuse before it goes back to the system.
-TRIM_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
@@ -58,10 +58,12 @@ def keep_freed_memory() -> bool:
     that the kernel faults in and zeroes every time, and returns it at ``free``: on 2 cores
     the kernel's share of a Stage-2 step reached half of it and varied from run to run
     (82-100 against 147-150 tokens/s on the demo's data, 41 against 9 s of system time).
-    With ``mmap`` off and a 1 GiB trim threshold, freed blocks stay in the heap and are
-    reused; peak memory grows a little (3.26 against 3.11 GiB there). Called where models
-    train (the group level, ``benchmarks/bench_llm.py``), not in the participant level's
-    worker processes, which would each keep up to the threshold.
+    With ``mmap`` off and a 256 MiB trim threshold, freed blocks stay in the heap and are
+    reused. A 1 GiB threshold kept more (the benchmark cohort, 3 Stage-2 and 8 Stage-3
+    steps: 140 and 171 tokens/s but a peak of 7.0 GiB, against 120 and 153 tokens/s, 3.17
+    GiB by default); 256 MiB: 136 and 157 tokens/s, 3.19 GiB. Called where models train
+    (the group level, ``benchmarks/bench_llm.py``), not in the participant level's worker
+    processes, which would each keep up to the threshold.
 
     Returns
     -------

@@ -26,7 +26,11 @@ extended with the fMRI tokens (:func:`~.vocabulary.extend_vocabulary`). What tra
   and run segment (:meth:`FmriLM.align_projector`). With ``segment_summary`` the mean
   of a segment's group terms, the read-out that the alignment fits, is also added at the
   segment's closing ``</fmri>``: one position that holds the whole segment in the LLM's
-  words, however many tokens the segment has. With
+  words, however many tokens the segment has; with ``connectivity_summary`` the summary
+  of a segment of more than one window (a run segment) is instead its groups'
+  connectivity through a map of its own (``pair_weight``, aligned to the answers about
+  run segments), the second-order read-out that run-level questions (patients vs
+  controls) need. With
   ``fmri_inputs="discrete"`` (the ablation) the model reads the tokens' own embedding rows.
 
 The loss (:meth:`FmriLM.forward`) runs the decoder once and applies the output layer only
@@ -79,6 +83,32 @@ MODEL_CARD = "README.md"
 #: Ridge penalties :meth:`FmriLM.align_projector` chooses from (relative to the mean
 #: squared singular value of its design).
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
+
+
+def ridge_gcv(design: torch.Tensor, targets: torch.Tensor, alphas: Sequence[float],
+              ) -> tuple[torch.Tensor, float]:
+    """Ridge regression of ``targets`` ``(n, out)`` on ``design`` ``(n, features)`` (no
+    intercept), the penalty chosen by generalised cross-validation among ``alphas``
+    (relative to the mean squared singular value of ``design``).
+
+    Returns
+    -------
+    coefficients : Tensor of shape (features, out)
+    alpha : float
+        The chosen relative penalty.
+    """
+    u, singular, vt = torch.linalg.svd(design, full_matrices=False)
+    projected = u.T @ targets
+    best = None
+    for alpha in alphas:
+        penalty = alpha * float(singular.square().mean())
+        shrink = singular.square() / (singular.square() + penalty)
+        residual = (targets - u @ (shrink[:, None] * projected)).square().sum()
+        gcv = float(residual) / max(len(targets) - float(shrink.sum()), 1e-9) ** 2
+        if best is None or gcv < best[0]:
+            best = (gcv, alpha, penalty)
+    _, alpha, penalty = best
+    return vt.T @ ((singular / (singular.square() + penalty))[:, None] * projected), alpha
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
@@ -137,19 +167,30 @@ class FeatureProjector(nn.Module):
         The backbone's hidden size.
     groups : int, default=0
         Parcel groups (tokens per window) with a map of their own; 0: the shared map only.
+    pairs : bool, default=False
+        With groups, whose features hold their connectivity rows (just before the
+        one-hot): a map of the segment's connectivity, each pair of groups once
+        (``pair_weight``, ``(groups (groups - 1) / 2, out_features)``, zero at the start;
+        :meth:`pair_terms`), its inputs standardised with ``pair_mean`` and ``pair_std``.
     """
 
-    def __init__(self, in_features: int, out_features: int, groups: int = 0) -> None:
+    def __init__(self, in_features: int, out_features: int, groups: int = 0,
+                 pairs: bool = False) -> None:
         super().__init__()
-        if not 0 <= groups < in_features:
+        if not 0 <= groups < in_features or (pairs and not 1 < groups <= in_features / 2):
             raise ValueError(f"A projector of {in_features} features (the last of them the "
-                             f"group one-hot) cannot have {groups} groups.")
+                             f"group one-hot) cannot have {groups} groups"
+                             f"{' and their connectivity' if pairs else ''}.")
         self.groups = groups
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("std", torch.ones(in_features))
         self.linear = nn.Linear(in_features, out_features)
         self.group_weight = (nn.Parameter(torch.zeros(groups, in_features - groups,
                                                       out_features)) if groups else None)
+        n_pairs = groups * (groups - 1) // 2 if pairs else 0
+        self.register_buffer("pair_mean", torch.zeros(n_pairs))
+        self.register_buffer("pair_std", torch.ones(n_pairs))
+        self.pair_weight = nn.Parameter(torch.zeros(n_pairs, out_features)) if pairs else None
 
     @property
     def in_features(self) -> int:
@@ -193,6 +234,20 @@ class FeatureProjector(nn.Module):
         return torch.einsum("...g,...f,gfo->...o", features[..., -k:], standard[..., :-k],
                             self.group_weight)
 
+    def pair_inputs(self, window: torch.Tensor) -> torch.Tensor:
+        """The connectivity of each segment, each pair of groups once: the upper triangle
+        of the connectivity rows that the tokens of one of its windows ``(..., groups,
+        in_features)`` carry (every window of a segment carries the same), unstandardised
+        ``(..., pairs)``."""
+        k = self.groups
+        upper = torch.triu_indices(k, k, offset=1, device=window.device)
+        return window[..., -2 * k:-k][..., upper[0], upper[1]]
+
+    def pair_terms(self, window: torch.Tensor) -> torch.Tensor:
+        """:meth:`pair_inputs`, standardised, through ``pair_weight`` ``(..., out)``."""
+        standard = (self.pair_inputs(window) - self.pair_mean) / self.pair_std
+        return standard.to(self.pair_weight.dtype) @ self.pair_weight
+
 
 class FmriLM(nn.Module):
     """A backbone with fMRI tokens, adapters and a prompt format (module docstring).
@@ -232,9 +287,10 @@ class FmriLM(nn.Module):
         if config.fmri_inputs == "continuous" and config.feature_dim < 1:
             raise ValueError("A model reading continuous fMRI inputs needs feature_dim (the "
                              "width of LMRun.segment_features); or use fmri_inputs='discrete'.")
-        self.projector = (FeatureProjector(config.feature_dim, hidden,
-                                           config.tokens_per_window
-                                           if config.group_projection else 0)
+        groups = config.tokens_per_window if config.group_projection else 0
+        pairs = groups > 1 and config.connectivity_inputs and config.segment_summary and \
+            config.connectivity_summary
+        self.projector = (FeatureProjector(config.feature_dim, hidden, groups, pairs)
                           if config.fmri_inputs == "continuous" else None)
         if self.projector is not None:
             self.projector.to(model.get_input_embeddings().weight.device)
@@ -334,6 +390,10 @@ class FmriLM(nn.Module):
         the mean over a segment's fMRI positions of the group terms is the predicted text,
         so the first Stage-2 step already reads the segment in the LLM's own words (a
         closed-form version of the projector-alignment stage of vision-language models).
+        With a connectivity map (``connectivity_summary``), a second ridge regression from
+        the standardised connectivity of the segments of more than one window to their
+        texts' embeddings (less their own mean) sets ``pair_weight`` (and ``pair_mean``,
+        ``pair_std`` from those segments): a run segment's summary.
 
         Parameters
         ----------
@@ -349,7 +409,7 @@ class FmriLM(nn.Module):
         Returns
         -------
         float
-            The chosen penalty (relative).
+            The chosen penalty of the group maps (relative).
         """
         projector = self.projector
         if projector is None or projector.group_weight is None:
@@ -360,7 +420,7 @@ class FmriLM(nn.Module):
             raise ValueError(f"{len(segments)} segments and {len(texts)} texts: give one text "
                              "per segment, at least two.")
         k = projector.groups
-        design_rows = []
+        design_rows, windows = [], []
         for segment in segments:
             features = torch.as_tensor(np.asarray(segment, dtype=np.float32), device=device)
             if features.ndim != 2 or len(features) == 0 or features.shape[1] != \
@@ -370,24 +430,24 @@ class FmriLM(nn.Module):
             standard = projector.standardised(features)[:, :-k]
             design_rows.append(torch.einsum("sg,sf->gf", features[:, -k:],
                                             standard).flatten() / len(features))
+            windows.append(features[:k] if len(features) > k else None)
         design = torch.stack(design_rows).double()
         targets = self.text_embeddings(texts).to(device).double()
         rows = self.model.get_input_embeddings().weight[:self.vocab.base_vocab_size]
         targets = (targets - targets.mean(dim=0)) * (
             rows.float().norm(dim=1).mean() / targets.norm(dim=1).mean().clamp(min=1e-12))
-        u, singular, vt = torch.linalg.svd(design, full_matrices=False)
-        projected = u.T @ targets
-        best = None
-        for alpha in alphas:
-            penalty = alpha * float(singular.square().mean())
-            shrink = singular.square() / (singular.square() + penalty)
-            residual = (targets - u @ (shrink[:, None] * projected)).square().sum()
-            gcv = float(residual) / max(len(targets) - float(shrink.sum()), 1e-9) ** 2
-            if best is None or gcv < best[0]:
-                best = (gcv, alpha, penalty)
-        _, alpha, penalty = best
-        coefficients = vt.T @ ((singular / (singular.square() + penalty))[:, None] * projected)
+        coefficients, alpha = ridge_gcv(design, targets, alphas)
         projector.group_weight.copy_(coefficients.reshape(projector.group_weight.shape))
+        longer = [i for i, window in enumerate(windows) if window is not None]
+        if projector.pair_weight is not None and len(longer) >= 2:
+            pairs = projector.pair_inputs(torch.stack([windows[i] for i in longer])).double()
+            mean, std = pairs.mean(dim=0), pairs.std(dim=0, correction=0)
+            std = torch.where(std > 1e-6, std, torch.ones_like(std))
+            texts_of_longer = targets[longer] - targets[longer].mean(dim=0)
+            weight, _ = ridge_gcv((pairs - mean) / std, texts_of_longer, alphas)
+            projector.pair_mean.copy_(mean)
+            projector.pair_std.copy_(std)
+            projector.pair_weight.copy_(weight)
         return alpha
 
     @contextlib.contextmanager
@@ -454,7 +514,9 @@ class FmriLM(nn.Module):
 
     def _with_summaries(self, input_ids: torch.Tensor, embeddings: torch.Tensor,
                         positions: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """``embeddings`` with each segment's mean group term added at its ``</fmri>``.
+        """``embeddings`` with each segment's mean group term added at its ``</fmri>``;
+        with a connectivity map, the :meth:`~FeatureProjector.pair_terms` of a segment of
+        more than one window instead.
 
         Segments are told apart by their ``<fmri>`` (row-major order, as the features
         are); a ``</fmri>`` before any ``<fmri>`` of its row (its segment was read in an
@@ -472,6 +534,13 @@ class FmriLM(nn.Module):
         sums = terms.new_zeros(n_segments, terms.shape[1]).index_add_(0, of_token[inside],
                                                                       terms)
         counts = torch.bincount(of_token[inside], minlength=n_segments)
+        k = self.projector.groups
+        if self.projector.pair_weight is not None and bool((counts > k).any()):
+            longer = (counts > k).nonzero()[:, 0]
+            first = (torch.cumsum(counts, 0) - counts)[longer]
+            window = features[inside][first[:, None] + torch.arange(k, device=first.device)]
+            sums = sums.index_copy(0, longer, self.projector.pair_terms(window).to(
+                sums.dtype) * counts[longer, None])
         where = ((input_ids.reshape(-1) == self.vocab.close_id) & (segment >= 0)).nonzero()[:, 0]
         where = where[counts[segment[where]] > 0]
         means = sums[segment[where]] / counts[segment[where]][:, None]
@@ -617,11 +686,12 @@ class FmriLM(nn.Module):
             raise FileNotFoundError(f"{directory / METADATA_FILE} is missing; point at a folder "
                                     "written by FmriLM.save_pretrained (or fit_fmrilm).")
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        # Models saved before the group maps (the connectivity rows, the segment summary)
-        # existed read without them.
+        # Models saved before the group maps (the connectivity rows, the segment summary,
+        # the connectivity map) existed read without them.
         config = FmriLMConfig.from_dict({"group_projection": False,
                                          "connectivity_inputs": False,
-                                         "segment_summary": False} | metadata["config"])
+                                         "segment_summary": False,
+                                         "connectivity_summary": False} | metadata["config"])
         saved_vocab = FmriVocabulary(**metadata["vocab"])
         if config.full_finetune:
             tokenizer, model = load_backbone(directory, device=device)

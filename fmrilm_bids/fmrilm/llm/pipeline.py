@@ -111,7 +111,9 @@ def _card_metrics(metrics: dict[str, object]) -> dict[str, str]:
 
 
 def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
-    """``config`` with ``tokens_per_window`` and ``feature_dim`` of ``runs``.
+    """``config`` with ``tokens_per_window`` and ``feature_dim`` of ``runs``, and without
+    ``connectivity_inputs`` when the runs carry no time courses of the groups (nothing to
+    correlate).
 
     Raises
     ------
@@ -119,8 +121,9 @@ def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
         When the runs differ in tokens per window or feature width, or a model reading
         continuous inputs is given runs without features.
     """
+    connectivity = config.connectivity_inputs and all(run.timecourse_length for run in runs)
     shapes = {(run.tokens_per_window, None if run.token_features is None else
-               run.segment_features(0, 1, config.connectivity_inputs).shape[1])
+               run.segment_features(0, 1, connectivity).shape[1])
               for run in runs}
     if len(shapes) != 1:
         raise ValueError(f"The runs differ in tokens per window or feature width: "
@@ -130,7 +133,7 @@ def with_inputs(config: FmriLMConfig, runs: Sequence[LMRun]) -> FmriLMConfig:
         raise ValueError("The runs carry no Stage-1 features (LMRun.token_features) for a "
                          "model reading continuous inputs; pass them, or use "
                          "fmri_inputs='discrete'.")
-    return replace(config, tokens_per_window=per_window,
+    return replace(config, tokens_per_window=per_window, connectivity_inputs=connectivity,
                    feature_dim=width if config.fmri_inputs == "continuous" else 0)
 
 
