@@ -61,7 +61,9 @@ def keep_freed_memory() -> bool:
     With ``mmap`` off and a 256 MiB trim threshold, freed blocks stay in the heap and are
     reused. A 1 GiB threshold kept more (the benchmark cohort, 3 Stage-2 and 8 Stage-3
     steps: 140 and 171 tokens/s but a peak of 7.0 GiB, against 120 and 153 tokens/s, 3.17
-    GiB by default); 256 MiB: 136 and 157 tokens/s, 3.19 GiB. Called where models train
+    GiB by default); 256 MiB: 136 and 157 tokens/s, 3.19 GiB. The whole benchmark still
+    peaks higher with it (6.25 GiB against 3.41 GiB without; not yet traced to a step),
+    the demo's group level does not (3.47 GiB). Called where models train
     (the group level, ``benchmarks/bench_llm.py``), not in the participant level's worker
     processes, which would each keep up to the threshold.
 
