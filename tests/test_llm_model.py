@@ -898,7 +898,8 @@ def test_the_connectivity_map_reads_run_segments_and_only_them(backbones, tmp_pa
         assert torch.equal(loaded.embed(ids, torch.cat(parts)), embedded)
     ablation = build(backbones["tied"], replace(config, connectivity_summary=False))
     assert ablation.projector.pair_weight is None
-    assert ablation.projector.pair_mean.numel() == 0
+    assert ablation.projector.pair_mean is None
+    assert not any(name.startswith("pair") for name in ablation.projector.state_dict())
     with pytest.raises(ValueError, match="cannot have 2 groups and their connectivity"):
         FeatureProjector(2 * GROUPS - 1, 64, groups=GROUPS, pairs=True)
 

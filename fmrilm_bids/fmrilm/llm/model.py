@@ -187,9 +187,10 @@ class FeatureProjector(nn.Module):
         self.linear = nn.Linear(in_features, out_features)
         self.group_weight = (nn.Parameter(torch.zeros(groups, in_features - groups,
                                                       out_features)) if groups else None)
-        n_pairs = groups * (groups - 1) // 2 if pairs else 0
-        self.register_buffer("pair_mean", torch.zeros(n_pairs))
-        self.register_buffer("pair_std", torch.ones(n_pairs))
+        n_pairs = groups * (groups - 1) // 2
+        # None without pairs: absent from the saved weights, as in models saved before them.
+        self.register_buffer("pair_mean", torch.zeros(n_pairs) if pairs else None)
+        self.register_buffer("pair_std", torch.ones(n_pairs) if pairs else None)
         self.pair_weight = nn.Parameter(torch.zeros(n_pairs, out_features)) if pairs else None
 
     @property
