@@ -535,16 +535,17 @@ class FmriLM(nn.Module):
         sums = terms.new_zeros(n_segments, terms.shape[1]).index_add_(0, of_token[inside],
                                                                       terms)
         counts = torch.bincount(of_token[inside], minlength=n_segments)
+        summaries = sums / counts.clamp(min=1)[:, None]
         k = self.projector.groups
         if self.projector.pair_weight is not None and bool((counts > k).any()):
             longer = (counts > k).nonzero()[:, 0]
             first = (torch.cumsum(counts, 0) - counts)[longer]
             window = features[inside][first[:, None] + torch.arange(k, device=first.device)]
-            sums = sums.index_copy(0, longer, self.projector.pair_terms(window).to(
-                sums.dtype) * counts[longer, None])
+            summaries = summaries.index_copy(0, longer, self.projector.pair_terms(window).to(
+                summaries.dtype))
         where = ((input_ids.reshape(-1) == self.vocab.close_id) & (segment >= 0)).nonzero()[:, 0]
         where = where[counts[segment[where]] > 0]
-        means = sums[segment[where]] / counts[segment[where]][:, None]
+        means = summaries[segment[where]]
         return embeddings.reshape(-1, embeddings.shape[-1]).index_add(0, where, means).reshape(
             embeddings.shape)
 
